@@ -1,0 +1,189 @@
+"""Accounts and their credentials. Only Argon2id hashes are stored; secrets are returned
+once, on creation or reset, and never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import Field, SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from central.errors import BadCredentialsError
+from cgn_common.errors import InvalidArgumentError, NotFoundError
+from cgn_common.ids import new_id, new_secret
+from cgn_common.types import DEFAULT_ENTERPRISE_TIERS, AccountKind, Tier
+
+
+class AccountRow(SQLModel, table=True):
+    """The accounts table."""
+
+    __tablename__ = "accounts"
+
+    account_id: str = Field(primary_key=True)
+    kind: int
+    display_name: str = ""
+    allowed_tiers: str = ""  # comma-separated Tier numbers
+    tier: int = 0
+    parent_account_id: str = ""
+    pseudonym: str = Field(index=True, unique=True)
+    verifier_count: int = 2
+    ethereum_address: str = ""
+    banned: bool = False
+    api_key_hash: str
+    password_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account, without secrets."""
+
+    account_id: str
+    kind: AccountKind
+    display_name: str
+    allowed_tiers: tuple[Tier, ...]
+    tier: Tier | None
+    parent_account_id: str
+    pseudonym: str
+    verifier_count: int
+    ethereum_address: str
+    banned: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: AccountRow) -> Account:
+        """Builds an Account from its table row."""
+        tiers = tuple(Tier(int(t)) for t in row.allowed_tiers.split(",") if t)
+        return cls(
+            account_id=row.account_id,
+            kind=AccountKind(row.kind),
+            display_name=row.display_name,
+            allowed_tiers=tiers,
+            tier=Tier(row.tier) if row.tier else None,
+            parent_account_id=row.parent_account_id,
+            pseudonym=row.pseudonym,
+            verifier_count=row.verifier_count,
+            ethereum_address=row.ethereum_address,
+            banned=row.banned,
+            created_at=(
+                row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    """A created account and its secrets, to be shown once."""
+
+    account: Account
+    api_key: str
+    password: str
+
+
+class AccountStore:
+    """Creates accounts and verifies their credentials.
+
+    Argon2id runs in a worker thread so the event loop keeps serving. An unknown account
+    is checked against a dummy hash, so it costs the same time as a wrong key.
+    """
+
+    def __init__(self, engine: AsyncEngine, hasher: PasswordHasher | None = None) -> None:
+        self._engine = engine
+        self._hasher = hasher or PasswordHasher()
+        self._dummy_hash = self._hasher.hash(new_secret("dummy"))
+
+    async def create(
+        self,
+        kind: AccountKind,
+        display_name: str = "",
+        allowed_tiers: Sequence[Tier] = (),
+        tier: Tier | None = None,
+        parent_account_id: str = "",
+        ethereum_address: str = "",
+    ) -> NewAccount:
+        """Creates an account; returns it with its API key and password."""
+        if kind is AccountKind.MINER and tier is None:
+            raise InvalidArgumentError("a miner account needs a tier")
+        if kind is AccountKind.ENTERPRISE and not allowed_tiers:
+            allowed_tiers = DEFAULT_ENTERPRISE_TIERS
+        if parent_account_id:
+            await self.get(parent_account_id)
+        api_key, password = new_secret("cgnk"), new_secret("cgnp")
+        api_key_hash, password_hash = await asyncio.gather(
+            asyncio.to_thread(self._hasher.hash, api_key),
+            asyncio.to_thread(self._hasher.hash, password),
+        )
+        account_id = new_id("acct")
+        row = AccountRow(
+            account_id=account_id,
+            kind=int(kind),
+            display_name=display_name,
+            allowed_tiers=",".join(str(int(t)) for t in allowed_tiers),
+            tier=int(tier) if tier else 0,
+            parent_account_id=parent_account_id,
+            pseudonym="p_" + hashlib.sha256(new_secret("pseudo").encode()).hexdigest()[:32],
+            ethereum_address=ethereum_address,
+            api_key_hash=api_key_hash,
+            password_hash=password_hash,
+            created_at=datetime.now(UTC),
+        )
+        async with AsyncSession(self._engine, expire_on_commit=False) as session:
+            session.add(row)
+            await session.commit()
+        return NewAccount(Account.from_row(row), api_key, password)
+
+    async def _row(self, account_id: str) -> AccountRow | None:
+        async with AsyncSession(self._engine) as session:
+            return await session.get(AccountRow, account_id)
+
+    async def get(self, account_id: str) -> Account:
+        """Returns an account or raises NotFoundError."""
+        row = await self._row(account_id)
+        if row is None:
+            raise NotFoundError(f"no account {account_id!r}")
+        return Account.from_row(row)
+
+    async def list(self, kind: AccountKind | None = None) -> list[Account]:
+        """Returns every account, or those of ``kind``, oldest first."""
+        query = select(AccountRow).order_by(AccountRow.created_at)  # type: ignore[arg-type]
+        if kind is not None:
+            query = query.where(AccountRow.kind == int(kind))
+        async with AsyncSession(self._engine) as session:
+            return [Account.from_row(r) for r in (await session.exec(query)).all()]
+
+    async def verify_key(
+        self, account_id: str, api_key: str, allowed_kinds: Sequence[AccountKind] = ()
+    ) -> Account:
+        """Returns the account when ``api_key`` is its key; else BadCredentialsError.
+
+        Unknown ids, wrong keys, wrong kinds and banned accounts all fail the same way.
+        """
+        row = await self._row(account_id) if account_id else None
+        stored = row.api_key_hash if row is not None else self._dummy_hash
+        try:
+            await asyncio.to_thread(self._hasher.verify, stored, api_key)
+        except (VerificationError, InvalidHashError):
+            raise BadCredentialsError() from None
+        if row is None or row.banned:
+            raise BadCredentialsError()
+        if allowed_kinds and AccountKind(row.kind) not in allowed_kinds:
+            raise BadCredentialsError()
+        return Account.from_row(row)
+
+    async def set_banned(self, account_id: str, banned: bool) -> Account:
+        """Bans or unbans an account."""
+        async with AsyncSession(self._engine, expire_on_commit=False) as session:
+            row = await session.get(AccountRow, account_id)
+            if row is None:
+                raise NotFoundError(f"no account {account_id!r}")
+            row.banned = banned
+            session.add(row)
+            await session.commit()
+        return Account.from_row(row)

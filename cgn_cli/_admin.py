@@ -1,0 +1,72 @@
+"""A small client of Central's admin services, used by the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cgn_common.rpc import open_channel
+from cgn_common.types import AccountKind, Tier
+from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
+from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
+from generated.cgn.admin.v1 import registry_service_pb2 as reg_pb
+from generated.cgn.admin.v1 import registry_service_pb2_grpc as reg_grpc
+
+
+class AdminClient:
+    """Operator calls to Central."""
+
+    def __init__(self, address: str, operator_token: str) -> None:
+        self._channel = open_channel(address)
+        self._metadata = (("authorization", f"Bearer {operator_token}"),)
+        self._accounts = acct_grpc.AccountAdminServiceStub(self._channel)
+        self._registry = reg_grpc.RegistryServiceStub(self._channel)
+
+    async def create_account(
+        self,
+        kind: AccountKind,
+        display_name: str,
+        *,
+        tier: Tier | None = None,
+        allowed_tiers: Sequence[Tier] = (),
+        parent_account_id: str = "",
+    ) -> tuple[str, str]:
+        """Creates an account; returns (account_id, api_key)."""
+        response: acct_pb.CreateAccountResponse = await self._accounts.CreateAccount(
+            acct_pb.CreateAccountRequest(
+                kind=int(kind),  # type: ignore[arg-type]
+                display_name=display_name,
+                tier=int(tier or 0),  # type: ignore[arg-type]
+                allowed_tiers=[int(t) for t in allowed_tiers],  # type: ignore[misc]
+                parent_account_id=parent_account_id,
+            ),
+            metadata=self._metadata,
+            timeout=30,
+        )
+        return response.account.account_id, response.api_key
+
+    async def register_node(self, node_id: str, endpoints: dict[str, str]) -> None:
+        """Registers a node; Central starts dialing it."""
+        await self._registry.RegisterNode(
+            reg_pb.RegisterNodeRequest(
+                node=reg_pb.NodeRecord(
+                    node_id=node_id,
+                    central_link_address=endpoints["central_link"],
+                    work_address=endpoints["work"],
+                    miner_link_address=endpoints["miner_link"],
+                    status_address=endpoints["status"],
+                )
+            ),
+            metadata=self._metadata,
+            timeout=30,
+        )
+
+    async def node_linked(self, node_id: str) -> bool:
+        """True while Central holds a link to the node."""
+        response: reg_pb.ListNodesResponse = await self._registry.ListNodes(
+            reg_pb.ListNodesRequest(), metadata=self._metadata, timeout=10
+        )
+        return any(n.node_id == node_id and n.linked for n in response.nodes)
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close()

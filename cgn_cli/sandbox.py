@@ -1,0 +1,333 @@
+"""``cgn sandbox``: a complete local CGN on loopback.
+
+Starts Central, one node, N miners serving the built-in ``echo`` DService and the gateway,
+each as its own process on 127.0.0.1 port 0; creates the demo enterprise account on a fresh
+state directory; checks the whole path with a real request; writes ``sandbox.json``
+(mode 0600); prints ready-to-paste curl lines; and stops every process on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from cgn_cli._admin import AdminClient
+from cgn_common.errors import CgnError, FailedPreconditionError, UnavailableError
+from cgn_common.logs import log_event
+from cgn_common.process import die_with_parent
+from cgn_common.ready import write_json_atomic
+from cgn_common.signals import wait_for_stop
+from cgn_common.types import AccountKind, Tier
+
+_log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 60.0
+_POLL_S = 0.05
+
+
+@dataclass
+class Child:
+    """One process of the sandbox."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    ready_file: Path
+    log_file: Path
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the child's log, for error messages."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+async def _until(predicate: Any, what: str, timeout_s: float = _START_TIMEOUT_S) -> None:
+    """Polls an async predicate until true, with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(_POLL_S)
+    raise UnavailableError(f"sandbox: timed out waiting for {what}")
+
+
+class Sandbox:
+    """The sandbox's processes and state."""
+
+    def __init__(self, state_dir: Path, miners: int = 2) -> None:
+        self.state_dir = state_dir
+        self.miners = miners
+        self.children: list[Child] = []
+        self._secrets_file = state_dir / "secrets.json"
+
+    def _load_secrets(self) -> dict[str, Any]:
+        if self._secrets_file.exists():
+            data: dict[str, Any] = json.loads(self._secrets_file.read_text())
+            return data
+        return {
+            "operator_token": secrets.token_urlsafe(32),
+            "session_secret": secrets.token_urlsafe(32),
+        }
+
+    def _save_secrets(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self._secrets_file, data, mode=0o600)
+
+    async def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+        ready_file = self.state_dir / "run" / f"{name}.ready.json"
+        ready_file.unlink(missing_ok=True)
+        log_file = self.state_dir / "logs" / f"{name}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cgn_cli", *args, "--ready-file", str(ready_file),
+                env={**os.environ, **env}, stdout=log, stderr=log, preexec_fn=die_with_parent,
+                cwd=self.state_dir,
+            )
+        child = Child(name, process, ready_file, log_file)
+        self.children.append(child)
+        log_event(_log, "sandbox_process_started", name=name, pid=process.pid)
+        return child
+
+    async def _wait_ready(self, child: Child) -> dict[str, Any]:
+        async def ready() -> bool:
+            if child.process.returncode is not None:
+                raise FailedPreconditionError(
+                    f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}"
+                )
+            return child.ready_file.exists()
+
+        await _until(ready, f"{child.name} to serve")
+        child.ready = json.loads(child.ready_file.read_text())
+        return child.ready
+
+    async def start(self) -> dict[str, Any]:
+        """Starts everything and returns the sandbox.json content."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        state = self._load_secrets()
+        self._save_secrets(state)
+        db = self.state_dir / "central.db"
+        central = await self._spawn(
+            "central",
+            ["central"],
+            {
+                "CGN_CENTRAL_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+                "CGN_CENTRAL_ADMIN_LISTEN": "127.0.0.1:0",
+                "CGN_CENTRAL_OPERATOR_TOKEN": state["operator_token"],
+            },
+        )
+        admin_address = (await self._wait_ready(central))["endpoints"]["admin"]
+        admin = AdminClient(admin_address, state["operator_token"])
+        try:
+            sandbox_json = self.state_dir / "sandbox.json"
+            previous = json.loads(sandbox_json.read_text()) if sandbox_json.exists() else {}
+            if "node_id" not in state:
+                state["node_id"], state["node_key"] = await admin.create_account(
+                    AccountKind.NODE, "sandbox node"
+                )
+            if not previous.get("api_key") or previous.get("account_id") != state.get(
+                "enterprise_id"
+            ):
+                enterprise_id, api_key = await admin.create_account(
+                    AccountKind.ENTERPRISE,
+                    "demo enterprise",
+                    allowed_tiers=[Tier.TIER_1_PRIVATE, Tier.TIER_2_DATACENTER, Tier.TIER_3_TEE],
+                )
+                state["enterprise_id"] = enterprise_id
+                state.pop("miners", None)  # tier-1 miners belong to the enterprise
+            else:
+                api_key = previous["api_key"]
+            miners: list[list[str]] = state.setdefault("miners", [])
+            while len(miners) < self.miners:
+                miners.append(
+                    list(
+                        await admin.create_account(
+                            AccountKind.MINER,
+                            f"sandbox miner {len(miners) + 1}",
+                            tier=Tier.TIER_1_PRIVATE,
+                            parent_account_id=state["enterprise_id"],
+                        )
+                    )
+                )
+            self._save_secrets(state)
+
+            node = await self._spawn(
+                "node",
+                ["node"],
+                {
+                    "CGN_NODE_NODE_ID": state["node_id"],
+                    "CGN_NODE_NODE_KEY": state["node_key"],
+                    "CGN_NODE_SESSION_SECRET": state["session_secret"],
+                    "CGN_NODE_WORK_LISTEN": "127.0.0.1:0",
+                    "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
+                    "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
+                    "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
+                    "CGN_NODE_DSERVICES": "echo",
+                },
+            )
+            node_endpoints = (await self._wait_ready(node))["endpoints"]
+            await admin.register_node(state["node_id"], node_endpoints)
+            await _until(lambda: admin.node_linked(state["node_id"]), "Central to link the node")
+        finally:
+            await admin.close()
+
+        miner_children = []
+        for index, (miner_id, miner_key) in enumerate(state["miners"][: self.miners], start=1):
+            workdir = self.state_dir / f"miner-{index}"
+            workdir.mkdir(exist_ok=True)
+            miner_children.append(
+                await self._spawn(
+                    f"miner-{index}",
+                    ["miner", "run"],
+                    {
+                        "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
+                        "CGN_MINER_MINER_ID": miner_id,
+                        "CGN_MINER_MINER_KEY": miner_key,
+                        "CGN_MINER_DSERVICES": "echo",
+                        "CGN_MINER_STATE_DIR": str(workdir),
+                    },
+                )
+            )
+        for child in miner_children:
+            await self._wait_ready(child)
+        gateway = await self._spawn(
+            "gateway",
+            ["gateway"],
+            {
+                "CGN_GATEWAY_LISTEN": "127.0.0.1:0",
+                "CGN_GATEWAY_NODE_ADDRESS": node_endpoints["work"],
+            },
+        )
+        gateway_url = (await self._wait_ready(gateway))["endpoints"]["http"]
+        await self._smoke_test(gateway_url, state["enterprise_id"], api_key)
+
+        info = {
+            "gateway_url": gateway_url,
+            "account_id": state["enterprise_id"],
+            "api_key": api_key,
+            "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+            "processes": {
+                c.name: {"pid": c.process.pid, "endpoints": c.ready.get("endpoints", {})}
+                for c in self.children
+            },
+        }
+        write_json_atomic(self.state_dir / "sandbox.json", info, mode=0o600)
+        return info
+
+    @staticmethod
+    async def _smoke_test(gateway_url: str, account_id: str, api_key: str) -> None:
+        """One real request through gateway, node, miner and echo."""
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{gateway_url}/v1/sessions", json={"account_id": account_id, "api_key": api_key}
+            ) as response:
+                if response.status != 200:
+                    raise FailedPreconditionError(
+                        f"sandbox: session failed: {response.status} {await response.text()}"
+                    )
+                token = (await response.json())["token"]
+            async with http.post(
+                f"{gateway_url}/v1/dservices/echo/ready?check=1",
+                data=b"ping",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                body = await response.read()
+                if response.status != 200 or body != b"ping":
+                    raise FailedPreconditionError(
+                        f"sandbox: echo check failed: {response.status} {body[:200]!r}"
+                    )
+
+    async def stop(self) -> None:
+        """Stops every process, newest first: SIGTERM, then SIGKILL after 10 s."""
+        for child in reversed(self.children):
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.terminate()
+        for child in reversed(self.children):
+            try:
+                await asyncio.wait_for(child.process.wait(), 10.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.process.wait()
+            log_event(
+                _log, "sandbox_process_stopped", name=child.name, exit_code=child.process.returncode
+            )
+
+
+def curl_lines(info: dict[str, Any]) -> str:
+    """Ready-to-paste shell lines: open a session, then call echo (the key is read from
+    sandbox.json, never printed)."""
+    sandbox_json = shlex.quote(str(Path(info["state_dir"]) / "sandbox.json"))
+    url = info["gateway_url"]
+    body_cmd = (
+        "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
+        'print(json.dumps({"account_id": d["account_id"], "api_key": d["api_key"]}))'
+        f"' {sandbox_json}"
+    )
+    token_cmd = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])'"
+    return "\n".join(
+        [
+            f"TOKEN=$(curl -s -X POST {url}/v1/sessions -H 'Content-Type: application/json' "
+            f'-d "$({body_cmd})" | {token_cmd})',
+            f"curl -i -X POST '{url}/v1/dservices/echo/hello?name=cgn' "
+            "-H \"Authorization: Bearer $TOKEN\" --data-binary 'hello, CGN'",
+        ]
+    )
+
+
+async def _main(state_dir: Path, miners: int) -> int:
+    sandbox = Sandbox(state_dir, miners)
+    stop = asyncio.create_task(wait_for_stop())
+    start = asyncio.create_task(sandbox.start())
+    try:
+        await asyncio.wait({stop, start}, return_when=asyncio.FIRST_COMPLETED)
+        if start.done():
+            info = start.result()
+            print(f"CGN sandbox ready: gateway {info['gateway_url']}", flush=True)
+            print(f"State, logs and credentials: {state_dir} (sandbox.json)", flush=True)
+            print("Try it:\n" + curl_lines(info), flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+            await stop
+        return 0
+    except CgnError as exc:
+        print(f"sandbox failed: {exc.message}", file=sys.stderr, flush=True)
+        return 1
+    except grpc.aio.AioRpcError as exc:
+        print(f"sandbox failed: {exc.code().name}: {exc.details()}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for task in (start, stop):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CgnError):
+                await task
+        await sandbox.stop()
+        (state_dir / "sandbox.json").exists() and _mark_stopped(state_dir / "sandbox.json")
+
+
+def _mark_stopped(path: Path) -> None:
+    data = json.loads(path.read_text())
+    data["stopped"] = True
+    write_json_atomic(path, data, mode=0o600)
+
+
+def run_sandbox(state_dir: Path, miners: int) -> int:
+    """Blocking entry point for ``cgn sandbox``; returns the exit status."""
+    return asyncio.run(_main(state_dir, miners))

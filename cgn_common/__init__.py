@@ -1,0 +1,1 @@
+"""Helpers shared by every CGN process: errors, configuration, logging, gRPC plumbing."""

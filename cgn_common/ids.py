@@ -1,0 +1,15 @@
+"""Identifiers and tokens."""
+
+from __future__ import annotations
+
+import secrets
+
+
+def new_id(prefix: str) -> str:
+    """Returns a random, unguessable id such as ``acct_3f2a...`` (128 bits)."""
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def new_secret(prefix: str) -> str:
+    """Returns a new API key or token (256 bits, URL-safe)."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"

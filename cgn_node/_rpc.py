@@ -1,0 +1,190 @@
+"""The node's DApp-facing servicers: SessionService, WorkService, NodeStatusService."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from cgn_common.errors import InvalidArgumentError
+from cgn_common.ids import new_id
+from cgn_common.rpc import bearer_token, translate_errors
+from cgn_common.types import AccountKind, Tier
+from cgn_node._miner_link import MinerResult
+from cgn_node.broker import Broker, WorkUnit
+from cgn_node.central_client import CentralClient
+from cgn_node.recorder import FinishedWork, WorkRecorder
+from cgn_node.sessions import SessionIssuer
+from generated.cgn.common.v1 import types_pb2
+from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
+from generated.cgn.node.v1 import status_service_pb2 as status_pb
+from generated.cgn.node.v1 import status_service_pb2_grpc as status_grpc
+from generated.cgn.work.v1 import session_service_pb2 as session_pb
+from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
+from generated.cgn.work.v1 import work_pb2
+from generated.cgn.work.v1 import work_service_pb2 as work_pb
+from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_SESSION_KINDS = (AccountKind.ENTERPRISE, AccountKind.END_USER)
+
+
+class Sessions(session_grpc.SessionServiceServicer):
+    """Exchanges an API key (checked by Central) for a locally verifiable session token."""
+
+    def __init__(self, issuer: SessionIssuer, central: CentralClient) -> None:
+        self._issuer = issuer
+        self._central = central
+
+    @translate_errors
+    async def CreateSession(  # noqa: N802
+        self, request: session_pb.CreateSessionRequest, context: Context
+    ) -> session_pb.CreateSessionResponse:
+        if not request.account_id or not request.api_key:
+            raise InvalidArgumentError("account_id and api_key are required")
+        account = await self._central.verify_credential(
+            request.account_id, request.api_key, _SESSION_KINDS
+        )
+        token, claims = self._issuer.issue(account.account_id, account.allowed_tiers)
+        response = session_pb.CreateSessionResponse(
+            token=token,
+            allowed_tiers=[int(t) for t in claims.allowed_tiers],  # type: ignore[misc]
+        )
+        response.expires_at.FromDatetime(datetime.fromtimestamp(claims.expires_at, UTC))
+        return response
+
+    @translate_errors
+    async def RevokeSession(  # noqa: N802
+        self, request: session_pb.RevokeSessionRequest, context: Context
+    ) -> session_pb.RevokeSessionResponse:
+        return session_pb.RevokeSessionResponse(revoked=self._issuer.revoke(request.token))
+
+
+class Work(work_grpc.WorkServiceServicer):
+    """Runs DApp requests through the broker and records each finished unit."""
+
+    def __init__(
+        self, broker: Broker, issuer: SessionIssuer, recorder: WorkRecorder, node_id: str
+    ) -> None:
+        self._broker = broker
+        self._issuer = issuer
+        self._recorder = recorder
+        self._node_id = node_id
+
+    @translate_errors
+    async def Call(  # noqa: N802
+        self, request: work_pb.CallRequest, context: Context
+    ) -> work_pb.CallResponse:
+        started = time.perf_counter_ns()
+        claims = self._issuer.verify(bearer_token(context))
+        if not _DSERVICE_NAME.match(request.dservice):
+            raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
+        if not request.head.method or not request.head.path.startswith("/"):
+            raise InvalidArgumentError("head.method and a head.path starting with '/' are required")
+        tiers = claims.allowed_tiers
+        if request.options.preferred_tiers:
+            tiers = tuple(t for t in tiers if t in set(request.options.preferred_tiers))
+        if request.options.sensitive:
+            tiers = tuple(t for t in tiers if t <= Tier.TIER_2_DATACENTER)
+        work_id = new_id("work")
+        assignment = link_pb.WorkAssignment(
+            work_id=work_id,
+            dservice=request.dservice,
+            head=request.head,
+            body=request.body,
+            body_complete=True,
+            affinity_key=request.options.affinity_key,
+            grade=types_pb2.WORK_GRADE_LOW,
+            role=link_pb.WORK_ROLE_PRIMARY,
+        )
+        unit = WorkUnit(
+            work_id=work_id,
+            dservice=request.dservice,
+            account_id=claims.account_id,
+            allowed_tiers=tiers,
+            payload=assignment,
+            affinity_key=request.options.affinity_key,
+        )
+        outcome = await self._broker.submit(unit)
+        result: MinerResult = outcome.result
+        usage = result.completion.usage
+        total_us = (time.perf_counter_ns() - started) // 1000
+        finished = FinishedWork(
+            work_id=work_id,
+            account_id=claims.account_id,
+            dservice=request.dservice,
+            miner_id=outcome.miner_id,
+            tier=outcome.tier,
+            status_code=result.head.status_code,
+            attempts=outcome.attempts,
+            total_time_us=total_us,
+            execution_time_us=usage.wall_time_us,
+            cpu_time_us=usage.cpu_time_us,
+            bytes_in=usage.bytes_in,
+            bytes_out=usage.bytes_out,
+        )
+        await self._recorder.record(finished)
+        receipt = work_pb2.WorkReceipt(
+            work_id=work_id,
+            usage=usage,
+            tier=int(outcome.tier),  # type: ignore[arg-type]
+            attempts=outcome.attempts,
+            node_id=self._node_id,
+        )
+        receipt.total_time.FromMicroseconds(total_us)
+        receipt.execution_time.FromMicroseconds(usage.wall_time_us)
+        receipt.network_latency.FromMicroseconds(finished.network_latency_us)
+        return work_pb.CallResponse(head=result.head, body=result.body, receipt=receipt)
+
+
+class Status(status_grpc.NodeStatusServiceServicer):
+    """Reports queues, miner pools and the central link."""
+
+    def __init__(self, broker: Broker, node_id: str, region: str, central: Any) -> None:
+        self._broker = broker
+        self._node_id = node_id
+        self._region = region
+        self._central = central
+        self._started = time.monotonic()
+
+    @translate_errors
+    async def GetStatus(  # noqa: N802
+        self, request: status_pb.GetStatusRequest, context: Context
+    ) -> status_pb.GetStatusResponse:
+        depths = self._broker.queue_depths()
+        overloaded = any(w >= self._broker.danger_threshold for w, _ in depths.values())
+        status = status_pb.NodeStatus(
+            node_id=self._node_id,
+            location=types_pb2.GeoLocation(region=self._region),
+            health=(
+                types_pb2.HEALTH_STATE_OVERLOADED if overloaded else types_pb2.HEALTH_STATE_SERVING
+            ),
+            version="0.1.0",
+            central_connected=self._central.connected,
+            queues=[
+                status_pb.QueueStatus(
+                    dservice=name,
+                    depth=waiting,
+                    in_flight=in_flight,
+                    danger_threshold=self._broker.danger_threshold,
+                )
+                for name, (waiting, in_flight) in depths.items()
+            ],
+            miner_pools=[
+                status_pb.MinerPoolStatus(
+                    tier=int(tier),  # type: ignore[arg-type]
+                    dservice=name,
+                    connected=connected,
+                    idle=idle,
+                )
+                for (tier, name), (connected, idle) in sorted(self._broker.pools().items())
+            ],
+        )
+        status.uptime.FromNanoseconds(int((time.monotonic() - self._started) * 1e9))
+        status.observed_at.GetCurrentTime()
+        return status_pb.GetStatusResponse(status=status)

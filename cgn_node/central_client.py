@@ -1,0 +1,41 @@
+"""What the node asks Central, as plain Python (the transport is in ``_central_link``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cgn_common.types import AccountKind, Tier, WorkGrade
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    """An account's standing as Central reports it."""
+
+    account_id: str
+    kind: AccountKind
+    allowed_tiers: tuple[Tier, ...]
+    pseudonym: str
+    tier: Tier | None
+
+
+@dataclass(frozen=True)
+class MinerInfo:
+    """A miner's standing as Central reports it."""
+
+    account: AccountInfo
+    max_grade: WorkGrade
+    owner_account_id: str
+
+
+class CentralClient(Protocol):
+    """The questions a node may ask Central (over the stream Central opened)."""
+
+    async def verify_credential(
+        self, account_id: str, api_key: str, kinds: Sequence[AccountKind]
+    ) -> AccountInfo:
+        """Checks an API key; raises UnauthenticatedError when it does not verify."""
+
+    async def verify_miner(self, miner_id: str, api_key: str) -> MinerInfo:
+        """Checks a miner's credentials; raises UnauthenticatedError when they do not verify."""

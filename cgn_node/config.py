@@ -1,0 +1,38 @@
+"""The node's configuration (env prefix ``CGN_NODE_``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cgn_common.config import Secret, option
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node reads at start. Ports are the paper's production defaults."""
+
+    node_id: str = option("", "This node's account id at Central (an ACCOUNT_KIND_NODE account).")
+    node_key: Secret = option(Secret(""), "This node's API key, sent to Central in NodeHello.")
+    work_listen: str = option("0.0.0.0:9090", "WorkService + SessionService (gateway, gRPC clients).")
+    miner_link_listen: str = option("0.0.0.0:8080", "MinerLinkService, where miners dial in.")
+    status_listen: str = option("0.0.0.0:5551", "NodeStatusService.")
+    central_link_listen: str = option("0.0.0.0:7771", "CentralLinkService, where Central dials in.")
+    session_secret: Secret = option(
+        Secret(""),
+        "HMAC key for session tokens; every process of one node must share it. "
+        "Empty: a random key per start (sessions end with the process).",
+    )
+    session_ttl_s: int = option(3600, "How long a session token is accepted, in seconds.")
+    ack_deadline_ms: int = option(500, "How long a miner has to acknowledge an assignment.")
+    dispatch_attempts: int = option(5, "Most dispatches of one work unit before it fails.")
+    queue_danger_threshold: int = option(
+        1000, "Waiting work units per DService past which new work gets RESOURCE_EXHAUSTED."
+    )
+    queue_timeout_s: int = option(30, "How long work waits for a miner before UNAVAILABLE.")
+    central_timeout_s: int = option(10, "How long a question to Central may take.")
+    dservices: list[str] = option([], "DService names this node serves even with no miner online.")
+    region: str = option("local", "The data-flow region of this node.")
+    tls_cert_file: str = option("", "TLS certificate for every listener; empty: plaintext.")
+    tls_key_file: str = option("", "TLS private key matching tls_cert_file.")
+    tls_ca_file: str = option("", "CA bundle for client certificates (mutual TLS).")
+    log_level: str = option("INFO", "Log level.")

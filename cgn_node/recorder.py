@@ -1,0 +1,64 @@
+"""Where a finished work unit is recorded. The microtransaction ledger (SPEC section 8)
+plugs in here; until it lands, :class:`LogRecorder` writes one structured log line."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from cgn_common.logs import log_event
+from cgn_common.types import Tier
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinishedWork:
+    """Everything the node knows about a finished work unit when it writes the row."""
+
+    work_id: str
+    account_id: str
+    dservice: str
+    miner_id: str
+    tier: Tier
+    status_code: int
+    attempts: int
+    total_time_us: int
+    execution_time_us: int
+    cpu_time_us: int
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def network_latency_us(self) -> int:
+        """Total time minus the miner's reported execution time (SPEC section 4, step 6)."""
+        return max(0, self.total_time_us - self.execution_time_us)
+
+
+class WorkRecorder(Protocol):
+    """Records finished work units; called before the response goes back to the DApp."""
+
+    async def record(self, work: FinishedWork) -> None:
+        """Records ``work``; an exception fails the request (nothing unbilled is returned)."""
+
+
+class LogRecorder:
+    """Logs each finished work unit; a stand-in until the ledger issue lands."""
+
+    async def record(self, work: FinishedWork) -> None:
+        """Writes one ``work_finished`` log line."""
+        log_event(
+            _log,
+            "work_finished",
+            work_id=work.work_id,
+            account_id=work.account_id,
+            dservice=work.dservice,
+            miner_id=work.miner_id,
+            tier=int(work.tier),
+            status=work.status_code,
+            attempts=work.attempts,
+            total_us=work.total_time_us,
+            execution_us=work.execution_time_us,
+            latency_us=work.network_latency_us,
+        )

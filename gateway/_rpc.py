@@ -1,0 +1,64 @@
+"""The gateway's gRPC client of the node (SessionService, WorkService)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cgn_common.rpc import TlsConfig, open_channel
+from generated.cgn.common.v1 import http_pb2
+from generated.cgn.work.v1 import session_service_pb2 as session_pb
+from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
+from generated.cgn.work.v1 import work_service_pb2 as work_pb
+from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+
+
+class NodeClient:
+    """One channel to the node's work address, shared by every request."""
+
+    def __init__(self, address: str, tls: TlsConfig | None = None) -> None:
+        self._channel = open_channel(address, tls)
+        self._sessions = session_grpc.SessionServiceStub(self._channel)
+        self._work = work_grpc.WorkServiceStub(self._channel)
+
+    async def create_session(
+        self, account_id: str, api_key: str, timeout_s: float
+    ) -> tuple[str, float]:
+        """Opens a session; returns (token, expires_at as Unix seconds)."""
+        response: session_pb.CreateSessionResponse = await self._sessions.CreateSession(
+            session_pb.CreateSessionRequest(account_id=account_id, api_key=api_key),
+            timeout=timeout_s,
+        )
+        return response.token, response.expires_at.ToMicroseconds() / 1e6
+
+    async def call(
+        self,
+        token: str,
+        dservice: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, bytes]],
+        body: bytes,
+        timeout_s: float,
+    ) -> tuple[int, list[tuple[str, bytes]], bytes]:
+        """Runs one request; returns (status, headers, body) from the DService."""
+        request = work_pb.CallRequest(
+            dservice=dservice,
+            head=http_pb2.HttpRequestHead(
+                method=method,
+                path=path,
+                query=query,
+                headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in headers],
+                content_length=len(body),
+            ),
+            body=body,
+        )
+        response: work_pb.CallResponse = await self._work.Call(
+            request, timeout=timeout_s, metadata=(("authorization", f"Bearer {token}"),)
+        )
+        head = response.head
+        return head.status_code, [(h.name, h.value) for h in head.headers], response.body
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close()

@@ -1,0 +1,190 @@
+"""The gateway's HTTP routes.
+
+- ``POST /v1/sessions`` ``{"account_id", "api_key"}`` -> ``{"token", "expires_at"}``
+- ``ANY /v1/dservices/{name}/{path}`` -> the DService's status, headers and body
+- ``GET /healthz`` -> 200 while the gateway runs
+Errors are ``{"error": {"code": <gRPC status name>, "message": ...}}`` with ``X-CGN-Error: 1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import grpc
+from aiohttp import web
+from multidict import CIMultiDict
+
+from cgn_common.logs import log_event
+from gateway._rpc import NodeClient
+from gateway.config import GatewayConfig
+from gateway.errors import SERVER_NAME, error_response
+
+_log = logging.getLogger(__name__)
+
+#: Request headers never forwarded to a DService: hop-by-hop (RFC 9110 7.6.1), the CGN's own
+#: credentials, and framing the gateway recomputes.
+STRIPPED_REQUEST_HEADERS = frozenset(
+    {
+        "authorization",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+_STRIPPED_RESPONSE_HEADERS = STRIPPED_REQUEST_HEADERS - {"authorization"}
+
+CONFIG_KEY = web.AppKey("config", GatewayConfig)
+NODE_KEY = web.AppKey("node", NodeClient)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> web.Response:
+    return error_response(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body exceeds {limit} bytes",
+        http_status=413,
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns every failure into the JSON error shape; never leaks internals."""
+    config = request.app[CONFIG_KEY]
+    try:
+        return await handler(request)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.INTERNAL:
+            log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
+        return error_response(
+            exc.code(), exc.details() or exc.code().name, retry_after_s=config.retry_after_s
+        )
+    except web.HTTPException as exc:
+        code = {
+            404: grpc.StatusCode.NOT_FOUND,
+            405: grpc.StatusCode.UNIMPLEMENTED,
+            413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        }.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+        return error_response(code, exc.reason, http_status=exc.status)
+    except Exception:
+        log_event(_log, "gateway_internal_error", logging.ERROR, path=request.path, exc_info=True)
+        return error_response(grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """``POST /v1/sessions``."""
+    config = request.app[CONFIG_KEY]
+    try:
+        raw = await _read_limited(request, config.max_control_body_bytes)
+    except _TooLarge:
+        return _too_large(config.max_control_body_bytes)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error_response(grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("account_id"), str)
+        or not isinstance(data.get("api_key"), str)
+    ):
+        return error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            'body must be {"account_id": "<string>", "api_key": "<string>"}',
+        )
+    token, expires_at = await request.app[NODE_KEY].create_session(
+        data["account_id"], data["api_key"], timeout_s=30.0
+    )
+    expires = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
+    return web.json_response(
+        {"token": token, "expires_at": expires}, headers={"Server": SERVER_NAME}
+    )
+
+
+async def call_dservice(request: web.Request) -> web.Response:
+    """``ANY /v1/dservices/{name}/{path}``: forwards the request unchanged."""
+    config = request.app[CONFIG_KEY]
+    authorization = request.headers.get("Authorization", "")
+    if not authorization.startswith("Bearer ") or not authorization[7:].strip():
+        return error_response(
+            grpc.StatusCode.UNAUTHENTICATED, "a session token is required (Authorization: Bearer)"
+        )
+    name = request.match_info["name"]
+    raw_path = request.raw_path.split("?", 1)[0]
+    prefix = f"/v1/dservices/{name}"
+    path = raw_path[len(prefix) :] if raw_path.startswith(prefix) else "/"
+    path = path or "/"
+    try:
+        body = await _read_limited(request, config.max_work_body_bytes)
+    except _TooLarge:
+        return _too_large(config.max_work_body_bytes)
+    headers = [
+        (n.decode("latin-1"), v)
+        for n, v in request.raw_headers
+        if n.decode("latin-1").lower() not in STRIPPED_REQUEST_HEADERS
+    ]
+    status, response_headers, response_body = await request.app[NODE_KEY].call(
+        authorization[7:].strip(),
+        name,
+        request.method,
+        path,
+        request.rel_url.raw_query_string,
+        headers,
+        body,
+        timeout_s=float(config.request_timeout_s),
+    )
+    out: CIMultiDict[str] = CIMultiDict()
+    for n, v in response_headers:
+        if n.lower() not in _STRIPPED_RESPONSE_HEADERS:
+            out.add(n, v.decode("latin-1"))
+    if "Server" not in out:
+        out["Server"] = SERVER_NAME
+    return web.Response(status=status, headers=out, body=response_body)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``."""
+    return web.json_response({"status": "serving"}, headers={"Server": SERVER_NAME})
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(grpc.StatusCode.NOT_FOUND, f"no route for {request.path}")
+
+
+def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
+    """Builds the gateway application around a node client."""
+    app = web.Application(middlewares=[_errors], client_max_size=config.max_work_body_bytes)
+    app[CONFIG_KEY] = config
+    app[NODE_KEY] = node
+    app.router.add_post("/v1/sessions", create_session)
+    app.router.add_route("*", "/v1/dservices/{name}/{path:.*}", call_dservice)
+    app.router.add_route("*", "/v1/dservices/{name}", call_dservice)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app

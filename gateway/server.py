@@ -1,0 +1,51 @@
+"""Runs the gateway's HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from cgn_common.logs import log_event
+from cgn_common.ready import write_ready_file
+from cgn_common.rpc import TlsConfig
+from cgn_common.signals import wait_for_stop
+from gateway._rpc import NodeClient
+from gateway.app import make_app
+from gateway.config import GatewayConfig
+
+_log = logging.getLogger(__name__)
+
+
+async def start(config: GatewayConfig) -> tuple[web.AppRunner, NodeClient, str]:
+    """Starts serving; returns the runner, the node client and the bound URL."""
+    node = NodeClient(config.node_address, TlsConfig(ca_file=config.tls_ca_file))
+    runner = web.AppRunner(make_app(config, node), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = config.listen.rpartition(":")
+    site = web.TCPSite(runner, host, int(port))
+    await site.start()
+    server = site._server  # noqa: SLF001 - aiohttp exposes the bound socket only here
+    sockets = getattr(server, "sockets", None) or []
+    bound_port = sockets[0].getsockname()[1] if sockets else int(port)
+    return runner, node, f"http://{host}:{bound_port}"
+
+
+async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:
+    """Serves until SIGINT or SIGTERM."""
+    runner, node, url = await start(config)
+    write_ready_file(ready_file, {"http": url})
+    log_event(_log, "gateway_ready", url=url, node=config.node_address)
+    try:
+        await wait_for_stop()
+    finally:
+        log_event(_log, "gateway_stopping")
+        await runner.cleanup()
+        await node.close()
+
+
+def run(config: GatewayConfig, ready_file: Path | None = None) -> None:
+    """Blocking entry point for ``cgn gateway``."""
+    asyncio.run(serve(config, ready_file))

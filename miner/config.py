@@ -1,0 +1,25 @@
+"""The miner's configuration (env prefix ``CGN_MINER_``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cgn_common.config import Secret, option
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    """Everything a miner reads at start."""
+
+    node_address: str = option("127.0.0.1:8080", "The node's miner link, host:port.")
+    miner_id: str = option("", "This miner's account id at Central.")
+    miner_key: Secret = option(Secret(""), "This miner's API key.")
+    dservices: list[str] = option(["echo"], "Built-in DServices to offer.")
+    max_concurrent_work_units: int = option(16, "Work units run at once.")
+    runtime: str = option("process", "DService runtime: 'process' (docker comes later).")
+    state_dir: str = option(".", "Where the miner keeps DService sockets and temporary files.")
+    reconnect_max_s: int = option(10, "Longest wait between reconnection attempts.")
+    tls_cert_file: str = option("", "Client certificate for mutual TLS; empty: plaintext.")
+    tls_key_file: str = option("", "Private key matching tls_cert_file.")
+    tls_ca_file: str = option("", "CA bundle that signs the node's certificate.")
+    log_level: str = option("INFO", "Log level.")

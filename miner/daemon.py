@@ -1,0 +1,86 @@
+"""``cgn miner run``: start the DServices, connect to the node, reconnect with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import grpc
+
+from cgn_common.errors import InvalidArgumentError
+from cgn_common.logs import log_event
+from cgn_common.ready import write_ready_file
+from cgn_common.rpc import TlsConfig, open_channel
+from cgn_common.signals import wait_for_stop
+from miner._link import LinkSession
+from miner.config import MinerConfig
+from miner.fitness import run_fitness_test
+from miner.runtime import ProcessRuntime
+
+_log = logging.getLogger(__name__)
+
+
+class MinerDaemon:
+    """A miner built from its config."""
+
+    def __init__(self, config: MinerConfig) -> None:
+        if not config.miner_id or not config.miner_key:
+            raise InvalidArgumentError("miner_id and miner_key are required")
+        if config.runtime != "process":
+            raise InvalidArgumentError(f"runtime {config.runtime!r} is not available yet")
+        self.config = config
+        self.runtime = ProcessRuntime(config.dservices)
+        self.connected = asyncio.Event()
+        self._tls = TlsConfig(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+
+    async def run(self) -> None:
+        """Connects and serves forever, reconnecting after failures."""
+        fitness = await asyncio.to_thread(run_fitness_test)
+        log_event(_log, "fitness_tested", cpu_kmips=fitness.cpu_kmips, threads=fitness.cpu_threads)
+        delay = 0.1
+        while True:
+            session = LinkSession(self.config, self.runtime, fitness)
+            try:
+                async with open_channel(self.config.node_address, self._tls) as channel:
+                    await session.run(channel, self.connected)
+            except grpc.aio.AioRpcError as exc:
+                log_event(
+                    _log, "miner_link_down", logging.WARNING, code=exc.code().name,
+                    error=exc.details(), retry_in_s=delay,
+                )
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    delay = float(self.config.reconnect_max_s)
+            if session.welcome is not None:
+                delay = 0.1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, float(self.config.reconnect_max_s))
+
+
+async def serve(config: MinerConfig, ready_file: Path | None = None) -> None:
+    """Runs the miner until SIGINT or SIGTERM."""
+    daemon = MinerDaemon(config)
+    await daemon.runtime.start()
+    link = asyncio.create_task(daemon.run())
+    stop = asyncio.create_task(wait_for_stop())
+    connected = asyncio.create_task(daemon.connected.wait())
+    try:
+        await asyncio.wait({connected, stop, link}, return_when=asyncio.FIRST_COMPLETED)
+        if connected.done():
+            write_ready_file(ready_file, {}, miner_id=config.miner_id, node=config.node_address)
+            await asyncio.wait({stop, link}, return_when=asyncio.FIRST_COMPLETED)
+        if link.done():
+            link.result()
+    finally:
+        log_event(_log, "miner_stopping")
+        for task in (link, stop, connected):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await daemon.runtime.stop()
+
+
+def run(config: MinerConfig, ready_file: Path | None = None) -> None:
+    """Blocking entry point for ``cgn miner run``."""
+    asyncio.run(serve(config, ready_file))

@@ -1,0 +1,244 @@
+"""The ``process`` DService runtime: each DService is a child process serving HTTP on a
+loopback port (``CGN_LISTEN``), restarted when it crashes, metered through /proc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from cgn_common.errors import FailedPreconditionError, UnavailableError
+from cgn_common.logs import log_event
+from cgn_common.process import die_with_parent
+
+_log = logging.getLogger(__name__)
+
+#: Built-in DServices the process runtime can start, by name.
+BUILTIN_DSERVICES: dict[str, list[str]] = {
+    "echo": [sys.executable, "-m", "dservices.echo"],
+}
+
+#: Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+_START_TIMEOUT_S = 15.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class DServiceResponse:
+    """A DService's answer and what it cost."""
+
+    status: int
+    headers: list[tuple[str, bytes]]
+    body: bytes
+    cpu_time_us: int
+    wall_time_us: int
+    peak_memory_bytes: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cpu_time_us(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1_000_000 // _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _peak_memory_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class DServiceProcess:
+    """One running DService child process."""
+
+    def __init__(self, name: str, command: Sequence[str]) -> None:
+        self.name = name
+        self._command = list(command)
+        self._process: asyncio.subprocess.Process | None = None
+        self._port = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ready = asyncio.Event()
+        self.restarts = 0
+
+    @property
+    def running(self) -> bool:
+        """True while the child serves."""
+        return self._ready.is_set()
+
+    async def start(self) -> None:
+        """Starts the child and waits until it accepts connections."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, force_close=False),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        await self._spawn()
+        self._monitor = asyncio.create_task(self._watch(), name=f"dservice-{self.name}")
+
+    async def _spawn(self) -> None:
+        self._port = _free_port()
+        env = {**os.environ, "CGN_LISTEN": f"127.0.0.1:{self._port}"}
+        self._process = await asyncio.create_subprocess_exec(
+            *self._command, env=env, preexec_fn=die_with_parent
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.returncode is not None:
+                raise FailedPreconditionError(f"DService {self.name!r} exited at start")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self._port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            self._ready.set()
+            log_event(
+                _log, "dservice_started", dservice=self.name, pid=self._process.pid, port=self._port
+            )
+            return
+        raise FailedPreconditionError(f"DService {self.name!r} did not start listening in time")
+
+    async def _watch(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            assert self._process is not None
+            code = await self._process.wait()
+            self._ready.clear()
+            if self._stopping:
+                return
+            log_event(
+                _log, "dservice_crashed", logging.WARNING, dservice=self.name, exit_code=code,
+                restart_in_s=delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await self._spawn()
+                self.restarts += 1
+            except FailedPreconditionError as exc:
+                log_event(_log, "dservice_restart_failed", logging.ERROR, error=exc.message)
+
+    async def call(
+        self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
+    ) -> DServiceResponse:
+        """Sends one request to the DService and meters it."""
+        if not self._ready.is_set() or self._process is None or self._session is None:
+            raise UnavailableError(f"DService {self.name!r} is not running")
+        pid = self._process.pid
+        target = f"http://127.0.0.1:{self._port}{path}" + (f"?{query}" if query else "")
+        send_headers = [
+            (name, value.decode("latin-1"))
+            for name, value in headers
+            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
+        ]
+        cpu_before = _cpu_time_us(pid)
+        started = time.perf_counter_ns()
+        try:
+            async with self._session.request(
+                method, URL(target, encoded=True), headers=send_headers, data=body
+            ) as response:
+                payload = await response.read()
+                raw_headers = response.raw_headers
+                status = response.status
+        except aiohttp.ClientError as exc:
+            raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
+        wall_us = (time.perf_counter_ns() - started) // 1000
+        kept = [
+            (name.decode("latin-1"), value)
+            for name, value in raw_headers
+            if name.decode("latin-1").lower() not in HOP_BY_HOP
+            and name.lower() != b"content-length"
+        ]
+        return DServiceResponse(
+            status=status,
+            headers=kept,
+            body=payload,
+            cpu_time_us=max(0, _cpu_time_us(pid) - cpu_before),
+            wall_time_us=wall_us,
+            peak_memory_bytes=_peak_memory_bytes(pid),
+        )
+
+    async def stop(self) -> None:
+        """Stops the child (SIGTERM, then SIGKILL after 5 s)."""
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            try:
+                await asyncio.wait_for(self._process.wait(), 5.0)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        if self._session is not None:
+            await self._session.close()
+
+
+class ProcessRuntime:
+    """Runs the configured DServices as child processes."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in BUILTIN_DSERVICES]
+        if unknown:
+            raise FailedPreconditionError(f"unknown built-in DServices: {unknown}")
+        self.dservices = {n: DServiceProcess(n, BUILTIN_DSERVICES[n]) for n in names}
+
+    async def start(self) -> None:
+        """Starts every DService."""
+        for dservice in self.dservices.values():
+            await dservice.start()
+
+    async def stop(self) -> None:
+        """Stops every DService."""
+        for dservice in self.dservices.values():
+            await dservice.stop()
+
+    def get(self, name: str) -> DServiceProcess:
+        """The running DService ``name``."""
+        try:
+            return self.dservices[name]
+        except KeyError:
+            raise FailedPreconditionError(f"DService {name!r} is not installed") from None
