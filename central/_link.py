@@ -118,8 +118,12 @@ class NodeLink:
                 answer.account.CopyFrom(account_info(account))
             elif kind == "verify_miner":
                 m = question.verify_miner
-                account = await self._accounts.verify_key(m.miner_id, m.api_key, [AccountKind.MINER])
-                grade = WorkGrade.STANDARD if account.tier and account.tier.trusted else WorkGrade.LOW
+                account = await self._accounts.verify_key(
+                    m.miner_id, m.api_key, [AccountKind.MINER]
+                )
+                grade = (
+                    WorkGrade.STANDARD if account.tier and account.tier.trusted else WorkGrade.LOW
+                )
                 answer.miner.CopyFrom(
                     pb.MinerInfo(
                         account=account_info(account),

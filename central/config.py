@@ -21,7 +21,9 @@ class CentralConfig:
         Secret(""), "Bearer token operators present to the admin services; empty refuses all."
     )
     replica_id: str = option("central-1", "This replica's id, sent to nodes in CentralHello.")
-    tls_cert_file: str = option("", "TLS certificate for dialing nodes (mutual TLS); empty: plaintext.")
+    tls_cert_file: str = option(
+        "", "TLS certificate for dialing nodes (mutual TLS); empty: plaintext."
+    )
     tls_key_file: str = option("", "TLS private key matching tls_cert_file.")
     tls_ca_file: str = option("", "CA bundle that signs node certificates.")
     log_level: str = option("INFO", "Log level.")

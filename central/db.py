@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
 import central.accounts
-import central.registry  # noqa: F401  - registers its table
+import central.registry
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

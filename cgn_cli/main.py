@@ -18,11 +18,16 @@ from cgn_common.errors import CgnError
 from cgn_common.logs import setup_logging
 
 _config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
     help="TOML config file.",
 )
 _ready_option = click.option(
-    "--ready-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--ready-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
     help="Write bound endpoints here as JSON once serving.",
 )
 
@@ -92,8 +97,11 @@ def gateway(config_path: Path | None, ready_file: Path | None) -> None:
 
 @cli.command()
 @click.option(
-    "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".sandbox"),
-    show_default=True, help="Where the sandbox keeps databases, logs and sandbox.json.",
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".sandbox"),
+    show_default=True,
+    help="Where the sandbox keeps databases, logs and sandbox.json.",
 )
 @click.option("--miners", type=click.IntRange(1, 16), default=2, show_default=True)
 def sandbox(state_dir: Path, miners: int) -> None:

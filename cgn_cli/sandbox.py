@@ -93,10 +93,18 @@ class Sandbox:
         log_file = self.state_dir / "logs" / f"{name}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         ready_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as log:
+        with open(log_file, "ab") as log:  # noqa: ASYNC230 - a local file, opened once
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cgn_cli", *args, "--ready-file", str(ready_file),
-                env={**os.environ, **env}, stdout=log, stderr=log, preexec_fn=die_with_parent,
+                sys.executable,
+                "-m",
+                "cgn_cli",
+                *args,
+                "--ready-file",
+                str(ready_file),
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
                 cwd=self.state_dir,
             )
         child = Child(name, process, ready_file, log_file)
@@ -319,7 +327,8 @@ async def _main(state_dir: Path, miners: int) -> int:
             with contextlib.suppress(asyncio.CancelledError, CgnError):
                 await task
         await sandbox.stop()
-        (state_dir / "sandbox.json").exists() and _mark_stopped(state_dir / "sandbox.json")
+        if (state_dir / "sandbox.json").exists():
+            _mark_stopped(state_dir / "sandbox.json")
 
 
 def _mark_stopped(path: Path) -> None:

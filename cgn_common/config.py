@@ -48,7 +48,7 @@ class Secret:
         return bool(self._value)
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - reads naturally at declaration
+def option(default: Any, help: str) -> Any:
     """Declares a config field with its default and documentation."""
     if isinstance(default, list | dict):
         factory = default.copy

@@ -104,7 +104,9 @@ class GrpcServer:
         self.port = 0
         self.host = ""
 
-    def add(self, adder: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+    def add(
+        self, adder: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
+    ) -> None:
         """Registers ``servicer`` with the generated ``add_XServicer_to_server`` function."""
         adder(servicer, self._server)
         self._services.append(full_name)
@@ -167,7 +169,9 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> CgnError:
     return error_for_code(exc.code(), exc.details() or exc.code().name)
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
     if isinstance(exc, CgnError):
         error = exc
     else:
@@ -215,5 +219,3 @@ def translate_errors(method: F) -> F:
             await _abort(context, exc, name)
 
     return cast(F, unary_wrapper)
-
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -22,7 +22,8 @@ from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as pb_grp
 
 _log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+#: grpc ships no type stubs, so the servicer context is untyped.
+Context: TypeAlias = Any
 
 
 def _account(info: pb.AccountInfo) -> AccountInfo:
@@ -62,7 +63,11 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         """True while at least one Central replica holds a link."""
         return bool(self._links)
 
-    async def Connect(self, request_iterator: Any, context: Context) -> None:  # noqa: N802
+    # A read/write-style bidi handler (context.read/write), which grpc.aio allows in place of
+    # the async generator the stub's signature names.
+    async def Connect(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: Any, context: Context
+    ) -> None:
         """Handles one Central replica's stream for as long as it lasts."""
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -19,7 +19,7 @@ from cgn_common.errors import CgnError
 from cgn_common.ids import new_id
 from cgn_common.logs import log_event
 from cgn_common.types import Tier
-from cgn_node.broker import Broker, MinerFailure, WorkUnit
+from cgn_node.broker import Broker, MinerFailedError, WorkUnit
 from cgn_node.central_client import CentralClient
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
@@ -27,7 +27,8 @@ from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+#: grpc ships no type stubs, so the servicer context is untyped.
+Context: TypeAlias = Any
 
 _MAX_CONCURRENCY = 256
 
@@ -90,7 +91,7 @@ class MinerConnection:
     async def run(self, unit: WorkUnit) -> MinerResult:
         """Sends the assignment, waits for the ack within the deadline, then the result."""
         if self.closed.is_set():
-            raise MinerFailure("miner disconnected")
+            raise MinerFailedError("miner disconnected")
         loop = asyncio.get_running_loop()
         pending = _Pending(self.next_nonce(), loop.create_future(), loop.create_future())
         self._pending[unit.work_id] = pending
@@ -98,15 +99,15 @@ class MinerConnection:
             try:
                 await self.send(pb.ConnectResponse(nonce=pending.nonce, assignment=unit.payload))
             except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as exc:
-                raise MinerFailure(f"cannot send to miner: {exc}") from exc
+                raise MinerFailedError(f"cannot send to miner: {exc}") from exc
             try:
                 ack = await asyncio.wait_for(asyncio.shield(pending.ack), self._ack_deadline_s)
             except TimeoutError:
-                raise MinerFailure(
+                raise MinerFailedError(
                     f"no ack within {self._ack_deadline_s * 1000:.0f} ms: miner declared down"
                 ) from None
             if ack.HasField("refusal"):
-                raise MinerFailure(f"miner refused work: {ack.refusal.message}")
+                raise MinerFailedError(f"miner refused work: {ack.refusal.message}")
             return await pending.result
         finally:
             self._pending.pop(unit.work_id, None)
@@ -142,7 +143,7 @@ class MinerConnection:
                 if not p.ack.done():
                     p.ack.set_result(pb.WorkAck(work_id=message.failure.work_id))
                 if not p.result.done():
-                    p.result.set_exception(MinerFailure(message.failure.status.message))
+                    p.result.set_exception(MinerFailedError(message.failure.status.message))
 
     @staticmethod
     def _finish(p: _Pending, result: MinerResult) -> None:
@@ -157,7 +158,7 @@ class MinerConnection:
         for p in self._pending.values():
             for future in (p.ack, p.result):
                 if not future.done():
-                    future.set_exception(MinerFailure(reason))
+                    future.set_exception(MinerFailedError(reason))
 
     def close(self, reason: str) -> None:
         """Drops the stream (the handler sees closed and returns)."""
@@ -176,7 +177,11 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         self._node_id = node_id
         self._ack_deadline_s = ack_deadline_s
 
-    async def Connect(self, request_iterator: Any, context: Context) -> None:  # noqa: N802
+    # A read/write-style bidi handler (context.read/write), which grpc.aio allows in place of
+    # the async generator the stub's signature names.
+    async def Connect(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: Any, context: Context
+    ) -> None:
         """Serves one miner's stream until it ends or the miner is dropped."""
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
@@ -186,12 +191,14 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             info = await self._central.verify_miner(hello.miner_id, hello.api_key)
         except CgnError as exc:
             await context.abort(exc.code, exc.message)
-        if info.account.tier is None:
+        tier = info.account.tier
+        if tier is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "miner account has no tier")
+            return
         miner = MinerConnection(
             context,
             miner_id=hello.miner_id,
-            tier=info.account.tier,
+            tier=tier,
             owner_account_id=info.owner_account_id,
             dservices=frozenset(d.name for d in hello.dservices),
             capacity=max(1, min(hello.max_concurrent_work_units or 1, _MAX_CONCURRENCY)),
@@ -217,7 +224,9 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             self._broker.remove_miner(miner)
             miner.fail_all("miner disconnected")
             log_event(
-                _log, "miner_stream_closed", miner_id=miner.miner_id,
+                _log,
+                "miner_stream_closed",
+                miner_id=miner.miner_id,
                 reason=miner.close_reason or "stream ended",
             )
         if miner.close_reason:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
-
-import grpc
+from typing import Any, TypeAlias
 
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.ids import new_id
@@ -28,7 +26,8 @@ from generated.cgn.work.v1 import work_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+#: grpc ships no type stubs, so the servicer context is untyped.
+Context: TypeAlias = Any
 
 _DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SESSION_KINDS = (AccountKind.ENTERPRISE, AccountKind.END_USER)
@@ -88,7 +87,8 @@ class Work(work_grpc.WorkServiceServicer):
             raise InvalidArgumentError("head.method and a head.path starting with '/' are required")
         tiers = claims.allowed_tiers
         if request.options.preferred_tiers:
-            tiers = tuple(t for t in tiers if t in set(request.options.preferred_tiers))
+            preferred = {int(t) for t in request.options.preferred_tiers}
+            tiers = tuple(t for t in tiers if int(t) in preferred)
         if request.options.sensitive:
             tiers = tuple(t for t in tiers if t <= Tier.TIER_2_DATACENTER)
         work_id = new_id("work")

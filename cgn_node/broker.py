@@ -31,7 +31,7 @@ from cgn_common.types import Tier
 _log = logging.getLogger(__name__)
 
 
-class MinerFailure(Exception):
+class MinerFailedError(Exception):
     """The miner could not finish the work: the broker re-dispatches it elsewhere."""
 
 
@@ -45,7 +45,7 @@ class MinerHandle(Protocol):
     capacity: int
 
     async def run(self, unit: WorkUnit) -> Any:
-        """Runs ``unit``; returns the miner's result or raises MinerFailure."""
+        """Runs ``unit``; returns the miner's result or raises MinerFailedError."""
 
     def close(self, reason: str) -> None:
         """Drops the miner's stream."""
@@ -115,7 +115,10 @@ class Broker:
         """Puts a miner in the pool and hands it waiting work."""
         self._slots[miner] = _Slot(miner)
         log_event(
-            _log, "miner_joined", miner_id=miner.miner_id, tier=int(miner.tier),
+            _log,
+            "miner_joined",
+            miner_id=miner.miner_id,
+            tier=int(miner.tier),
             dservices=sorted(miner.dservices),
         )
         self._wake(miner)
@@ -147,10 +150,15 @@ class Broker:
             self._in_flight[unit.dservice] += 1
             try:
                 result = await miner.run(unit)
-            except MinerFailure as exc:
+            except MinerFailedError as exc:
                 log_event(
-                    _log, "dispatch_failed", logging.WARNING, work_id=unit.work_id,
-                    miner_id=miner.miner_id, attempt=unit.attempts, error=str(exc),
+                    _log,
+                    "dispatch_failed",
+                    logging.WARNING,
+                    work_id=unit.work_id,
+                    miner_id=miner.miner_id,
+                    attempt=unit.attempts,
+                    error=str(exc),
                 )
                 self.remove_miner(miner)
                 miner.close(str(exc))
@@ -183,9 +191,9 @@ class Broker:
                 return None  # wait for the affine miner while it is connected
         best: _Slot | None = None
         for slot in self._slots.values():
-            if slot.busy < slot.miner.capacity and self._may_run(slot.miner, unit):
-                if best is None or slot.busy < best.busy:
-                    best = slot
+            free = slot.busy < slot.miner.capacity and self._may_run(slot.miner, unit)
+            if free and (best is None or slot.busy < best.busy):
+                best = slot
         return best.miner if best else None
 
     async def _acquire(self, unit: WorkUnit, *, front: bool, deadline: float) -> MinerHandle:
@@ -263,4 +271,4 @@ class Broker:
         return self._danger
 
 
-__all__ = ["Broker", "CgnError", "MinerFailure", "MinerHandle", "Outcome", "WorkUnit"]
+__all__ = ["Broker", "CgnError", "MinerFailedError", "MinerHandle", "Outcome", "WorkUnit"]

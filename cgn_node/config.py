@@ -13,7 +13,9 @@ class NodeConfig:
 
     node_id: str = option("", "This node's account id at Central (an ACCOUNT_KIND_NODE account).")
     node_key: Secret = option(Secret(""), "This node's API key, sent to Central in NodeHello.")
-    work_listen: str = option("0.0.0.0:9090", "WorkService + SessionService (gateway, gRPC clients).")
+    work_listen: str = option(
+        "0.0.0.0:9090", "WorkService + SessionService (gateway, gRPC clients)."
+    )
     miner_link_listen: str = option("0.0.0.0:8080", "MinerLinkService, where miners dial in.")
     status_listen: str = option("0.0.0.0:5551", "NodeStatusService.")
     central_link_listen: str = option("0.0.0.0:7771", "CentralLinkService, where Central dials in.")

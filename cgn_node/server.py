@@ -53,7 +53,8 @@ class Node:
         self.work_server = GrpcServer("node-work", tls)
         self.work_server.add(
             work_grpc.add_WorkServiceServicer_to_server,
-            Work(self.broker, issuer, recorder or LogRecorder(), config.node_id),
+            # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
+            Work(self.broker, issuer, recorder or LogRecorder(), config.node_id),  # type: ignore[abstract]
             work_pb.DESCRIPTOR.services_by_name["WorkService"].full_name,
         )
         self.work_server.add(
@@ -92,7 +93,12 @@ class Node:
 
     async def stop(self) -> None:
         """Stops every listener, letting calls in flight finish briefly."""
-        for server in (self.work_server, self.miner_server, self.status_server, self.central_server):
+        for server in (
+            self.work_server,
+            self.miner_server,
+            self.status_server,
+            self.central_server,
+        ):
             await server.stop()
 
 
@@ -101,7 +107,7 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     node = Node(config)
     endpoints = await node.start()
     write_ready_file(ready_file, endpoints, node_id=config.node_id)
-    log_event(_log, "node_ready", node_id=config.node_id, **endpoints)
+    log_event(_log, "node_ready", node_id=config.node_id, endpoints=endpoints)
     try:
         await wait_for_stop()
     finally:

@@ -1,5 +1,6 @@
 """The built-in ``echo`` DService: returns the request body unchanged and reports the
-method, path and query in ``X-Echo-Method``, ``X-Echo-Path`` and ``X-Echo-Query``.
+method, path and query in ``X-Echo-Method``, ``X-Echo-Path`` and ``X-Echo-Query``, and the
+names of the request headers it received in ``X-Echo-Header-Names``.
 
 Run: ``CGN_LISTEN=127.0.0.1:8000 python -m dservices.echo`` (or ``CGN_LISTEN=unix:/tmp/e.sock``).
 """
@@ -20,6 +21,8 @@ async def _echo(request: web.Request) -> web.StreamResponse:
         "X-Echo-Method": request.method,
         "X-Echo-Path": request.raw_path.split("?", 1)[0],
         "X-Echo-Query": request.rel_url.raw_query_string,
+        # The names of the headers that reached the DService, to check what the CGN strips.
+        "X-Echo-Header-Names": ",".join(sorted({n.lower() for n in request.headers})),
     }
     content_type = request.headers.get("Content-Type")
     if content_type:

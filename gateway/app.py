@@ -49,19 +49,19 @@ NODE_KEY = web.AppKey("node", NodeClient)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _TooLarge(Exception):
+class _BodyTooLargeError(Exception):
     pass
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
+        raise _BodyTooLargeError
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _BodyTooLargeError
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -103,7 +103,7 @@ async def create_session(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     try:
         raw = await _read_limited(request, config.max_control_body_bytes)
-    except _TooLarge:
+    except _BodyTooLargeError:
         return _too_large(config.max_control_body_bytes)
     try:
         data = json.loads(raw)
@@ -142,7 +142,7 @@ async def call_dservice(request: web.Request) -> web.Response:
     path = path or "/"
     try:
         body = await _read_limited(request, config.max_work_body_bytes)
-    except _TooLarge:
+    except _BodyTooLargeError:
         return _too_large(config.max_work_body_bytes)
     headers = [
         (n.decode("latin-1"), v)

@@ -13,7 +13,9 @@ class GatewayConfig:
 
     listen: str = option("0.0.0.0:8000", "Where the gateway's HTTP server listens, host:port.")
     node_address: str = option("127.0.0.1:9090", "The node's work service, host:port.")
-    max_control_body_bytes: int = option(64 * 1024, "Largest body on control endpoints (413 above).")
+    max_control_body_bytes: int = option(
+        64 * 1024, "Largest body on control endpoints (413 above)."
+    )
     max_work_body_bytes: int = option(
         32 * 1024 * 1024, "Largest DService request body until streaming lands (413 above)."
     )

@@ -27,7 +27,7 @@ async def start(config: GatewayConfig) -> tuple[web.AppRunner, NodeClient, str]:
     host, _, port = config.listen.rpartition(":")
     site = web.TCPSite(runner, host, int(port))
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp exposes the bound socket only here
+    server = site._server
     sockets = getattr(server, "sockets", None) or []
     bound_port = sockets[0].getsockname()[1] if sockets else int(port)
     return runner, node, f"http://{host}:{bound_port}"

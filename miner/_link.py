@@ -11,12 +11,12 @@ import grpc
 from cgn_common.errors import CgnError
 from cgn_common.logs import log_event
 from cgn_common.rpc import status_proto
-from miner.config import MinerConfig
-from miner.fitness import FitnessResult
-from miner.runtime import ProcessRuntime
 from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
+from miner.config import MinerConfig
+from miner.fitness import FitnessResult
+from miner.runtime import ProcessRuntime
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ class LinkSession:
         self.welcome = first.welcome
         connected.set()
         log_event(
-            _log, "miner_connected", node_id=first.welcome.node_id, tier=first.welcome.tier,
+            _log,
+            "miner_connected",
+            node_id=first.welcome.node_id,
+            tier=first.welcome.tier,
             connection_id=first.welcome.connection_id,
         )
         try:
@@ -81,21 +84,25 @@ class LinkSession:
                             work_ack=pb.WorkAck(work_id=message.assignment.work_id),
                         ),
                     )
-                    task = asyncio.create_task(self._work(call, message.nonce, message.assignment))
-                    self._tasks[message.assignment.work_id] = task
-                    task.add_done_callback(
-                        lambda _, wid=message.assignment.work_id: self._tasks.pop(wid, None)
-                    )
+                    self._start_work(call, message.nonce, message.assignment)
                 elif kind == "cancel":
-                    task = self._tasks.get(message.cancel.work_id)
-                    if task is not None:
-                        task.cancel()
+                    cancelled = self._tasks.get(message.cancel.work_id)
+                    if cancelled is not None:
+                        cancelled.cancel()
                 elif kind == "ping":
-                    await self._send(call, pb.ConnectRequest(response_nonce=message.nonce, pong=pb.Pong()))
+                    await self._send(
+                        call, pb.ConnectRequest(response_nonce=message.nonce, pong=pb.Pong())
+                    )
         finally:
             connected.clear()
             for task in list(self._tasks.values()):
                 task.cancel()
+
+    def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
+        work_id = assignment.work_id
+        task = asyncio.create_task(self._work(call, nonce, assignment))
+        self._tasks[work_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(work_id, None))
 
     async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
         head = assignment.head

@@ -47,10 +47,17 @@ class MinerDaemon:
                     await session.run(channel, self.connected)
             except grpc.aio.AioRpcError as exc:
                 log_event(
-                    _log, "miner_link_down", logging.WARNING, code=exc.code().name,
-                    error=exc.details(), retry_in_s=delay,
+                    _log,
+                    "miner_link_down",
+                    logging.WARNING,
+                    code=exc.code().name,
+                    error=exc.details(),
+                    retry_in_s=delay,
                 )
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
                     delay = float(self.config.reconnect_max_s)
             if session.welcome is not None:
                 delay = 0.1

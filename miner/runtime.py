@@ -148,7 +148,11 @@ class DServiceProcess:
             if self._stopping:
                 return
             log_event(
-                _log, "dservice_crashed", logging.WARNING, dservice=self.name, exit_code=code,
+                _log,
+                "dservice_crashed",
+                logging.WARNING,
+                dservice=self.name,
+                exit_code=code,
                 restart_in_s=delay,
             )
             await asyncio.sleep(delay)

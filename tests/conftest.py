@@ -1,0 +1,21 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
+    """One sandbox shared by the tests that only send requests to it."""
+    base: Path = tmp_path_factory.mktemp("shared-sandbox")
+    running = start_sandbox(base / "state", base / "sandbox.log")
+    try:
+        yield running
+    finally:
+        stop_sandbox(running.process)

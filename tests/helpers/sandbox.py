@@ -1,0 +1,99 @@
+"""Starting and stopping the sandbox exactly as README does: ``scripts/sandbox``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox subprocess and what it wrote to sandbox.json."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    info: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        """The gateway's base URL."""
+        return str(self.info["gateway_url"])
+
+    def pids(self) -> set[int]:
+        """The sandbox, its children and every descendant (DService processes too)."""
+        return {self.process.pid} | descendants(self.process.pid)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_sandbox(state_dir: Path, log: Path) -> RunningSandbox:
+    """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded)."""
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [str(ROOT / "scripts" / "sandbox"), "--state-dir", str(state_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    sandbox_json = state_dir / "sandbox.json"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"sandbox exited with {process.returncode}:\n{log.read_text()}")
+        if sandbox_json.exists():
+            info = json.loads(sandbox_json.read_text())
+            if not info.get("stopped"):
+                return RunningSandbox(process, state_dir, info)
+        time.sleep(0.05)
+    stop_sandbox(process)
+    raise AssertionError(f"sandbox not ready in {START_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+def stop_sandbox(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then wait (bounded); SIGKILL the group as a last resort."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+        return process.wait(STOP_TIMEOUT_S)
