@@ -1,0 +1,68 @@
+"""Accounts on a real SQLite database: Argon2id hashes only, uniform failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import text
+
+from central.accounts import AccountStore
+from central.db import open_engine
+from central.errors import BAD_CREDENTIALS, BadCredentialsError
+from cgn_common.errors import InvalidArgumentError
+from cgn_common.types import DEFAULT_ENTERPRISE_TIERS, AccountKind, Tier
+
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AccountStore]:
+    engine = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'central.db'}")
+    yield AccountStore(engine, FAST)
+    await engine.dispose()
+
+
+async def test_key_verifies_and_only_hashes_are_stored(store: AccountStore) -> None:
+    created = await store.create(AccountKind.ENTERPRISE, "acme")
+    assert created.account.allowed_tiers == DEFAULT_ENTERPRISE_TIERS
+    account = await store.verify_key(created.account.account_id, created.api_key)
+    assert account.account_id == created.account.account_id
+    async with store._engine.connect() as conn:  # noqa: SLF001 - inspecting storage
+        row = (await conn.execute(text("SELECT api_key_hash, password_hash FROM accounts"))).one()
+    assert row[0].startswith("$argon2id$") and row[1].startswith("$argon2id$")
+    assert created.api_key not in row[0] and created.password not in row[1]
+
+
+async def test_every_failure_looks_the_same(store: AccountStore) -> None:
+    created = await store.create(AccountKind.ENTERPRISE, "acme")
+    attempts = [
+        (created.account.account_id, "cgnk_wrong", ()),
+        ("acct_unknown", created.api_key, ()),
+        ("", created.api_key, ()),
+        (created.account.account_id, created.api_key, (AccountKind.MINER,)),
+    ]
+    for account_id, key, kinds in attempts:
+        with pytest.raises(BadCredentialsError) as caught:
+            await store.verify_key(account_id, key, kinds)
+        assert caught.value.message == BAD_CREDENTIALS
+    await store.set_banned(created.account.account_id, True)
+    with pytest.raises(BadCredentialsError):
+        await store.verify_key(created.account.account_id, created.api_key)
+
+
+async def test_miner_accounts_need_a_tier_and_keep_their_owner(store: AccountStore) -> None:
+    with pytest.raises(InvalidArgumentError):
+        await store.create(AccountKind.MINER, "m")
+    owner = await store.create(AccountKind.ENTERPRISE, "acme")
+    miner = await store.create(
+        AccountKind.MINER,
+        "m",
+        tier=Tier.TIER_1_PRIVATE,
+        parent_account_id=owner.account.account_id,
+    )
+    account = await store.verify_key(miner.account.account_id, miner.api_key, [AccountKind.MINER])
+    assert account.tier is Tier.TIER_1_PRIVATE
+    assert account.parent_account_id == owner.account.account_id
