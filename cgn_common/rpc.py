@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from cgn_common.errors import CgnError, error_for_code
+from cgn_common.errors import CgnError, InvalidArgumentError, error_for_code
 from cgn_common.logs import log_event
 
 _log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ class TlsConfig:
 
     @property
     def enabled(self) -> bool:
-        """True when a certificate is configured."""
-        return bool(self.cert_file)
+        """True when any TLS material is configured (a client may have only a CA bundle)."""
+        return bool(self.cert_file or self.ca_file)
 
 
 def _read(path: str) -> bytes:
@@ -69,6 +69,8 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
     """Returns server credentials for ``tls``, or None for plaintext."""
     if not tls.enabled:
         return None
+    if not tls.cert_file or not tls.key_file:
+        raise InvalidArgumentError("a TLS server needs tls_cert_file and tls_key_file")
     return grpc.ssl_server_credentials(
         [(_read(tls.key_file), _read(tls.cert_file))],
         root_certificates=_read(tls.ca_file) if tls.ca_file else None,
@@ -82,8 +84,8 @@ def open_channel(address: str, tls: TlsConfig | None = None) -> grpc.aio.Channel
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(
         root_certificates=_read(tls.ca_file) if tls.ca_file else None,
-        private_key=_read(tls.key_file),
-        certificate_chain=_read(tls.cert_file),
+        private_key=_read(tls.key_file) if tls.key_file else None,
+        certificate_chain=_read(tls.cert_file) if tls.cert_file else None,
     )
     return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 

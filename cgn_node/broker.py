@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from cgn_common.errors import (
     CgnError,
-    DeadlineExceededError,
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
@@ -214,7 +213,7 @@ class Broker:
         except TimeoutError:
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()
-            raise DeadlineExceededError(
+            raise UnavailableError(
                 f"no miner for DService {unit.dservice!r} became free in time"
             ) from None
         except asyncio.CancelledError:

@@ -19,7 +19,8 @@ def _files(tree: Path) -> dict[str, Path]:
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     fresh = tmp_path / "generated"
@@ -35,4 +36,5 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 def test_generated_imports_live_under_generated() -> None:
     for path in (ROOT / "generated").rglob("*.py"):
         text = path.read_text()
-        assert "\nfrom cgn." not in text and "\nimport cgn." not in text, path
+        assert "\nfrom cgn." not in text, path
+        assert "\nimport cgn." not in text, path

@@ -18,7 +18,9 @@ from generated.cgn.common.v1 import types_pb2
         (WorkGrade, types_pb2.WorkGrade, "WORK_GRADE_"),
     ],
 )
-def test_enum_mirrors_proto(python_enum: type[enum.IntEnum], proto_enum: object, prefix: str) -> None:
+def test_enum_mirrors_proto(
+    python_enum: type[enum.IntEnum], proto_enum: object, prefix: str
+) -> None:
     proto_values = {
         name: number
         for name, number in proto_enum.items()  # type: ignore[attr-defined]

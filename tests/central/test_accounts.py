@@ -30,10 +30,12 @@ async def test_key_verifies_and_only_hashes_are_stored(store: AccountStore) -> N
     assert created.account.allowed_tiers == DEFAULT_ENTERPRISE_TIERS
     account = await store.verify_key(created.account.account_id, created.api_key)
     assert account.account_id == created.account.account_id
-    async with store._engine.connect() as conn:  # noqa: SLF001 - inspecting storage
+    async with store._engine.connect() as conn:  # inspecting storage
         row = (await conn.execute(text("SELECT api_key_hash, password_hash FROM accounts"))).one()
-    assert row[0].startswith("$argon2id$") and row[1].startswith("$argon2id$")
-    assert created.api_key not in row[0] and created.password not in row[1]
+    assert row[0].startswith("$argon2id$")
+    assert row[1].startswith("$argon2id$")
+    assert created.api_key not in row[0]
+    assert created.password not in row[1]
 
 
 async def test_every_failure_looks_the_same(store: AccountStore) -> None:

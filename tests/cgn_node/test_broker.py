@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cgn_common.errors import DeadlineExceededError, NotFoundError, ResourceExhaustedError
+from cgn_common.errors import NotFoundError, ResourceExhaustedError, UnavailableError
 from cgn_common.types import Tier
 from cgn_node.broker import Broker, MinerFailedError, WorkUnit
 
@@ -84,7 +84,7 @@ async def test_redispatched_work_goes_to_the_head_of_the_queue() -> None:
 async def test_tier_one_miners_run_only_their_owners_work() -> None:
     broker = Broker(queue_timeout_s=0.2)
     broker.add_miner(ScriptedMiner("private", Tier.TIER_1_PRIVATE, owner="acct_other"))
-    with pytest.raises(DeadlineExceededError):
+    with pytest.raises(UnavailableError):
         await broker.submit(_unit("w", (Tier.TIER_1_PRIVATE,)))
     broker.add_miner(ScriptedMiner("mine", Tier.TIER_1_PRIVATE, owner=ENTERPRISE))
     outcome = await broker.submit(_unit("w2", (Tier.TIER_1_PRIVATE,)))
@@ -94,7 +94,7 @@ async def test_tier_one_miners_run_only_their_owners_work() -> None:
 async def test_disallowed_tier_is_never_used() -> None:
     broker = Broker(queue_timeout_s=0.2)
     broker.add_miner(ScriptedMiner("untrusted", Tier.TIER_4B_ANONYMOUS))
-    with pytest.raises(DeadlineExceededError):
+    with pytest.raises(UnavailableError):
         await broker.submit(_unit("w", (Tier.TIER_1_PRIVATE, Tier.TIER_2_DATACENTER)))
 
 
