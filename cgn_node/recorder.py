@@ -44,13 +44,17 @@ class WorkRecorder(Protocol):
 
 
 class LogRecorder:
-    """Logs each finished work unit; a stand-in until the ledger issue lands."""
+    """Logs each finished work unit at DEBUG (one line per request would flood INFO logs);
+    a stand-in until the ledger issue lands."""
 
     async def record(self, work: FinishedWork) -> None:
         """Writes one ``work_finished`` log line."""
+        if not _log.isEnabledFor(logging.DEBUG):
+            return
         log_event(
             _log,
             "work_finished",
+            logging.DEBUG,
             work_id=work.work_id,
             account_id=work.account_id,
             dservice=work.dservice,
