@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import uvloop
+from _common import cpu_seconds, read_chunked
 from aiohttp import web
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ CHUNK = 1 << 20
 ECHO_HEADER = "X-Echo-Path"
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_ERRORS = (OSError, RuntimeError, ValueError, aiohttp.ClientError, asyncio.IncompleteReadError)
 
 
@@ -309,7 +309,7 @@ def proc_status_kib(pid: int, key: str) -> int:
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds consumed so far by `pid`."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return cpu_seconds(fields)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,18 +361,6 @@ def small_request(path: str, body: bytes) -> bytes:
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
-
-
-async def read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """Read a chunked-encoded body (small responses only)."""
-    parts: list[bytes] = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
 
 
 async def read_response(

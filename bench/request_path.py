@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import uvloop
+from _common import cpu_seconds, read_chunked
 
 from cgn_common.process import die_with_parent
 
@@ -73,7 +74,6 @@ LEFTOVER_WAIT_S = 5.0
 CELL_GRACE_S = 30.0  # a request still unanswered this long after the window counts as an error
 MAX_WARMUP_S = 1.0
 POLL_S = 0.1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOG_LEVELS = ("warning", "error", "critical")
 GLOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
 CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
@@ -95,7 +95,7 @@ def proc_stat_fields(pid: int) -> list[str] | None:
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by `pid` (0 once it is gone)."""
     fields = proc_stat_fields(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0 if fields is None else cpu_seconds(fields)
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -342,18 +342,6 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers
-
-
-async def read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """Read a chunked-encoded body (small responses only)."""
-    parts: list[bytes] = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
