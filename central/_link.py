@@ -1,5 +1,5 @@
-"""Central's outbound links: one task per registered node dials its central link, sends
-CentralHello, checks the node's credentials and answers the node's questions.
+"""Central's outbound links: one supervised loop per registered node dials its central link
+over mutual TLS, checks the node's identity and answers the node's questions.
 Central never accepts inbound authentication traffic (SPEC section 3)."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import grpc
 
 from central.accounts import Account, AccountStore
 from central.registry import NodeRecord
-from cgn_common.errors import CgnError, UnauthenticatedError
+from cgn_common.certs import node_dns_name
+from cgn_common.errors import CgnError, UnauthenticatedError, UnimplementedError
 from cgn_common.logs import log_event
-from cgn_common.rpc import TlsConfig, open_channel, status_proto
+from cgn_common.rpc import open_channel, status_proto
+from cgn_common.tasks import Supervisor
+from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier, WorkGrade
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
-
-_BACKOFF_START_S = 0.1
-_BACKOFF_MAX_S = 5.0
 
 
 def account_info(account: Account) -> pb.AccountInfo:
@@ -39,21 +39,33 @@ def account_info(account: Account) -> pb.AccountInfo:
 
 
 class NodeLink:
-    """Central's link to one node, redialled with backoff until stopped."""
+    """Central's link to one node, redialled with backoff (under the supervisor) until stopped.
+
+    Central dials the node's registered address expecting a certificate that names
+    ``<node_id>.node.cgn`` from the operator CA: the handshake proves it reached that node, so
+    no credential of the node travels on the stream. Only then are questions answered.
+    """
 
     def __init__(
-        self, node: NodeRecord, accounts: AccountStore, replica_id: str, tls: TlsConfig
+        self,
+        node: NodeRecord,
+        accounts: AccountStore,
+        replica_id: str,
+        tls: TlsConfig,
+        supervisor: Supervisor,
     ) -> None:
         self.node = node
         self.linked = asyncio.Event()
+        self.sessions = 0
         self._accounts = accounts
         self._replica_id = replica_id
         self._tls = tls
+        self._supervisor = supervisor
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Starts dialing."""
-        self._task = asyncio.create_task(self._run(), name=f"link-{self.node.node_id}")
+        self._task = self._supervisor.loop(f"link-{self.node.node_id}", self._run_once)
 
     async def stop(self) -> None:
         """Closes the link."""
@@ -62,93 +74,125 @@ class NodeLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
-        delay = _BACKOFF_START_S
-        while True:
-            try:
-                await self._session()
-                delay = _BACKOFF_START_S
-            except (grpc.aio.AioRpcError, CgnError, OSError) as exc:
-                detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-                log_event(
-                    _log,
-                    "node_link_down",
-                    logging.WARNING,
-                    node_id=self.node.node_id,
-                    address=self.node.central_link_address,
-                    error=detail,
-                    retry_in_s=delay,
-                )
-            finally:
-                self.linked.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+    async def _run_once(self) -> None:
+        """One connection; expected failures are logged here, anything else propagates to
+        the supervisor (logged with its traceback, then redialled)."""
+        try:
+            await self._session()
+        except (grpc.aio.AioRpcError, CgnError, OSError) as exc:
+            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            log_event(
+                _log,
+                "node_link_down",
+                logging.WARNING,
+                node_id=self.node.node_id,
+                address=self.node.central_link_address,
+                error=detail,
+            )
+        finally:
+            self.linked.clear()
 
     async def _session(self) -> None:
-        async with open_channel(self.node.central_link_address, self._tls) as channel:
+        server_name = "" if self._tls.insecure_plaintext else node_dns_name(self.node.node_id)
+        channel = open_channel(self.node.central_link_address, self._tls, server_name=server_name)
+        async with channel:
             stub = pb_grpc.CentralLinkServiceStub(channel)
             call: Any = stub.Connect()
             await call.write(pb.ConnectRequest(hello=pb.CentralHello(replica_id=self._replica_id)))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
                 raise UnauthenticatedError("node did not answer with NodeHello")
-            node = await self._accounts.verify_key(
-                first.hello.node_id, first.hello.api_key, [AccountKind.NODE]
-            )
-            if node.account_id != self.node.node_id:
+            if first.hello.node_id != self.node.node_id:
                 raise UnauthenticatedError("node id does not match the registry")
+            node = await self._accounts.get(self.node.node_id)
+            if node.kind is not AccountKind.NODE or node.banned:
+                raise UnauthenticatedError("node account is banned or not a node")
+            self.sessions += 1
             self.linked.set()
             log_event(_log, "node_linked", node_id=self.node.node_id)
             lock = asyncio.Lock()
-            tasks: set[asyncio.Task[None]] = set()
             while (message := await call.read()) is not grpc.aio.EOF:
-                if message.WhichOneof("kind") == "question":
-                    task = asyncio.create_task(self._answer(call, lock, message.question))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                self._handle(call, lock, message)
+
+    def _handle(self, call: Any, lock: asyncio.Lock, message: pb.ConnectResponse) -> None:
+        if message.WhichOneof("kind") == "question":
+            self._supervisor.spawn(
+                f"answer-{self.node.node_id}", self._answer(call, lock, message.question)
+            )
 
     async def _answer(self, call: Any, lock: asyncio.Lock, question: pb.Question) -> None:
+        """Always answers: with the result, or with an error status."""
         answer = pb.Answer(question_id=question.question_id)
         try:
-            kind = question.WhichOneof("kind")
-            if kind == "verify_credential":
-                q = question.verify_credential
-                kinds = [AccountKind(k) for k in q.allowed_kinds]
-                account = await self._accounts.verify_key(q.account_id, q.api_key, kinds)
-                answer.account.CopyFrom(account_info(account))
-            elif kind == "verify_miner":
-                m = question.verify_miner
-                account = await self._accounts.verify_key(
-                    m.miner_id, m.api_key, [AccountKind.MINER]
-                )
-                grade = (
-                    WorkGrade.STANDARD if account.tier and account.tier.trusted else WorkGrade.LOW
-                )
-                answer.miner.CopyFrom(
-                    pb.MinerInfo(
-                        account=account_info(account),
-                        max_grade=int(grade),  # type: ignore[arg-type]
-                        owner_account_id=(
-                            account.parent_account_id if account.tier is Tier.TIER_1_PRIVATE else ""
-                        ),
-                    )
-                )
-            else:
-                raise CgnError(f"question {kind!r} is not answered by this Central version")
+            await self._fill(question, answer)
         except CgnError as exc:
+            answer.ClearField("kind")
             answer.error.CopyFrom(status_proto(exc))
-        async with lock:
-            await call.write(pb.ConnectRequest(answer=answer))
+        except Exception as exc:
+            log_event(
+                _log,
+                "answer_failed",
+                logging.ERROR,
+                exc=exc,
+                node_id=self.node.node_id,
+                question=question.WhichOneof("kind"),
+            )
+            answer.ClearField("kind")
+            answer.error.CopyFrom(status_proto(CgnError("Central failed to answer")))
+        try:
+            async with lock:
+                await call.write(pb.ConnectRequest(answer=answer))
+        except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as exc:
+            log_event(
+                _log,
+                "answer_undelivered",
+                logging.WARNING,
+                node_id=self.node.node_id,
+                error=str(exc),
+            )
+
+    async def _fill(self, question: pb.Question, answer: pb.Answer) -> None:
+        kind = question.WhichOneof("kind")
+        if kind == "verify_credential":
+            q = question.verify_credential
+            kinds = [AccountKind(k) for k in q.allowed_kinds]
+            account = await self._accounts.verify_key(q.account_id, q.api_key, kinds)
+            answer.account.CopyFrom(account_info(account))
+        elif kind == "verify_miner":
+            m = question.verify_miner
+            account = await self._accounts.verify_key(m.miner_id, m.api_key, [AccountKind.MINER])
+            grade = WorkGrade.STANDARD if account.tier and account.tier.trusted else WorkGrade.LOW
+            answer.miner.CopyFrom(
+                pb.MinerInfo(
+                    account=account_info(account),
+                    max_grade=int(grade),  # type: ignore[arg-type]
+                    owner_account_id=(
+                        account.parent_account_id if account.tier is Tier.TIER_1_PRIVATE else ""
+                    ),
+                )
+            )
+        elif kind == "get_account_standing":
+            account = await self._accounts.get(question.get_account_standing.account_id)
+            answer.standing.CopyFrom(account_info(account))
+        else:
+            raise UnimplementedError(f"question {kind!r} is not answered by this Central version")
 
 
 class Linker:
     """Keeps one NodeLink per registered node."""
 
-    def __init__(self, accounts: AccountStore, replica_id: str, tls: TlsConfig) -> None:
+    def __init__(
+        self, accounts: AccountStore, replica_id: str, tls: TlsConfig, supervisor: Supervisor
+    ) -> None:
         self._accounts = accounts
         self._replica_id = replica_id
         self._tls = tls
+        self._supervisor = supervisor
         self._links: dict[str, NodeLink] = {}
+
+    def link(self, node_id: str) -> NodeLink | None:
+        """The link to ``node_id``, if it is registered."""
+        return self._links.get(node_id)
 
     def is_linked(self, node_id: str) -> bool:
         """True while an authenticated link to ``node_id`` is up."""
@@ -161,7 +205,7 @@ class Linker:
         if current is not None and current.node == node:
             return
         await self.drop(node.node_id)
-        link = NodeLink(node, self._accounts, self._replica_id, self._tls)
+        link = NodeLink(node, self._accounts, self._replica_id, self._tls, self._supervisor)
         self._links[node.node_id] = link
         link.start()
 

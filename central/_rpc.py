@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, TypeAlias
 
 from central._link import Linker
 from central.accounts import Account, AccountStore
 from central.registry import NodeRecord, NodeRegistry
-from cgn_common.config import Secret
-from cgn_common.errors import InvalidArgumentError, UnauthenticatedError
-from cgn_common.rpc import GrpcServer, bearer_token, translate_errors
+from cgn_common.certs import Role
+from cgn_common.errors import InvalidArgumentError
+from cgn_common.interceptors import Rule, Rules, rules_for
+from cgn_common.rpc import GrpcServer
 from cgn_common.types import AccountKind, Tier
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
@@ -20,12 +20,6 @@ from generated.cgn.common.v1 import types_pb2
 
 #: grpc ships no type stubs, so the servicer context is untyped.
 Context: TypeAlias = Any
-
-
-def _check_operator(context: Context, token: Secret) -> None:
-    presented = bearer_token(context)
-    if not token or not hmac.compare_digest(presented.encode(), token.reveal().encode()):
-        raise UnauthenticatedError("operator credentials required")
 
 
 def _account_proto(account: Account) -> acct_pb.Account:
@@ -48,15 +42,12 @@ def _account_proto(account: Account) -> acct_pb.Account:
 class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
     """Operator API over the account store."""
 
-    def __init__(self, accounts: AccountStore, operator_token: Secret) -> None:
+    def __init__(self, accounts: AccountStore) -> None:
         self._accounts = accounts
-        self._token = operator_token
 
-    @translate_errors
     async def CreateAccount(  # noqa: N802 - gRPC method name
         self, request: acct_pb.CreateAccountRequest, context: Context
     ) -> acct_pb.CreateAccountResponse:
-        _check_operator(context, self._token)
         if request.kind == types_pb2.ACCOUNT_KIND_UNSPECIFIED:
             raise InvalidArgumentError("kind is required")
         try:
@@ -79,36 +70,28 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
             password=created.password,
         )
 
-    @translate_errors
     async def GetAccount(  # noqa: N802
         self, request: acct_pb.GetAccountRequest, context: Context
     ) -> acct_pb.GetAccountResponse:
-        _check_operator(context, self._token)
         account = await self._accounts.get(request.account_id)
         return acct_pb.GetAccountResponse(account=_account_proto(account))
 
-    @translate_errors
     async def ListAccounts(  # noqa: N802
         self, request: acct_pb.ListAccountsRequest, context: Context
     ) -> acct_pb.ListAccountsResponse:
-        _check_operator(context, self._token)
         kind = AccountKind(request.kind) if request.kind else None
         accounts = await self._accounts.list(kind)
         return acct_pb.ListAccountsResponse(accounts=[_account_proto(a) for a in accounts])
 
-    @translate_errors
     async def BanAccount(  # noqa: N802
         self, request: acct_pb.BanAccountRequest, context: Context
     ) -> acct_pb.BanAccountResponse:
-        _check_operator(context, self._token)
         account = await self._accounts.set_banned(request.account_id, True)
         return acct_pb.BanAccountResponse(account=_account_proto(account))
 
-    @translate_errors
     async def UnbanAccount(  # noqa: N802
         self, request: acct_pb.UnbanAccountRequest, context: Context
     ) -> acct_pb.UnbanAccountResponse:
-        _check_operator(context, self._token)
         account = await self._accounts.set_banned(request.account_id, False)
         return acct_pb.UnbanAccountResponse(account=_account_proto(account))
 
@@ -116,13 +99,10 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
 class Registry(reg_grpc.RegistryServiceServicer):
     """Operator API over the node registry; registering a node starts dialing it."""
 
-    def __init__(
-        self, nodes: NodeRegistry, accounts: AccountStore, linker: Linker, operator_token: Secret
-    ) -> None:
+    def __init__(self, nodes: NodeRegistry, accounts: AccountStore, linker: Linker) -> None:
         self._nodes = nodes
         self._accounts = accounts
         self._linker = linker
-        self._token = operator_token
 
     def _record_proto(self, node: NodeRecord) -> reg_pb.NodeRecord:
         return reg_pb.NodeRecord(
@@ -139,11 +119,9 @@ class Registry(reg_grpc.RegistryServiceServicer):
             linked=self._linker.is_linked(node.node_id),
         )
 
-    @translate_errors
     async def RegisterNode(  # noqa: N802
         self, request: reg_pb.RegisterNodeRequest, context: Context
     ) -> reg_pb.RegisterNodeResponse:
-        _check_operator(context, self._token)
         n = request.node
         if not n.node_id or not n.central_link_address:
             raise InvalidArgumentError("node_id and central_link_address are required")
@@ -165,35 +143,66 @@ class Registry(reg_grpc.RegistryServiceServicer):
         await self._linker.ensure(record)
         return reg_pb.RegisterNodeResponse(node=self._record_proto(record))
 
-    @translate_errors
     async def ListNodes(  # noqa: N802
         self, request: reg_pb.ListNodesRequest, context: Context
     ) -> reg_pb.ListNodesResponse:
-        _check_operator(context, self._token)
         nodes = await self._nodes.list()
         return reg_pb.ListNodesResponse(nodes=[self._record_proto(n) for n in nodes])
 
-    @translate_errors
     async def DeregisterNode(  # noqa: N802
         self, request: reg_pb.DeregisterNodeRequest, context: Context
     ) -> reg_pb.DeregisterNodeResponse:
-        _check_operator(context, self._token)
         await self._linker.drop(request.node_id)
         return reg_pb.DeregisterNodeResponse(removed=await self._nodes.remove(request.node_id))
 
 
+ACCOUNT_ADMIN_SERVICE = acct_pb.DESCRIPTOR.services_by_name["AccountAdminService"].full_name
+REGISTRY_SERVICE = reg_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+#: Every admin method needs an operator certificate of the operator CA (mutual TLS).
+ADMIN_RULES: Rules = {
+    **rules_for(
+        ACCOUNT_ADMIN_SERVICE,
+        [
+            "CreateAccount",
+            "GetAccount",
+            "ListAccounts",
+            "UpdateAccount",
+            "ResetApiKey",
+            "ResetPassword",
+            "BanAccount",
+            "UnbanAccount",
+        ],
+        Rule.peer(Role.OPERATOR),
+    ),
+    **rules_for(
+        REGISTRY_SERVICE,
+        [
+            "RegisterNode",
+            "ListNodes",
+            "DeregisterNode",
+            "RegisterDService",
+            "ListDServices",
+            "SetFeeAgreement",
+            "AddTrustedMeasurement",
+        ],
+        Rule.peer(Role.OPERATOR),
+    ),
+}
+
+
 def add_admin_services(
-    server: GrpcServer, accounts: AccountStore, nodes: NodeRegistry, linker: Linker, token: Secret
+    server: GrpcServer, accounts: AccountStore, nodes: NodeRegistry, linker: Linker
 ) -> None:
     """Registers the admin servicers on ``server``."""
     server.add(
         acct_grpc.add_AccountAdminServiceServicer_to_server,
         # RPCs not implemented yet answer UNIMPLEMENTED from the generated base class.
-        AccountAdmin(accounts, token),  # type: ignore[abstract]
-        acct_pb.DESCRIPTOR.services_by_name["AccountAdminService"].full_name,
+        AccountAdmin(accounts),  # type: ignore[abstract]
+        ACCOUNT_ADMIN_SERVICE,
     )
     server.add(
         reg_grpc.add_RegistryServiceServicer_to_server,
-        Registry(nodes, accounts, linker, token),  # type: ignore[abstract]
-        reg_pb.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+        Registry(nodes, accounts, linker),  # type: ignore[abstract]
+        REGISTRY_SERVICE,
     )

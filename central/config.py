@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cgn_common.config import Secret, option
+from cgn_common.config import option
 
 
 @dataclass(frozen=True)
@@ -15,15 +15,24 @@ class CentralConfig:
         "sqlite+aiosqlite:///central.db", "SQLAlchemy URL of the accounts and registry database."
     )
     admin_listen: str = option(
-        "127.0.0.1:7700", "Where the operator-authenticated admin services listen (loopback)."
+        "127.0.0.1:7700",
+        "Where the admin services listen (loopback by default): mutual TLS, an operator "
+        "certificate of the operator CA is required.",
     )
-    operator_token: Secret = option(
-        Secret(""), "Bearer token operators present to the admin services; empty refuses all."
+    replica_id: str = option(
+        "central-1",
+        "This replica's id, sent to nodes in CentralHello; must be the name in its certificate.",
     )
-    replica_id: str = option("central-1", "This replica's id, sent to nodes in CentralHello.")
     tls_cert_file: str = option(
-        "", "TLS certificate for dialing nodes (mutual TLS); empty: plaintext."
+        "",
+        "This replica's certificate (role central, from `cgn certs`): presented when dialing "
+        "nodes and served on the admin port.",
     )
-    tls_key_file: str = option("", "TLS private key matching tls_cert_file.")
-    tls_ca_file: str = option("", "CA bundle that signs node certificates.")
+    tls_key_file: str = option("", "The private key of tls_cert_file.")
+    tls_ca_file: str = option(
+        "", "The operator CA bundle: node and operator certificates must chain to it."
+    )
+    insecure_plaintext: bool = option(
+        False, "DEVELOPMENT ONLY: no TLS, peers unauthenticated. Logged loudly when on."
+    )
     log_level: str = option("INFO", "Log level.")

@@ -1,4 +1,5 @@
-"""Runs Central: the admin services on loopback and one outbound link per registered node."""
+"""Runs Central: the admin services (mutual TLS, operators only) and one supervised outbound
+link per registered node."""
 
 from __future__ import annotations
 
@@ -7,40 +8,65 @@ import logging
 from pathlib import Path
 
 from central._link import Linker
-from central._rpc import add_admin_services
+from central._rpc import ADMIN_RULES, add_admin_services
 from central.accounts import AccountStore
 from central.config import CentralConfig
 from central.db import open_engine
 from central.registry import NodeRegistry
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
-from cgn_common.rpc import GrpcServer, TlsConfig
+from cgn_common.rpc import GrpcServer
 from cgn_common.signals import wait_for_stop
+from cgn_common.tasks import Supervisor
+from cgn_common.tls import ClientAuth, TlsConfig, warn_if_plaintext
 
 _log = logging.getLogger(__name__)
 
 
+class Central:
+    """One Central replica built from its config; ``start`` binds and dials, ``stop`` ends."""
+
+    def __init__(self, config: CentralConfig) -> None:
+        self.config = config
+        self.tls = TlsConfig(
+            config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.insecure_plaintext
+        )
+        self.tls.check(need_cert=True)
+        warn_if_plaintext(self.tls, "central")
+        self.supervisor = Supervisor("central")
+        self.admin = GrpcServer("central-admin", self.tls, ClientAuth.REQUIRED, ADMIN_RULES)
+
+    async def start(self) -> dict[str, str]:
+        """Opens the database, serves the admin port and dials every registered node."""
+        self.engine = await open_engine(self.config.database_url)
+        self.accounts = AccountStore(self.engine)
+        self.nodes = NodeRegistry(self.engine)
+        self.linker = Linker(self.accounts, self.config.replica_id, self.tls, self.supervisor)
+        add_admin_services(self.admin, self.accounts, self.nodes, self.linker)
+        await self.admin.start(self.config.admin_listen)
+        for node in await self.nodes.list():
+            await self.linker.ensure(node)
+        return {"admin": self.admin.address}
+
+    async def stop(self) -> None:
+        """Closes the links, the admin port and the database."""
+        await self.linker.close()
+        await self.admin.stop()
+        await self.supervisor.close()
+        await self.engine.dispose()
+
+
 async def serve(config: CentralConfig, ready_file: Path | None = None) -> None:
     """Serves until SIGINT or SIGTERM."""
-    engine = await open_engine(config.database_url)
-    tls = TlsConfig(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
-    accounts = AccountStore(engine)
-    nodes = NodeRegistry(engine)
-    linker = Linker(accounts, config.replica_id, tls)
-    admin = GrpcServer("central-admin")
-    add_admin_services(admin, accounts, nodes, linker, config.operator_token)
-    await admin.start(config.admin_listen)
-    for node in await nodes.list():
-        await linker.ensure(node)
-    write_ready_file(ready_file, {"admin": admin.address})
-    log_event(_log, "central_ready", admin=admin.address)
+    central = Central(config)
+    endpoints = await central.start()
+    write_ready_file(ready_file, endpoints)
+    log_event(_log, "central_ready", admin=endpoints["admin"])
     try:
         await wait_for_stop()
     finally:
         log_event(_log, "central_stopping")
-        await linker.close()
-        await admin.stop()
-        await engine.dispose()
+        await central.stop()
 
 
 def run(config: CentralConfig, ready_file: Path | None = None) -> None:

@@ -1,10 +1,12 @@
-"""A small client of Central's admin services, used by the sandbox."""
+"""A small client of Central's admin services, used by the sandbox (mutual TLS with an
+operator certificate)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from cgn_common.rpc import open_channel
+from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
@@ -15,9 +17,9 @@ from generated.cgn.admin.v1 import registry_service_pb2_grpc as reg_grpc
 class AdminClient:
     """Operator calls to Central."""
 
-    def __init__(self, address: str, operator_token: str) -> None:
-        self._channel = open_channel(address)
-        self._metadata = (("authorization", f"Bearer {operator_token}"),)
+    def __init__(self, address: str, tls: TlsConfig) -> None:
+        self._channel = open_channel(address, tls)
+        self._metadata: tuple[tuple[str, str], ...] = ()
         self._accounts = acct_grpc.AccountAdminServiceStub(self._channel)
         self._registry = reg_grpc.RegistryServiceStub(self._channel)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from cgn_cli._certs import certs
 from cgn_common.config import load_config
 from cgn_common.errors import CgnError
 from cgn_common.logs import setup_logging
@@ -93,6 +94,9 @@ def gateway(config_path: Path | None, ready_file: Path | None) -> None:
     from gateway.server import run
 
     run(_load(GatewayConfig, config_path, "CGN_GATEWAY_", "gateway"), ready_file)
+
+
+cli.add_command(certs)
 
 
 @cli.command()

@@ -25,16 +25,22 @@ import aiohttp
 import grpc
 
 from cgn_cli._admin import AdminClient
+from cgn_common.certs import Authority, Identity, Role, write_issued
 from cgn_common.errors import CgnError, FailedPreconditionError, UnavailableError
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 from cgn_common.ready import write_json_atomic
 from cgn_common.signals import wait_for_stop
+from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier
 
 _log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 60.0
+
+CENTRAL = Identity(Role.CENTRAL, "central-1")
+OPERATOR = Identity(Role.OPERATOR, "sandbox-operator")
+GATEWAY = Identity(Role.GATEWAY, "sandbox-gateway")
 _POLL_S = 0.05
 
 
@@ -74,15 +80,13 @@ class Sandbox:
         self.miners = miners
         self.children: list[Child] = []
         self._secrets_file = state_dir / "secrets.json"
+        self.certs_dir = state_dir / "certs"
 
     def _load_secrets(self) -> dict[str, Any]:
         if self._secrets_file.exists():
             data: dict[str, Any] = json.loads(self._secrets_file.read_text())
             return data
-        return {
-            "operator_token": secrets.token_urlsafe(32),
-            "session_secret": secrets.token_urlsafe(32),
-        }
+        return {"session_secret": secrets.token_urlsafe(32)}
 
     def _save_secrets(self, data: dict[str, Any]) -> None:
         write_json_atomic(self._secrets_file, data, mode=0o600)
@@ -124,12 +128,41 @@ class Sandbox:
         child.ready = json.loads(child.ready_file.read_text())
         return child.ready
 
+    def _certificates(self) -> Authority:
+        """The sandbox's operator CA (made once) and fresh certificates for its processes."""
+        ca_cert, ca_key = self.certs_dir / "ca.pem", self.certs_dir / "ca.key"
+        if ca_key.exists():
+            authority = Authority.load(ca_cert, ca_key)
+        else:
+            authority = Authority.create("CGN sandbox CA")
+            authority.save(ca_cert, ca_key)
+        for identity in (CENTRAL, OPERATOR, GATEWAY):
+            write_issued(authority, identity, self.certs_dir)
+        return authority
+
+    def tls_env(self, prefix: str, identity: Identity | None) -> dict[str, str]:
+        """TLS variables for a process: the CA bundle, and its certificate when it has one."""
+        env = {f"{prefix}TLS_CA_FILE": str(self.certs_dir / "ca.pem")}
+        if identity is not None:
+            stem = self.certs_dir / f"{identity.role.value}-{identity.name}"
+            env[f"{prefix}TLS_CERT_FILE"] = f"{stem}.pem"
+            env[f"{prefix}TLS_KEY_FILE"] = f"{stem}.key"
+        return env
+
+    def operator_tls(self) -> TlsConfig:
+        """The sandbox operator's TLS material (admin calls to Central)."""
+        env = self.tls_env("", OPERATOR)
+        return TlsConfig(env["TLS_CERT_FILE"], env["TLS_KEY_FILE"], env["TLS_CA_FILE"])
+
     async def start(self) -> dict[str, Any]:
         """Starts everything and returns the sandbox.json content."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         state = self._load_secrets()
+        state.pop("operator_token", None)  # written by sandboxes before mutual TLS
+        state.pop("node_key", None)  # nodes prove themselves with their certificate now
         self._save_secrets(state)
+        authority = await asyncio.to_thread(self._certificates)
         db = self.state_dir / "central.db"
         central = await self._spawn(
             "central",
@@ -137,18 +170,19 @@ class Sandbox:
             {
                 "CGN_CENTRAL_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
                 "CGN_CENTRAL_ADMIN_LISTEN": "127.0.0.1:0",
-                "CGN_CENTRAL_OPERATOR_TOKEN": state["operator_token"],
+                "CGN_CENTRAL_REPLICA_ID": CENTRAL.name,
+                **self.tls_env("CGN_CENTRAL_", CENTRAL),
             },
         )
         admin_address = (await self._wait_ready(central))["endpoints"]["admin"]
-        admin = AdminClient(admin_address, state["operator_token"])
+        admin = AdminClient(admin_address, self.operator_tls())
         try:
             sandbox_json = self.state_dir / "sandbox.json"
             previous = json.loads(sandbox_json.read_text()) if sandbox_json.exists() else {}
             if "node_id" not in state:
-                state["node_id"], state["node_key"] = await admin.create_account(
-                    AccountKind.NODE, "sandbox node"
-                )
+                state["node_id"], _ = await admin.create_account(AccountKind.NODE, "sandbox node")
+            node_identity = Identity(Role.NODE, state["node_id"])
+            await asyncio.to_thread(write_issued, authority, node_identity, self.certs_dir)
             if not previous.get("api_key") or previous.get("account_id") != state.get(
                 "enterprise_id"
             ):
@@ -180,13 +214,14 @@ class Sandbox:
                 ["node"],
                 {
                     "CGN_NODE_NODE_ID": state["node_id"],
-                    "CGN_NODE_NODE_KEY": state["node_key"],
                     "CGN_NODE_SESSION_SECRET": state["session_secret"],
                     "CGN_NODE_WORK_LISTEN": "127.0.0.1:0",
+                    "CGN_NODE_INTERNAL_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_DSERVICES": "echo",
+                    **self.tls_env("CGN_NODE_", node_identity),
                 },
             )
             node_endpoints = (await self._wait_ready(node))["endpoints"]
@@ -209,6 +244,7 @@ class Sandbox:
                         "CGN_MINER_MINER_KEY": miner_key,
                         "CGN_MINER_DSERVICES": "echo",
                         "CGN_MINER_STATE_DIR": str(workdir),
+                        **self.tls_env("CGN_MINER_", None),
                     },
                 )
             )
@@ -218,8 +254,11 @@ class Sandbox:
             "gateway",
             ["gateway"],
             {
+                # The DApp-facing side stays plain HTTP: it listens on loopback only. The
+                # gateway -> node link is mutual TLS like every link between our processes.
                 "CGN_GATEWAY_LISTEN": "127.0.0.1:0",
-                "CGN_GATEWAY_NODE_ADDRESS": node_endpoints["work"],
+                "CGN_GATEWAY_NODE_ADDRESS": node_endpoints["internal"],
+                **self.tls_env("CGN_GATEWAY_", GATEWAY),
             },
         )
         gateway_url = (await self._wait_ready(gateway))["endpoints"]["http"]

@@ -72,6 +72,12 @@ class DeadlineExceededError(CgnError, TimeoutError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class UnimplementedError(CgnError, NotImplementedError):
+    """This version does not do that."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
     cls.code: cls
     for cls in (
@@ -84,6 +90,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
         ResourceExhaustedError,
         UnavailableError,
         DeadlineExceededError,
+        UnimplementedError,
     )
 }
 

@@ -48,7 +48,14 @@ def setup_logging(process_name: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Logs ``event`` with structured ``fields``."""
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    level: int = logging.INFO,
+    *,
+    exc: BaseException | None = None,
+    **fields: Any,
+) -> None:
+    """Logs ``event`` with structured ``fields`` (and ``exc``'s traceback when given)."""
     safe = {f"{k}_" if k in _RESERVED else k: v for k, v in fields.items()}
-    logger.log(level, event, extra=safe)
+    logger.log(level, event, extra=safe, exc_info=exc)

@@ -1,23 +1,21 @@
-"""gRPC plumbing shared by every server and client: building servers with health checking
-and reflection, channel options, credentials seams and error translation."""
+"""gRPC plumbing shared by every server and client: servers with health checking, reflection,
+TLS and the authorization and error interceptors; channels; status conversion."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from typing import Any
 
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
-from cgn_common.errors import CgnError, InvalidArgumentError, error_for_code
+from cgn_common.errors import CgnError, error_for_code
+from cgn_common.interceptors import AuthorizationInterceptor, ErrorInterceptor, Rules
 from cgn_common.logs import log_event
+from cgn_common.tls import ClientAuth, TlsConfig, channel_credentials, server_credentials
 
 _log = logging.getLogger(__name__)
 
@@ -43,51 +41,16 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    """Where TLS material lives. Empty paths mean plaintext (loopback development only).
-
-    Mutual TLS between node, miners and Central comes with the TLS issue; this is the seam.
-    """
-
-    cert_file: str = ""
-    key_file: str = ""
-    ca_file: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        """True when any TLS material is configured (a client may have only a CA bundle)."""
-        return bool(self.cert_file or self.ca_file)
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials | None:
-    """Returns server credentials for ``tls``, or None for plaintext."""
-    if not tls.enabled:
-        return None
-    if not tls.cert_file or not tls.key_file:
-        raise InvalidArgumentError("a TLS server needs tls_cert_file and tls_key_file")
-    return grpc.ssl_server_credentials(
-        [(_read(tls.key_file), _read(tls.cert_file))],
-        root_certificates=_read(tls.ca_file) if tls.ca_file else None,
-        require_client_auth=bool(tls.ca_file),
-    )
-
-
-def open_channel(address: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
-    """Opens an asyncio channel to ``address`` ("host:port"), with TLS when configured."""
-    if tls is None or not tls.enabled:
+def open_channel(address: str, tls: TlsConfig, *, server_name: str = "") -> grpc.aio.Channel:
+    """Opens an asyncio channel to ``address`` ("host:port") over TLS (plaintext only with
+    the development flag). ``server_name`` is the name the server's certificate must carry
+    when it is not the host in ``address`` (e.g. a node's ``<node_id>.node.cgn``)."""
+    if tls.insecure_plaintext:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca_file) if tls.ca_file else None,
-        private_key=_read(tls.key_file) if tls.key_file else None,
-        certificate_chain=_read(tls.cert_file) if tls.cert_file else None,
-    )
-    return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+    options = list(CHANNEL_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=options)
 
 
 class GrpcServer:
@@ -97,10 +60,23 @@ class GrpcServer:
     start(address)``; the bound port is in ``port`` (bind port 0 to let the OS choose).
     """
 
-    def __init__(self, name: str, tls: TlsConfig | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        tls: TlsConfig,
+        client_auth: ClientAuth,
+        rules: Rules,
+        verify_session: Callable[[str], Any] | None = None,
+    ) -> None:
         self.name = name
-        self._tls = tls or TlsConfig()
-        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._tls = tls
+        self._client_auth = client_auth
+        authorization = AuthorizationInterceptor(
+            rules, name, verify_session, trust_plaintext=tls.insecure_plaintext
+        )
+        self._server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[ErrorInterceptor(), authorization]
+        )
         self._health = health.aio.HealthServicer()
         self._services: list[str] = []
         self.port = 0
@@ -118,7 +94,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self._server)
-        creds = server_credentials(self._tls)
+        creds = server_credentials(self._tls, self._client_auth, self.name)
         if creds is None:
             self.port = self._server.add_insecure_port(address)
         else:
@@ -145,14 +121,6 @@ class GrpcServer:
         await self._server.stop(grace)
 
 
-def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """Returns the bearer token from the call's ``authorization`` metadata, or ''."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer ") :].strip()
-    return ""
-
-
 def status_proto(error: CgnError) -> status_pb2.Status:
     """The google.rpc.Status that carries ``error``."""
     return status_pb2.Status(code=error.code.value[0], message=error.message)
@@ -169,55 +137,3 @@ def error_from_status(status: status_pb2.Status) -> CgnError:
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> CgnError:
     """The CgnError a failed call stands for; the message is the server's, already safe."""
     return error_for_code(exc.code(), exc.details() or exc.code().name)
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
-) -> None:
-    if isinstance(exc, CgnError):
-        error = exc
-    else:
-        log_event(_log, "rpc_internal_error", logging.ERROR, method=method, error=repr(exc))
-        error = CgnError("internal error")
-    status = status_proto(error)
-    if error.code is grpc.StatusCode.INTERNAL:
-        status.code = code_pb2.INTERNAL
-    await context.abort_with_status(rpc_status.to_status(status))
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def translate_errors(method: F) -> F:
-    """Wraps a servicer method so that exceptions become gRPC statuses, in one place.
-
-    A CgnError keeps its code and message; anything else is logged and answers INTERNAL
-    with no internals in the message.
-    """
-    name = method.__qualname__
-    if inspect.isasyncgenfunction(method):
-
-        @functools.wraps(method)
-        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            except (grpc.aio.AbortError, GeneratorExit):
-                raise
-            except BaseException as exc:
-                if isinstance(exc, Exception):
-                    await _abort(context, exc, name)
-                raise
-
-        return cast(F, stream_wrapper)
-
-    @functools.wraps(method)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc, name)
-
-    return cast(F, unary_wrapper)

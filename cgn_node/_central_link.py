@@ -1,18 +1,26 @@
-"""The node's CentralLinkService: Central dials in, the node sends NodeHello, and then
-the node's questions travel on that stream (SPEC sections 3 and 6)."""
+"""The node's CentralLinkService: Central dials in, the node answers with NodeHello, and then
+the node's questions travel on that stream (SPEC sections 3, 6 and 15).
+
+Who may open this stream is decided before a byte of it is read: the server demands a client
+certificate of the operator CA and the authorization table admits only the Central role
+(``cgn_node/server.py``). So every link here is an authenticated Central replica; the node
+never sends a secret on it. Several replicas may be linked at once: a question goes to the
+least busy one and moves to another if its link drops, so link order never decides trust.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
 
-from cgn_common.config import Secret
-from cgn_common.errors import UnavailableError
+from cgn_common.errors import PermissionDeniedError, UnavailableError
 from cgn_common.ids import new_id
+from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
 from cgn_common.rpc import error_from_status
 from cgn_common.types import AccountKind, Tier, WorkGrade
@@ -33,13 +41,19 @@ def _account(info: pb.AccountInfo) -> AccountInfo:
         allowed_tiers=tuple(Tier(t) for t in info.allowed_tiers),
         pseudonym=info.pseudonym,
         tier=Tier(info.tier) if info.tier else None,
+        banned=info.banned,
     )
 
 
+class _LinkLostError(Exception):
+    """The link a question went out on dropped before the answer came."""
+
+
 class _Link:
-    def __init__(self, context: Context, replica_id: str) -> None:
+    def __init__(self, context: Context, replica: str) -> None:
         self.context = context
-        self.replica_id = replica_id
+        self.replica = replica
+        self.link_id = new_id("clink")
         self.lock = asyncio.Lock()
         self.pending: dict[str, asyncio.Future[pb.Answer]] = {}
 
@@ -49,19 +63,28 @@ class _Link:
 
 
 class CentralLink(pb_grpc.CentralLinkServiceServicer):
-    """Serves Central's inbound streams and asks questions over them."""
+    """Serves Central's inbound streams and asks questions over them.
 
-    def __init__(self, node_id: str, node_key: Secret, timeout_s: float) -> None:
+    ``on_links_changed`` runs (synchronously, it should only schedule work) whenever a link
+    is added or lost, so the node can re-check what earlier answers admitted.
+    """
+
+    def __init__(self, node_id: str, timeout_s: float) -> None:
         self._node_id = node_id
-        self._node_key = node_key
         self._timeout_s = timeout_s
-        self._links: list[_Link] = []
+        self._links: dict[str, _Link] = {}
         self._changed = asyncio.Condition()
+        self.on_links_changed: Callable[[], None] = lambda: None
 
     @property
     def connected(self) -> bool:
         """True while at least one Central replica holds a link."""
         return bool(self._links)
+
+    @property
+    def replicas(self) -> list[str]:
+        """The certificate names of the linked Central replicas."""
+        return sorted({link.replica for link in self._links.values()})
 
     # A read/write-style bidi handler (context.read/write), which grpc.aio allows in place of
     # the async generator the stub's signature names.
@@ -69,57 +92,83 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         """Handles one Central replica's stream for as long as it lasts."""
+        identity = current_caller().identity
+        # The interceptor admitted only a Central certificate; in the development plaintext
+        # mode there is none and the replica is known by what it says.
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected CentralHello first")
-        link = _Link(context, first.hello.replica_id)
-        await link.send(
-            pb.ConnectResponse(
-                hello=pb.NodeHello(node_id=self._node_id, api_key=self._node_key.reveal())
-            )
-        )
+        replica = identity.name if identity is not None else first.hello.replica_id
+        if identity is not None and first.hello.replica_id not in ("", identity.name):
+            raise PermissionDeniedError("replica_id does not match the certificate")
+        link = _Link(context, replica)
+        await link.send(pb.ConnectResponse(hello=pb.NodeHello(node_id=self._node_id)))
         async with self._changed:
-            self._links.append(link)
+            self._links[link.link_id] = link
             self._changed.notify_all()
-        log_event(_log, "central_linked", replica_id=link.replica_id)
+        log_event(_log, "central_linked", replica=replica, links=len(self._links))
+        self.on_links_changed()
         try:
             while (message := await context.read()) is not grpc.aio.EOF:
-                if message.WhichOneof("kind") == "answer":
+                kind = message.WhichOneof("kind")
+                if kind == "answer":
                     future = link.pending.pop(message.answer.question_id, None)
                     if future is not None and not future.done():
                         future.set_result(message.answer)
+                elif kind == "directive":
+                    # Directives (bans, revocations) are obeyed from the bans issue on.
+                    log_event(
+                        _log, "central_directive_ignored", kind=message.directive.WhichOneof("kind")
+                    )
         finally:
-            self._links.remove(link)
+            del self._links[link.link_id]
             for future in link.pending.values():
                 if not future.done():
-                    future.set_exception(UnavailableError("central link lost"))
-            log_event(_log, "central_unlinked", logging.WARNING, replica_id=link.replica_id)
+                    future.set_exception(_LinkLostError())
+            log_event(
+                _log, "central_unlinked", logging.WARNING, replica=replica, links=len(self._links)
+            )
+            self.on_links_changed()
 
-    async def _link(self) -> _Link:
+    async def _pick(self, deadline: float, avoid: set[str]) -> _Link:
+        """The least busy live link not in ``avoid``, waiting for one until ``deadline``."""
+
+        def usable() -> list[_Link]:
+            return [link for lid, link in self._links.items() if lid not in avoid]
+
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: bool(self._links)), self._timeout_s
+                    self._changed.wait_for(lambda: bool(usable())),
+                    max(0.0, deadline - time.monotonic()),
                 )
             except TimeoutError:
                 raise UnavailableError("central service unreachable") from None
-            return self._links[0]
+            return min(usable(), key=lambda link: len(link.pending))
 
     async def _ask(self, question: pb.Question) -> pb.Answer:
-        link = await self._link()
-        question.question_id = new_id("q")
-        future: asyncio.Future[pb.Answer] = asyncio.get_running_loop().create_future()
-        link.pending[question.question_id] = future
-        try:
-            await link.send(pb.ConnectResponse(question=question))
-            answer = await asyncio.wait_for(future, self._timeout_s)
-        except TimeoutError:
-            raise UnavailableError("central service did not answer in time") from None
-        finally:
-            link.pending.pop(question.question_id, None)
-        if answer.HasField("error"):
-            raise error_from_status(answer.error)
-        return answer
+        deadline = time.monotonic() + self._timeout_s
+        tried: set[str] = set()
+        loop = asyncio.get_running_loop()
+        while True:
+            link = await self._pick(deadline, tried)
+            tried.add(link.link_id)
+            question.question_id = new_id("q")
+            future: asyncio.Future[pb.Answer] = loop.create_future()
+            link.pending[question.question_id] = future
+            try:
+                await link.send(pb.ConnectResponse(question=question))
+                answer = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise UnavailableError("central service did not answer in time") from None
+            except (_LinkLostError, grpc.aio.AioRpcError, RuntimeError):
+                log_event(_log, "central_question_moved", logging.WARNING, replica=link.replica)
+                continue  # ask another replica
+            finally:
+                link.pending.pop(question.question_id, None)
+            if answer.HasField("error"):
+                raise error_from_status(answer.error)
+            return answer
 
     async def verify_credential(
         self, account_id: str, api_key: str, kinds: Sequence[AccountKind]
@@ -143,3 +192,8 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
             max_grade=WorkGrade(miner.max_grade or WorkGrade.LOW),
             owner_account_id=miner.owner_account_id,
         )
+
+    async def account_standing(self, account_id: str) -> AccountInfo:
+        """Asks Central for an account's current standing (no secret involved)."""
+        question = pb.Question(get_account_standing=pb.GetAccountStanding(account_id=account_id))
+        return _account((await self._ask(question)).standing)

@@ -9,13 +9,14 @@ from typing import Any, TypeAlias
 
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.ids import new_id
-from cgn_common.rpc import bearer_token, translate_errors
-from cgn_common.types import AccountKind, Tier
+from cgn_common.interceptors import current_caller
+from cgn_common.types import Tier
 from cgn_node._miner_link import MinerResult
 from cgn_node.broker import Broker, WorkUnit
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
-from cgn_node.sessions import SessionIssuer
+from cgn_node.sessions import SessionClaims, SessionIssuer
+from cgn_node.standing import SESSION_KINDS
 from generated.cgn.common.v1 import types_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
@@ -30,7 +31,6 @@ from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 Context: TypeAlias = Any
 
 _DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_SESSION_KINDS = (AccountKind.ENTERPRISE, AccountKind.END_USER)
 
 
 class Sessions(session_grpc.SessionServiceServicer):
@@ -40,14 +40,13 @@ class Sessions(session_grpc.SessionServiceServicer):
         self._issuer = issuer
         self._central = central
 
-    @translate_errors
     async def CreateSession(  # noqa: N802
         self, request: session_pb.CreateSessionRequest, context: Context
     ) -> session_pb.CreateSessionResponse:
         if not request.account_id or not request.api_key:
             raise InvalidArgumentError("account_id and api_key are required")
         account = await self._central.verify_credential(
-            request.account_id, request.api_key, _SESSION_KINDS
+            request.account_id, request.api_key, SESSION_KINDS
         )
         token, claims = self._issuer.issue(account.account_id, account.allowed_tiers)
         response = session_pb.CreateSessionResponse(
@@ -57,7 +56,6 @@ class Sessions(session_grpc.SessionServiceServicer):
         response.expires_at.FromDatetime(datetime.fromtimestamp(claims.expires_at, UTC))
         return response
 
-    @translate_errors
     async def RevokeSession(  # noqa: N802
         self, request: session_pb.RevokeSessionRequest, context: Context
     ) -> session_pb.RevokeSessionResponse:
@@ -75,12 +73,11 @@ class Work(work_grpc.WorkServiceServicer):
         self._recorder = recorder
         self._node_id = node_id
 
-    @translate_errors
     async def Call(  # noqa: N802
         self, request: work_pb.CallRequest, context: Context
     ) -> work_pb.CallResponse:
         started = time.perf_counter_ns()
-        claims = self._issuer.verify(bearer_token(context))
+        claims: SessionClaims = current_caller().session  # verified by the interceptor
         if not _DSERVICE_NAME.match(request.dservice):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
         if not request.head.method or not request.head.path.startswith("/"):
@@ -152,7 +149,6 @@ class Status(status_grpc.NodeStatusServiceServicer):
         self._central = central
         self._started = time.monotonic()
 
-    @translate_errors
     async def GetStatus(  # noqa: N802
         self, request: status_pb.GetStatusRequest, context: Context
     ) -> status_pb.GetStatusResponse:

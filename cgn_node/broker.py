@@ -128,6 +128,10 @@ class Broker:
             log_event(_log, "miner_left", miner_id=miner.miner_id)
         self._affinity = {k: m for k, m in self._affinity.items() if m is not miner}
 
+    def miners(self) -> list[MinerHandle]:
+        """Every miner in the pool."""
+        return list(self._slots)
+
     def known_dservices(self) -> frozenset[str]:
         """DService names this node serves now."""
         offered = (d for miner in self._slots for d in miner.dservices)

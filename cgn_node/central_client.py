@@ -18,6 +18,7 @@ class AccountInfo:
     allowed_tiers: tuple[Tier, ...]
     pseudonym: str
     tier: Tier | None
+    banned: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,6 @@ class CentralClient(Protocol):
 
     async def verify_miner(self, miner_id: str, api_key: str) -> MinerInfo:
         """Checks a miner's credentials; raises UnauthenticatedError when they do not verify."""
+
+    async def account_standing(self, account_id: str) -> AccountInfo:
+        """An account's current standing; NotFoundError when it does not exist."""

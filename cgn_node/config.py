@@ -12,13 +12,29 @@ class NodeConfig:
     """Everything a node reads at start. Ports are the paper's production defaults."""
 
     node_id: str = option("", "This node's account id at Central (an ACCOUNT_KIND_NODE account).")
-    node_key: Secret = option(Secret(""), "This node's API key, sent to Central in NodeHello.")
     work_listen: str = option(
-        "0.0.0.0:9090", "WorkService + SessionService (gateway, gRPC clients)."
+        "0.0.0.0:9090",
+        "WorkService + SessionService for internal gRPC clients: server-authenticated TLS, "
+        "callers prove themselves with an API key or session token.",
     )
-    miner_link_listen: str = option("0.0.0.0:8080", "MinerLinkService, where miners dial in.")
-    status_listen: str = option("0.0.0.0:5551", "NodeStatusService.")
-    central_link_listen: str = option("0.0.0.0:7771", "CentralLinkService, where Central dials in.")
+    internal_listen: str = option(
+        "0.0.0.0:9091",
+        "WorkService + SessionService for the CGN's own processes (gateways): mutual TLS, "
+        "a gateway certificate of the operator CA is required.",
+    )
+    miner_link_listen: str = option(
+        "0.0.0.0:8080",
+        "MinerLinkService, where miners dial in: server-authenticated TLS; a miner proves "
+        "itself with its API key, checked by Central.",
+    )
+    status_listen: str = option(
+        "0.0.0.0:5551", "NodeStatusService: public and read-only, server-authenticated TLS."
+    )
+    central_link_listen: str = option(
+        "0.0.0.0:7771",
+        "CentralLinkService, where Central dials in: mutual TLS, only a Central certificate "
+        "of the operator CA is accepted.",
+    )
     session_secret: Secret = option(
         Secret(""),
         "HMAC key for session tokens; every process of one node must share it. "
@@ -34,7 +50,14 @@ class NodeConfig:
     central_timeout_s: int = option(10, "How long a question to Central may take.")
     dservices: list[str] = option([], "DService names this node serves even with no miner online.")
     region: str = option("local", "The data-flow region of this node.")
-    tls_cert_file: str = option("", "TLS certificate for every listener; empty: plaintext.")
-    tls_key_file: str = option("", "TLS private key matching tls_cert_file.")
-    tls_ca_file: str = option("", "CA bundle for client certificates (mutual TLS).")
+    tls_cert_file: str = option(
+        "", "This node's certificate (role node, from `cgn certs`), served on every listener."
+    )
+    tls_key_file: str = option("", "The private key of tls_cert_file.")
+    tls_ca_file: str = option(
+        "", "The operator CA bundle that client certificates must chain to (mutual TLS)."
+    )
+    insecure_plaintext: bool = option(
+        False, "DEVELOPMENT ONLY: no TLS, peers unauthenticated. Logged loudly when on."
+    )
     log_level: str = option("INFO", "Log level.")

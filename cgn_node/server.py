@@ -1,4 +1,5 @@
-"""Runs a regional node: four gRPC listeners (work, miner link, status, central link)."""
+"""Runs a regional node: five gRPC listeners (work, internal, miner link, status, central
+link), each with its TLS mode and authorization table (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import asyncio
 import logging
 from pathlib import Path
 
+from cgn_common.certs import Role
 from cgn_common.errors import InvalidArgumentError
+from cgn_common.interceptors import Rule, Rules, rules_for
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
-from cgn_common.rpc import GrpcServer, TlsConfig
+from cgn_common.rpc import GrpcServer
 from cgn_common.signals import wait_for_stop
+from cgn_common.tasks import Supervisor
+from cgn_common.tls import ClientAuth, TlsConfig, warn_if_plaintext
 from cgn_node._central_link import CentralLink
 from cgn_node._miner_link import MinerLink
 from cgn_node._rpc import Sessions, Status, Work
@@ -18,6 +23,7 @@ from cgn_node.broker import Broker
 from cgn_node.config import NodeConfig
 from cgn_node.recorder import LogRecorder, WorkRecorder
 from cgn_node.sessions import SessionIssuer
+from cgn_node.standing import StandingChecker
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as central_pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as central_grpc
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
@@ -31,54 +37,103 @@ from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 
 _log = logging.getLogger(__name__)
 
+WORK_SERVICE = work_pb.DESCRIPTOR.services_by_name["WorkService"].full_name
+SESSION_SERVICE = session_pb.DESCRIPTOR.services_by_name["SessionService"].full_name
+MINER_LINK_SERVICE = link_pb.DESCRIPTOR.services_by_name["MinerLinkService"].full_name
+STATUS_SERVICE = status_pb.DESCRIPTOR.services_by_name["NodeStatusService"].full_name
+CENTRAL_LINK_SERVICE = central_pb.DESCRIPTOR.services_by_name["CentralLinkService"].full_name
+
+#: The public work port: internal gRPC clients prove themselves in band.
+WORK_RULES: Rules = {
+    **rules_for(WORK_SERVICE, ["Call", "CallStream"], Rule.with_session()),
+    **rules_for(
+        SESSION_SERVICE,
+        ["CreateSession"],
+        Rule.checked_in_band("account id and API key, verified by Central"),
+    ),
+    **rules_for(
+        SESSION_SERVICE, ["RevokeSession"], Rule.checked_in_band("the session token revoked")
+    ),
+}
+#: The internal port: the same services, for gateways holding a certificate of the CA.
+INTERNAL_RULES: Rules = {
+    **rules_for(WORK_SERVICE, ["Call", "CallStream"], Rule.with_session(Role.GATEWAY)),
+    **rules_for(SESSION_SERVICE, ["CreateSession", "RevokeSession"], Rule.peer(Role.GATEWAY)),
+}
+MINER_LINK_RULES: Rules = rules_for(
+    MINER_LINK_SERVICE,
+    ["Connect"],
+    Rule.checked_in_band("miner id and API key in MinerHello, verified by Central"),
+)
+STATUS_RULES: Rules = rules_for(STATUS_SERVICE, ["GetStatus"], Rule.open_to_all())
+CENTRAL_LINK_RULES: Rules = rules_for(CENTRAL_LINK_SERVICE, ["Connect"], Rule.peer(Role.CENTRAL))
+
 
 class Node:
     """A node built from its config; ``start`` binds, ``stop`` ends it."""
 
     def __init__(self, config: NodeConfig, recorder: WorkRecorder | None = None) -> None:
-        if not config.node_id or not config.node_key:
-            raise InvalidArgumentError("node_id and node_key are required")
+        if not config.node_id:
+            raise InvalidArgumentError("node_id is required")
+        tls = TlsConfig(
+            config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.insecure_plaintext
+        )
+        tls.check(need_cert=True)
+        warn_if_plaintext(tls, "node")
         self.config = config
-        tls = TlsConfig(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+        self.supervisor = Supervisor("node")
         self.broker = Broker(
             dispatch_attempts=config.dispatch_attempts,
             danger_threshold=config.queue_danger_threshold,
             queue_timeout_s=config.queue_timeout_s,
             static_dservices=config.dservices,
         )
-        self.central = CentralLink(config.node_id, config.node_key, config.central_timeout_s)
-        issuer = SessionIssuer(
+        self.central = CentralLink(config.node_id, config.central_timeout_s)
+        self.issuer = SessionIssuer(
             config.session_secret.reveal().encode(), config.session_ttl_s, config.node_id
         )
-        self.work_server = GrpcServer("node-work", tls)
-        self.work_server.add(
-            work_grpc.add_WorkServiceServicer_to_server,
-            # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
-            Work(self.broker, issuer, recorder or LogRecorder(), config.node_id),  # type: ignore[abstract]
-            work_pb.DESCRIPTOR.services_by_name["WorkService"].full_name,
+        self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
+        self.central.on_links_changed = self.standing.schedule
+        # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
+        work = Work(self.broker, self.issuer, recorder or LogRecorder(), config.node_id)  # type: ignore[abstract]
+        sessions = Sessions(self.issuer, self.central)
+        self.work_server = GrpcServer(
+            "node-work", tls, ClientAuth.NONE, WORK_RULES, self.issuer.verify
         )
-        self.work_server.add(
-            session_grpc.add_SessionServiceServicer_to_server,
-            Sessions(issuer, self.central),
-            session_pb.DESCRIPTOR.services_by_name["SessionService"].full_name,
+        self.internal_server = GrpcServer(
+            "node-internal", tls, ClientAuth.REQUIRED, INTERNAL_RULES, self.issuer.verify
         )
-        self.miner_server = GrpcServer("node-miner-link", tls)
+        for server in (self.work_server, self.internal_server):
+            server.add(work_grpc.add_WorkServiceServicer_to_server, work, WORK_SERVICE)
+            server.add(session_grpc.add_SessionServiceServicer_to_server, sessions, SESSION_SERVICE)
+        self.miner_server = GrpcServer("node-miner-link", tls, ClientAuth.NONE, MINER_LINK_RULES)
         self.miner_server.add(
             link_grpc.add_MinerLinkServiceServicer_to_server,
             MinerLink(self.broker, self.central, config.node_id, config.ack_deadline_ms / 1000),
-            link_pb.DESCRIPTOR.services_by_name["MinerLinkService"].full_name,
+            MINER_LINK_SERVICE,
         )
-        self.status_server = GrpcServer("node-status", tls)
+        self.status_server = GrpcServer("node-status", tls, ClientAuth.NONE, STATUS_RULES)
         self.status_server.add(
             status_grpc.add_NodeStatusServiceServicer_to_server,
             Status(self.broker, config.node_id, config.region, self.central),
-            status_pb.DESCRIPTOR.services_by_name["NodeStatusService"].full_name,
+            STATUS_SERVICE,
         )
-        self.central_server = GrpcServer("node-central-link", tls)
+        self.central_server = GrpcServer(
+            "node-central-link", tls, ClientAuth.REQUIRED, CENTRAL_LINK_RULES
+        )
         self.central_server.add(
             central_grpc.add_CentralLinkServiceServicer_to_server,
             self.central,
-            central_pb.DESCRIPTOR.services_by_name["CentralLinkService"].full_name,
+            CENTRAL_LINK_SERVICE,
+        )
+
+    def _servers(self) -> tuple[GrpcServer, ...]:
+        return (
+            self.work_server,
+            self.internal_server,
+            self.miner_server,
+            self.status_server,
+            self.central_server,
         )
 
     async def start(self) -> dict[str, str]:
@@ -86,6 +141,7 @@ class Node:
         c = self.config
         return {
             "work": await self.work_server.start(c.work_listen),
+            "internal": await self.internal_server.start(c.internal_listen),
             "miner_link": await self.miner_server.start(c.miner_link_listen),
             "status": await self.status_server.start(c.status_listen),
             "central_link": await self.central_server.start(c.central_link_listen),
@@ -93,13 +149,9 @@ class Node:
 
     async def stop(self) -> None:
         """Stops every listener, letting calls in flight finish briefly."""
-        for server in (
-            self.work_server,
-            self.miner_server,
-            self.status_server,
-            self.central_server,
-        ):
+        for server in self._servers():
             await server.stop()
+        await self.supervisor.close()
 
 
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:

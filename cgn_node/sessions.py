@@ -34,6 +34,7 @@ class SessionClaims:
     account_id: str
     allowed_tiers: tuple[Tier, ...]
     expires_at: float
+    issued_at_ms: int = 0
 
 
 class SessionIssuer:
@@ -44,6 +45,10 @@ class SessionIssuer:
         self._ttl_s = ttl_s
         self._node_id = node_id
         self._revoked: dict[str, float] = {}
+        #: account -> latest expiry of a token issued here (so standing can be re-checked).
+        self._issued: dict[str, float] = {}
+        #: account -> tokens issued before this time (ms) are refused.
+        self._not_before_ms: dict[str, int] = {}
 
     def issue(self, account_id: str, allowed_tiers: Sequence[Tier]) -> tuple[str, SessionClaims]:
         """Returns a new token and its claims."""
@@ -52,13 +57,16 @@ class SessionIssuer:
             account_id=account_id,
             allowed_tiers=tuple(allowed_tiers),
             expires_at=float(int(time.time()) + self._ttl_s),
+            issued_at_ms=int(time.time() * 1000),
         )
+        self._issued[account_id] = claims.expires_at
         payload = json.dumps(
             {
                 "s": claims.session_id,
                 "a": account_id,
                 "t": [int(t) for t in claims.allowed_tiers],
                 "e": int(claims.expires_at),
+                "i": claims.issued_at_ms,
                 "n": self._node_id,
             },
             separators=(",", ":"),
@@ -81,13 +89,30 @@ class SessionIssuer:
                 account_id=str(data["a"]),
                 allowed_tiers=tuple(Tier(t) for t in data["t"]),
                 expires_at=float(data["e"]),
+                issued_at_ms=int(data.get("i", 0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UnauthenticatedError(_INVALID) from exc
         now = time.time()
         if claims.expires_at <= now or claims.session_id in self._revoked:
             raise UnauthenticatedError(_INVALID)
+        if claims.issued_at_ms < self._not_before_ms.get(claims.account_id, 0):
+            raise UnauthenticatedError(_INVALID)
         return claims
+
+    def accounts_with_sessions(self) -> list[str]:
+        """Accounts holding an unexpired token issued by this process."""
+        now = time.time()
+        self._issued = {a: e for a, e in self._issued.items() if e > now}
+        return list(self._issued)
+
+    def revoke_account(self, account_id: str) -> None:
+        """Refuses every token of ``account_id`` issued until now."""
+        now_ms = int(time.time() * 1000)
+        horizon = now_ms - self._ttl_s * 1000  # older marks only refuse expired tokens
+        self._not_before_ms = {a: t for a, t in self._not_before_ms.items() if t > horizon}
+        self._not_before_ms[account_id] = now_ms + 1
+        self._issued.pop(account_id, None)
 
     def revoke(self, token: str) -> bool:
         """Revokes a valid token; True when it was valid."""

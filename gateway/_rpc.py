@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cgn_common.rpc import TlsConfig, open_channel
+from cgn_common.rpc import CHANNEL_OPTIONS
+from cgn_common.tls import ReloadingChannel, TlsConfig
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import session_service_pb2 as session_pb
 from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
@@ -13,17 +14,26 @@ from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 
 
 class NodeClient:
-    """One channel to the node's work address, shared by every request."""
+    """One channel to the node's internal port (mutual TLS), shared by every request and
+    replaced when the gateway's certificate files rotate."""
 
-    def __init__(self, address: str, tls: TlsConfig | None = None) -> None:
-        self._channel = open_channel(address, tls)
-        self._sessions = session_grpc.SessionServiceStub(self._channel)
-        self._work = work_grpc.WorkServiceStub(self._channel)
+    def __init__(self, address: str, tls: TlsConfig) -> None:
+        self._channel = ReloadingChannel(address, tls, CHANNEL_OPTIONS)
+        self._generation = -1
+        self._stubs()
+
+    def _stubs(self) -> None:
+        channel = self._channel.get()
+        if self._generation != self._channel.generation:
+            self._generation = self._channel.generation
+            self._sessions = session_grpc.SessionServiceStub(channel)
+            self._work = work_grpc.WorkServiceStub(channel)
 
     async def create_session(
         self, account_id: str, api_key: str, timeout_s: float
     ) -> tuple[str, float]:
         """Opens a session; returns (token, expires_at as Unix seconds)."""
+        self._stubs()
         response: session_pb.CreateSessionResponse = await self._sessions.CreateSession(
             session_pb.CreateSessionRequest(account_id=account_id, api_key=api_key),
             timeout=timeout_s,
@@ -42,6 +52,7 @@ class NodeClient:
         timeout_s: float,
     ) -> tuple[int, list[tuple[str, bytes]], bytes]:
         """Runs one request; returns (status, headers, body) from the DService."""
+        self._stubs()
         request = work_pb.CallRequest(
             dservice=dservice,
             head=http_pb2.HttpRequestHead(

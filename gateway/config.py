@@ -12,7 +12,9 @@ class GatewayConfig:
     """Everything the gateway reads at start."""
 
     listen: str = option("0.0.0.0:8000", "Where the gateway's HTTP server listens, host:port.")
-    node_address: str = option("127.0.0.1:9090", "The node's work service, host:port.")
+    node_address: str = option(
+        "127.0.0.1:9091", "The node's internal port (mutual TLS), host:port."
+    )
     max_control_body_bytes: int = option(
         64 * 1024, "Largest body on control endpoints (413 above)."
     )
@@ -21,5 +23,18 @@ class GatewayConfig:
     )
     request_timeout_s: int = option(300, "Deadline of one DService call through the node.")
     retry_after_s: int = option(1, "Retry-After seconds sent with 503 on node overload.")
-    tls_ca_file: str = option("", "CA bundle to verify the node's certificate; empty: plaintext.")
+    tls_cert_file: str = option(
+        "", "This gateway's certificate (role gateway, from `cgn certs`), shown to the node."
+    )
+    tls_key_file: str = option("", "The private key of tls_cert_file.")
+    tls_ca_file: str = option("", "The operator CA bundle the node's certificate chains to.")
+    insecure_plaintext: bool = option(
+        False, "DEVELOPMENT ONLY: talk to the node without TLS. Logged loudly when on."
+    )
+    https_cert_file: str = option(
+        "",
+        "Certificate chain DApps see (e.g. from a public CA); with https_key_file the gateway "
+        "serves HTTPS. Empty: plain HTTP (only behind a TLS-terminating proxy or on loopback).",
+    )
+    https_key_file: str = option("", "The private key of https_cert_file.")
     log_level: str = option("INFO", "Log level.")

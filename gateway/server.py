@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 from aiohttp import web
 
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
-from cgn_common.rpc import TlsConfig
 from cgn_common.signals import wait_for_stop
+from cgn_common.tls import TlsConfig, warn_if_plaintext
 from gateway._rpc import NodeClient
 from gateway.app import make_app
 from gateway.config import GatewayConfig
@@ -21,16 +22,26 @@ _log = logging.getLogger(__name__)
 
 async def start(config: GatewayConfig) -> tuple[web.AppRunner, NodeClient, str]:
     """Starts serving; returns the runner, the node client and the bound URL."""
-    node = NodeClient(config.node_address, TlsConfig(ca_file=config.tls_ca_file))
+    tls = TlsConfig(
+        config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.insecure_plaintext
+    )
+    tls.check(need_cert=True)
+    warn_if_plaintext(tls, "gateway")
+    node = NodeClient(config.node_address, tls)
+    ssl_context = None
+    if config.https_cert_file or config.https_key_file:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.https_cert_file, config.https_key_file)
     runner = web.AppRunner(make_app(config, node), access_log=None, handle_signals=False)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
-    site = web.TCPSite(runner, host, int(port))
+    site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     bound_port = sockets[0].getsockname()[1] if sockets else int(port)
-    return runner, node, f"http://{host}:{bound_port}"
+    scheme = "https" if ssl_context else "http"
+    return runner, node, f"{scheme}://{host}:{bound_port}"
 
 
 async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:

@@ -19,7 +19,12 @@ class MinerConfig:
     runtime: str = option("process", "DService runtime: 'process' (docker comes later).")
     state_dir: str = option(".", "Where the miner keeps DService sockets and temporary files.")
     reconnect_max_s: int = option(10, "Longest wait between reconnection attempts.")
-    tls_cert_file: str = option("", "Client certificate for mutual TLS; empty: plaintext.")
-    tls_key_file: str = option("", "Private key matching tls_cert_file.")
-    tls_ca_file: str = option("", "CA bundle that signs the node's certificate.")
+    tls_ca_file: str = option(
+        "",
+        "The operator CA bundle that the node's certificate must chain to. Miners hold no "
+        "certificate: they prove themselves with miner_id and miner_key.",
+    )
+    insecure_plaintext: bool = option(
+        False, "DEVELOPMENT ONLY: connect without TLS (the key travels in clear). Logged loudly."
+    )
     log_level: str = option("INFO", "Log level.")

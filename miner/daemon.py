@@ -12,8 +12,9 @@ import grpc
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
-from cgn_common.rpc import TlsConfig, open_channel
+from cgn_common.rpc import open_channel
 from cgn_common.signals import wait_for_stop
+from cgn_common.tls import TlsConfig, warn_if_plaintext
 from miner._link import LinkSession
 from miner.config import MinerConfig
 from miner.fitness import run_fitness_test
@@ -33,7 +34,11 @@ class MinerDaemon:
         self.config = config
         self.runtime = ProcessRuntime(config.dservices)
         self.connected = asyncio.Event()
-        self._tls = TlsConfig(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+        self._tls = TlsConfig(
+            ca_file=config.tls_ca_file, insecure_plaintext=config.insecure_plaintext
+        )
+        self._tls.check(need_cert=False)
+        warn_if_plaintext(self._tls, "miner")
 
     async def run(self) -> None:
         """Connects and serves forever, reconnecting after failures."""

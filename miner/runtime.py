@@ -42,6 +42,20 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+#: The only variables of the miner's environment a DService process inherits. Everything
+#: else (the miner's id and key, TLS paths, the operator's shell) stays with the miner.
+ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+def dservice_environment(name: str, environ: dict[str, str], listen: str) -> dict[str, str]:
+    """The environment of DService ``name``: the allow-list, the variables the operator set
+    for this DService (``CGN_DSERVICE_<NAME>_*``), and ``CGN_LISTEN``."""
+    own = "CGN_DSERVICE_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_"
+    env = {k: v for k, v in environ.items() if k in ENV_ALLOW_LIST or k.startswith(own)}
+    env["CGN_LISTEN"] = listen
+    return env
+
+
 _START_TIMEOUT_S = 15.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -117,7 +131,7 @@ class DServiceProcess:
 
     async def _spawn(self) -> None:
         self._port = _free_port()
-        env = {**os.environ, "CGN_LISTEN": f"127.0.0.1:{self._port}"}
+        env = dservice_environment(self.name, dict(os.environ), f"127.0.0.1:{self._port}")
         self._process = await asyncio.create_subprocess_exec(
             *self._command, env=env, preexec_fn=die_with_parent
         )

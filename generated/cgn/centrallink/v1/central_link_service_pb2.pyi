@@ -73,7 +73,7 @@ class ConnectResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___NodeHello:
-        """The node's credentials; the answer to CentralHello."""
+        """The node's introduction; the answer to CentralHello."""
 
     @_builtins.property
     def question(self) -> Global___Question:
@@ -128,25 +128,21 @@ Global___CentralHello: _TypeAlias = CentralHello  # noqa: Y015
 
 @_typing.final
 class NodeHello(_message.Message):
-    """The node's credentials."""
+    """The node's introduction. Its identity is proven by its TLS certificate, not by a key."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
-    API_KEY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
-    """The node's account id at Central."""
-    api_key: _builtins.str
-    """The node account's API key."""
+    """The node's account id at Central; must match the certificate and the registry."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
-        api_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,6 +159,7 @@ class Question(_message.Message):
     VERIFY_MINER_FIELD_NUMBER: _builtins.int
     GET_DSERVICE_FIELD_NUMBER: _builtins.int
     REPORT_MISBEHAVIOR_FIELD_NUMBER: _builtins.int
+    GET_ACCOUNT_STANDING_FIELD_NUMBER: _builtins.int
     question_id: _builtins.str
     """Unique per stream; echoed in the answer."""
     @_builtins.property
@@ -181,6 +178,10 @@ class Question(_message.Message):
     def report_misbehavior(self) -> Global___ReportMisbehavior:
         """Report a miner caught doing wrong work; Central bans it."""
 
+    @_builtins.property
+    def get_account_standing(self) -> Global___GetAccountStanding:
+        """Re-check an account's standing without its secret (after the set of links changed)."""
+
     def __init__(
         self,
         *,
@@ -189,12 +190,13 @@ class Question(_message.Message):
         verify_miner: Global___VerifyMiner | None = ...,
         get_dservice: Global___GetDService | None = ...,
         report_misbehavior: Global___ReportMisbehavior | None = ...,
+        get_account_standing: Global___GetAccountStanding | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["get_dservice", b"get_dservice", "kind", b"kind", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["get_dservice", b"get_dservice", "kind", b"kind", "question_id", b"question_id", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "question_id", b"question_id", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["verify_credential", "verify_miner", "get_dservice", "report_misbehavior"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["verify_credential", "verify_miner", "get_dservice", "report_misbehavior", "get_account_standing"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -212,6 +214,7 @@ class Answer(_message.Message):
     MINER_FIELD_NUMBER: _builtins.int
     DSERVICE_FIELD_NUMBER: _builtins.int
     MISBEHAVIOR_RECORDED_FIELD_NUMBER: _builtins.int
+    STANDING_FIELD_NUMBER: _builtins.int
     question_id: _builtins.str
     """The question answered."""
     @_builtins.property
@@ -234,6 +237,10 @@ class Answer(_message.Message):
     def misbehavior_recorded(self) -> Global___MisbehaviorRecorded:
         """Acknowledges a misbehaviour report."""
 
+    @_builtins.property
+    def standing(self) -> Global___AccountInfo:
+        """The account's standing (an unknown account answers NOT_FOUND)."""
+
     def __init__(
         self,
         *,
@@ -243,16 +250,39 @@ class Answer(_message.Message):
         miner: Global___MinerInfo | None = ...,
         dservice: Global___DServiceInfo | None = ...,
         misbehavior_recorded: Global___MisbehaviorRecorded | None = ...,
+        standing: Global___AccountInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "standing", b"standing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "question_id", b"question_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "question_id", b"question_id", "standing", b"standing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account", "miner", "dservice", "misbehavior_recorded"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account", "miner", "dservice", "misbehavior_recorded", "standing"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Answer: _TypeAlias = Answer  # noqa: Y015
+
+@_typing.final
+class GetAccountStanding(_message.Message):
+    """Asks for an account's current standing: kind, tiers and whether it is banned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to look up."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountStanding: _TypeAlias = GetAccountStanding  # noqa: Y015
 
 @_typing.final
 class VerifyCredential(_message.Message):

@@ -32,8 +32,11 @@ class CentralLinkServiceStub(object):
     questions travel back on it, and Central answers them. Central accepts no inbound
     authentication traffic. Several Central replicas may each hold a stream to the node.
 
-    Central's first message is a CentralHello. The node answers with a NodeHello carrying its
-    node credentials, which Central checks before answering any question.
+    Both ends are authenticated by mutual TLS from the operator CA before a byte of this stream
+    flows: the node accepts the stream only from a certificate granting the Central role, and
+    Central dials expecting the node's certificate to name `<node_id>.node.cgn`. No API key
+    travels on this link. Central's first message is a CentralHello; the node answers with a
+    NodeHello naming itself, which Central checks against the registry and the certificate.
     """
 
     def __init__(self, channel):
@@ -55,8 +58,11 @@ class CentralLinkServiceServicer(object):
     questions travel back on it, and Central answers them. Central accepts no inbound
     authentication traffic. Several Central replicas may each hold a stream to the node.
 
-    Central's first message is a CentralHello. The node answers with a NodeHello carrying its
-    node credentials, which Central checks before answering any question.
+    Both ends are authenticated by mutual TLS from the operator CA before a byte of this stream
+    flows: the node accepts the stream only from a certificate granting the Central role, and
+    Central dials expecting the node's certificate to name `<node_id>.node.cgn`. No API key
+    travels on this link. Central's first message is a CentralHello; the node answers with a
+    NodeHello naming itself, which Central checks against the registry and the certificate.
     """
 
     def Connect(self, request_iterator, context):
@@ -88,8 +94,11 @@ class CentralLinkService(object):
     questions travel back on it, and Central answers them. Central accepts no inbound
     authentication traffic. Several Central replicas may each hold a stream to the node.
 
-    Central's first message is a CentralHello. The node answers with a NodeHello carrying its
-    node credentials, which Central checks before answering any question.
+    Both ends are authenticated by mutual TLS from the operator CA before a byte of this stream
+    flows: the node accepts the stream only from a certificate granting the Central role, and
+    Central dials expecting the node's certificate to name `<node_id>.node.cgn`. No API key
+    travels on this link. Central's first message is a CentralHello; the node answers with a
+    NodeHello naming itself, which Central checks against the registry and the certificate.
     """
 
     @staticmethod
