@@ -89,6 +89,10 @@ class GrpcServer:
         adder(servicer, self._server)
         self._services.append(full_name)
 
+    def add_handlers(self, *handlers: grpc.GenericRpcHandler) -> None:
+        """Registers hand-built handlers (each method still needs an authorization rule)."""
+        self._server.add_generic_rpc_handlers(handlers)
+
     async def start(self, address: str) -> str:
         """Binds ``address`` and starts serving; returns the bound "host:port"."""
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

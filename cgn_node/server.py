@@ -149,8 +149,7 @@ class Node:
 
     async def stop(self) -> None:
         """Stops every listener, letting calls in flight finish briefly."""
-        for server in self._servers():
-            await server.stop()
+        await asyncio.gather(*(server.stop() for server in self._servers()))
         await self.supervisor.close()
 
 
