@@ -176,6 +176,10 @@ class DServiceProcess:
                 self.restarts += 1
             except FailedPreconditionError as exc:
                 log_event(_log, "dservice_restart_failed", logging.ERROR, error=exc.message)
+            except Exception as exc:  # keep watching: a DService must not stay down silently
+                log_event(
+                    _log, "dservice_restart_failed", logging.ERROR, exc=exc, dservice=self.name
+                )
 
     async def call(
         self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
