@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import cgn_cli  # noqa: F401  - sets GRPC_ENABLE_FORK_SUPPORT before grpc loads (see there)
 from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
 
 
