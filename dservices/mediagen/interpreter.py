@@ -45,10 +45,11 @@ class _Return(Exception):  # noqa: N818 - control flow, not an error
 
 
 class _Break(Exception):  # noqa: N818
-    pass
+    def __init__(self, node: s.Node) -> None:
+        self.node = node
 
 
-class _Continue(Exception):  # noqa: N818
+class _Continue(_Break):
     pass
 
 
@@ -174,8 +175,8 @@ class Interpreter:
                 value=self.limits.max_call_depth,
                 status=422,
             ) from None
-        except (_Break, _Continue):
-            raise ScriptRuntimeError("break or continue outside a loop") from None
+        except _Break as stray:
+            raise _positioned(ScriptRuntimeError("break or continue outside a loop"), stray.node)
         except _Return:
             return
 
@@ -210,8 +211,8 @@ class Interpreter:
         if self.limits.clock() > self._deadline:
             raise LimitExceededError(
                 f"the script ran longer than {self.limits.wall_time_s:g} s",
-                limit="wall_time_s",
-                value=self.limits.wall_time_s,
+                limit="wall_time_ms",
+                value=round(self.limits.wall_time_s * 1000),
                 status=422,
             )
 
@@ -260,10 +261,10 @@ class Interpreter:
         while truthy(self.eval(node.test)):
             try:
                 self.exec(node.body)
-            except _Break:
-                break
             except _Continue:
                 continue
+            except _Break:
+                break
 
     def _for(self, node: s.For) -> None:
         if node.init is not None:
@@ -271,10 +272,10 @@ class Interpreter:
         while node.test is None or truthy(self.eval(node.test)):
             try:
                 self.exec(node.body)
-            except _Break:
-                break
             except _Continue:
                 pass
+            except _Break:
+                break
             if node.update is not None:
                 self.eval(node.update)
 
@@ -282,10 +283,10 @@ class Interpreter:
         raise _Return(None if node.value is None else self.eval(node.value))
 
     def _break(self, node: s.Break) -> None:
-        raise _Break
+        raise _Break(node)
 
     def _continue(self, node: s.Continue) -> None:
-        raise _Continue
+        raise _Continue(node)
 
     # Expressions ---------------------------------------------------------------------------
 
@@ -422,6 +423,9 @@ class Interpreter:
             self._exec_all(function.body.body)
         except _Return as result:
             return result.value
+        except _Break as stray:
+            error = ScriptRuntimeError("break or continue outside a loop")
+            raise _positioned(error, stray.node) from None
         finally:
             self._frames.pop()
         return None

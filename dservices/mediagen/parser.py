@@ -136,7 +136,7 @@ class _ToAst(Transformer[Token, Any]):
         return s.ExprStmt(*_pos(meta), items[0])
 
     def if_stmt(self, meta: Meta, items: list[Any]) -> s.If:
-        return s.If(*_pos(meta), items[0], items[1], items[2])
+        return s.If(*_pos(meta), items[0], items[1], items[2] if len(items) > 2 else None)
 
     def while_stmt(self, meta: Meta, items: list[Any]) -> s.While:
         return s.While(*_pos(meta), items[0], items[1])
