@@ -176,7 +176,8 @@ class Interpreter:
                 status=422,
             ) from None
         except _Break as stray:
-            raise _positioned(ScriptRuntimeError("break or continue outside a loop"), stray.node)
+            error = ScriptRuntimeError("break or continue outside a loop")
+            raise _positioned(error, stray.node) from None
         except _Return:
             return
 

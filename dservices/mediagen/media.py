@@ -9,6 +9,7 @@ decompression bomb is refused while it is still a few kilobytes.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,8 +117,10 @@ def decode(data: bytes, context: MediaContext) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb(context) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard (Image.MAX_IMAGE_PIXELS, set by the worker) fired on the header.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _bomb(context, pixels=int(found.group(1)) if found else 0) from None
     except Exception:
         raise UnsupportedMediaError("the fetched data is not an image MediaGen can read") from None
     width, height = image.size
@@ -134,8 +137,10 @@ def decode(data: bytes, context: MediaContext) -> Image.Image:
     return normalize_mode(upright)
 
 
-def _bomb(context: MediaContext, width: int = 0, height: int = 0) -> LimitExceededError:
-    size = f" ({width} x {height})" if width else ""
+def _bomb(
+    context: MediaContext, width: int = 0, height: int = 0, pixels: int = 0
+) -> LimitExceededError:
+    size = f" ({width} x {height})" if width else f" ({pixels} px)" if pixels else ""
     return LimitExceededError(
         f"the image{size} exceeds the limit of {context.limits.max_image_pixels} pixels; "
         "it was refused before decoding",

@@ -125,3 +125,17 @@ async def test_wall_time_kills_a_worker_stuck_in_pillow(pool: WorkerPool) -> Non
     assert pool.replaced == 1
     for _ in range(3):  # the replacement serves, and so does the other worker
         assert (await pool.run(QUICK)).status == 200
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding() -> None:
+    from dservices.mediagen.errors import LimitExceededError
+    from dservices.mediagen.media import MediaContext, MediaLimits
+    from dservices.mediagen.media import decode as decode_media
+    from tests.dservices.images import encode, png_bomb, source
+
+    context = MediaContext(MediaLimits(10_000, 10**9, 10**9), lambda _: b"", lambda: None)
+    with pytest.raises(LimitExceededError, match=r"\(200 x 150\)"):
+        decode_media(encode(source(200, 150), "PNG"), context)
+    assert context.pixels_used == 0  # refused before anything was decoded or charged
+    with pytest.raises(LimitExceededError, match="refused before decoding"):
+        decode_media(png_bomb(), context)
