@@ -204,8 +204,8 @@ async def run_wrk(
     errors = int(non_2xx.group(1)) if non_2xx else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
-    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.MULTILINE)
-    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.MULTILINE)
+    p50 = re.search(r"^\s*50%\s+([\d.]+\w+)", out, re.MULTILINE)
+    p99 = re.search(r"^\s*99%\s+([\d.]+\w+)", out, re.MULTILINE)
     return Row(
         name,
         rps,

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
+import ssl
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from dservices.mediagen.errors import (
     AddressRefusedError,
@@ -161,3 +166,61 @@ def test_args_parse(raw: str, expected: tuple[object, ...]) -> None:
 def test_args_refuse_anything_else(raw: str) -> None:
     with pytest.raises(RequestError, match="args must be"):
         parse_args(raw)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made with the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    tmp_path: Path,
+) -> None:
+    cert, key = await asyncio.to_thread(_self_signed, tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(body=b"over tls")
+
+    app = web.Application()
+    app.router.add_get("/a.txt", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        limits = FetchLimits(5, timeout_s=5.0, deadline=time.monotonic() + 30)
+        policy = AddressPolicy(allow_loopback=True)
+        trusted = Fetcher(policy, limits, ca_file=str(cert))
+        url = f"https://127.0.0.1:{port}/a.txt"
+        assert await asyncio.to_thread(trusted.get, url, 100, "load") == b"over tls"
+        with pytest.raises(FetchError, match="TLS"):
+            await asyncio.to_thread(Fetcher(policy, limits).get, url, 100, "load")
+    finally:
+        await runner.cleanup()
