@@ -99,10 +99,12 @@ async def pool() -> AsyncIterator[WorkerPool]:
 QUICK = Job(script_text='var m = new Media(width @ 8, height @ 8); m.save(type @ "png");')
 #: Many Pillow calls, each short: the interpreter's own deadline check answers.
 SLOW_LOOP = Job(
-    script_text="var m = new Media(width @ 3000, height @ 3000);"
+    script_text="var m = new Media(width @ 1500, height @ 1500);"
     " while (true) { m.rotate(angle @ 1, expand @ false); }"
 )
-#: One Pillow call far longer than the limit: only killing the worker stops it.
+#: One Pillow call far longer than the limit (about 4.5 s here): only killing the worker stops
+#: it. Making the canvas takes about 0.25 s, well inside the 2.5 s limit even on a loaded
+#: machine (where the long call slows down too).
 ONE_LONG_CALL = Job(
     script_text="var m = new Media(width @ 12000, height @ 12000);"
     ' m.resize(width @ 11999, height @ 11999, fit @ "fill");'
@@ -119,7 +121,19 @@ async def test_a_slow_mrl_does_not_block_a_quick_one(pool: WorkerPool) -> None:
     assert pool.replaced == 0  # the worker answered on its own and was kept
 
 
-async def test_wall_time_kills_a_worker_stuck_in_pillow(pool: WorkerPool) -> None:
+async def test_wall_time_kills_a_worker_stuck_in_pillow() -> None:
+    config = dataclasses.replace(
+        CONFIG, wall_time_ms=2500, max_image_pixels=200_000_000, max_total_pixels=10**12
+    )
+    pool = WorkerPool(config, size=2)
+    await pool.start()
+    try:
+        await _kill_and_replace(pool)
+    finally:
+        await pool.stop()
+
+
+async def _kill_and_replace(pool: WorkerPool) -> None:
     result = await pool.run(ONE_LONG_CALL)
     assert (result.status, error_of(result)["limit"]) == (422, "wall_time_ms")
     assert pool.replaced == 1
