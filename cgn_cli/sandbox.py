@@ -220,7 +220,7 @@ class Sandbox:
                     "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_DSERVICES": "echo",
+                    "CGN_NODE_DSERVICES": "echo,mediagen",
                     **self.tls_env("CGN_NODE_", node_identity),
                 },
             )
@@ -242,9 +242,11 @@ class Sandbox:
                         "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
                         "CGN_MINER_MINER_ID": miner_id,
                         "CGN_MINER_MINER_KEY": miner_key,
-                        "CGN_MINER_DSERVICES": "echo",
+                        "CGN_MINER_DSERVICES": "echo,mediagen",
                         "CGN_MINER_STATE_DIR": str(workdir),
                         **self.tls_env("CGN_MINER_", None),
+                        # The sandbox's scripts and images are served from 127.0.0.1.
+                        "CGN_DSERVICE_MEDIAGEN_ALLOW_LOOPBACK": "1",
                     },
                 )
             )

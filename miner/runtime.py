@@ -25,6 +25,7 @@ _log = logging.getLogger(__name__)
 #: Built-in DServices the process runtime can start, by name.
 BUILTIN_DSERVICES: dict[str, list[str]] = {
     "echo": [sys.executable, "-m", "dservices.echo"],
+    "mediagen": [sys.executable, "-m", "dservices.mediagen"],
 }
 
 #: Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
