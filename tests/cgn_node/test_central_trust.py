@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from central.registry import NodeRecord
+from central.server import Central
 from cgn_common.certs import Role
 from cgn_common.errors import CgnError, UnauthenticatedError, UnavailableError
 from cgn_common.rpc import open_channel
@@ -21,7 +22,7 @@ from cgn_common.tls import ClientAuth, TlsConfig
 from cgn_common.types import AccountKind, Tier
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as pb_grpc
-from tests.helpers.cluster import start_cluster, stop_cluster
+from tests.helpers.cluster import central_config, start_cluster, stop_cluster
 from tests.helpers.pki import Pki
 from tests.helpers.wait import until
 
@@ -135,6 +136,30 @@ async def test_only_the_real_central_answers_while_a_fake_keeps_trying(
         stop.set()
         await fake
         await stop_cluster(cluster)
+
+
+async def test_any_linked_replica_answers_and_a_failed_one_is_skipped(
+    tmp_path: Path, pki: Pki
+) -> None:
+    cluster = await start_cluster(tmp_path, pki, central_timeout_s=30)
+    second = Central(central_config(pki, tmp_path / "central.db", replica="central-2"))
+    await second.start()
+    try:
+        enterprise = await cluster.central.accounts.create(AccountKind.ENTERPRISE, "e")
+        node_central = cluster.node.central
+        await until(lambda: len(node_central.replicas) == 2, "both replicas to link")
+        assert node_central.replicas == ["central-1", "central-2"]
+        await cluster.central.stop()
+        started = time.monotonic()
+        info = await node_central.verify_credential(
+            enterprise.account.account_id, enterprise.api_key, ENTERPRISE_KINDS
+        )
+        assert info.account_id == enterprise.account.account_id
+        assert time.monotonic() - started < 5  # the other replica answered, no timeout
+        assert node_central.replicas == ["central-2"]
+    finally:
+        await second.stop()
+        await cluster.node.stop()
 
 
 class _FakeNode(pb_grpc.CentralLinkServiceServicer):
