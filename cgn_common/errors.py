@@ -12,10 +12,15 @@ class CgnError(Exception):
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: A machine-readable cause, sent as ``google.rpc.ErrorInfo.reason`` in the status details
+    #: so that e.g. the gateway can tell a per-account limit (429) from node overload (503).
+    reason: str = ""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.message = message
+        if reason:
+            self.reason = reason
 
 
 class InvalidArgumentError(CgnError, ValueError):
@@ -60,6 +65,19 @@ class ResourceExhaustedError(CgnError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class AccountLimitError(ResourceExhaustedError):
+    """One account has too much work in flight (gateway: 429 + Retry-After)."""
+
+    reason = "ACCOUNT_IN_FLIGHT_LIMIT"
+
+
+class DServiceFailedError(CgnError):
+    """The DService answered badly or failed; the miner is not to blame (gateway: 502)."""
+
+    code = grpc.StatusCode.UNKNOWN
+    reason = "DSERVICE_FAILED"
+
+
 class UnavailableError(CgnError, ConnectionError):
     """A dependency cannot be reached now; retrying later may work."""
 
@@ -95,6 +113,14 @@ _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
 }
 
 
-def error_for_code(code: grpc.StatusCode, message: str) -> CgnError:
-    """Returns the CgnError subclass instance that stands for a gRPC status code."""
-    return _BY_CODE.get(code, CgnError)(message)
+_BY_REASON: dict[str, type[CgnError]] = {
+    cls.reason: cls for cls in (AccountLimitError, DServiceFailedError)
+}
+
+
+def error_for_code(code: grpc.StatusCode, message: str, reason: str = "") -> CgnError:
+    """Returns the CgnError subclass instance that stands for a gRPC status code (and reason)."""
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, CgnError)
+    error = cls(message, reason=reason)
+    error.code = code
+    return error

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+
+#: What a caller-supplied request id may look like (else the CGN makes one).
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def new_id(prefix: str) -> str:

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.rpc import code_pb2, status_pb2
 from grpc_interceptor import AsyncServerInterceptor
-from grpc_status import rpc_status
 
 from cgn_common.certs import Identity, Role
 from cgn_common.errors import CgnError, PermissionDeniedError, UnauthenticatedError
 from cgn_common.logs import log_event
+from cgn_common.status import grpc_status
 from cgn_common.tls import peer_identity
 
 _log = logging.getLogger(__name__)
@@ -182,10 +181,7 @@ async def _abort(context: Any, exc: Exception, method_name: str) -> None:
     else:
         log_event(_log, "rpc_internal_error", logging.ERROR, exc=exc, method=method_name)
         error = CgnError("internal error")
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    if error.code is grpc.StatusCode.INTERNAL:
-        status.code = code_pb2.INTERNAL
-    await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort_with_status(grpc_status(error))
 
 
 class ErrorInterceptor(AsyncServerInterceptor):

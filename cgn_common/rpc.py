@@ -8,14 +8,22 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cgn_common.errors import CgnError, error_for_code
 from cgn_common.interceptors import AuthorizationInterceptor, ErrorInterceptor, Rules
 from cgn_common.logs import log_event
+from cgn_common.status import error_from_rpc, error_from_status, status_proto
 from cgn_common.tls import ClientAuth, TlsConfig, channel_credentials, server_credentials
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "GrpcServer",
+    "error_from_rpc",
+    "error_from_status",
+    "open_channel",
+    "status_proto",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -123,21 +131,3 @@ class GrpcServer:
         """Marks the server not serving, then stops it within ``grace`` seconds."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
-
-
-def status_proto(error: CgnError) -> status_pb2.Status:
-    """The google.rpc.Status that carries ``error``."""
-    return status_pb2.Status(code=error.code.value[0], message=error.message)
-
-
-def error_from_status(status: status_pb2.Status) -> CgnError:
-    """The CgnError a google.rpc.Status stands for."""
-    for code in grpc.StatusCode:
-        if code.value[0] == status.code:
-            return error_for_code(code, status.message)
-    return CgnError(status.message)
-
-
-def error_from_rpc(exc: grpc.aio.AioRpcError) -> CgnError:
-    """The CgnError a failed call stands for; the message is the server's, already safe."""
-    return error_for_code(exc.code(), exc.details() or exc.code().name)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from cgn_common.errors import InvalidArgumentError
-from cgn_common.ids import new_id
+from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.types import Tier
-from cgn_node._miner_link import MinerResult
-from cgn_node.broker import Broker, WorkUnit
+from cgn_node._convert import request_from_call, response_head, usage_to_proto
+from cgn_node.broker import Broker
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
+from cgn_node.work import WorkUnit
 from generated.cgn.common.v1 import types_pb2
-from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
 from generated.cgn.node.v1 import status_service_pb2_grpc as status_grpc
 from generated.cgn.work.v1 import session_service_pb2 as session_pb
@@ -63,15 +64,23 @@ class Sessions(session_grpc.SessionServiceServicer):
 
 
 class Work(work_grpc.WorkServiceServicer):
-    """Runs DApp requests through the broker and records each finished unit."""
+    """Runs DApp requests through the broker and records each finished unit.
+
+    The unit's deadline is the call's gRPC deadline, capped by ``max_timeout_s``; a caller
+    that goes away cancels the call, and with it the work on the miner.
+    """
 
     def __init__(
-        self, broker: Broker, issuer: SessionIssuer, recorder: WorkRecorder, node_id: str
+        self,
+        broker: Broker,
+        recorder: WorkRecorder,
+        node_id: str,
+        max_timeout_s: float = 60.0,
     ) -> None:
         self._broker = broker
-        self._issuer = issuer
         self._recorder = recorder
         self._node_id = node_id
+        self._max_timeout_s = max_timeout_s
 
     async def Call(  # noqa: N802
         self, request: work_pb.CallRequest, context: Context
@@ -82,42 +91,45 @@ class Work(work_grpc.WorkServiceServicer):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
         if not request.head.method or not request.head.path.startswith("/"):
             raise InvalidArgumentError("head.method and a head.path starting with '/' are required")
+        options = request.options
+        if options.request_id and not REQUEST_ID.match(options.request_id):
+            raise InvalidArgumentError("request_id: 1-128 of A-Z a-z 0-9 . _ -")
         tiers = claims.allowed_tiers
-        if request.options.preferred_tiers:
-            preferred = {int(t) for t in request.options.preferred_tiers}
+        if options.preferred_tiers:
+            preferred = {int(t) for t in options.preferred_tiers}
             tiers = tuple(t for t in tiers if int(t) in preferred)
-        if request.options.sensitive:
+        if options.sensitive:
             tiers = tuple(t for t in tiers if t <= Tier.TIER_2_DATACENTER)
+        if not tiers:
+            raise InvalidArgumentError(
+                "no tier is left to run this request: the account's allowed tiers, "
+                "preferred_tiers and sensitive exclude every tier"
+            )
+        remaining = context.time_remaining()
+        timeout_s = min(self._max_timeout_s, remaining if remaining is not None else math.inf)
         work_id = new_id("work")
-        assignment = link_pb.WorkAssignment(
-            work_id=work_id,
-            dservice=request.dservice,
-            head=request.head,
-            body=request.body,
-            body_complete=True,
-            affinity_key=request.options.affinity_key,
-            grade=types_pb2.WORK_GRADE_LOW,
-            role=link_pb.WORK_ROLE_PRIMARY,
-        )
         unit = WorkUnit(
             work_id=work_id,
             dservice=request.dservice,
             account_id=claims.account_id,
             allowed_tiers=tiers,
-            payload=assignment,
-            affinity_key=request.options.affinity_key,
+            request=request_from_call(request),
+            request_id=options.request_id or work_id,
+            affinity_key=options.affinity_key,
+            deadline=time.monotonic() + timeout_s,
         )
         outcome = await self._broker.submit(unit)
-        result: MinerResult = outcome.result
-        usage = result.completion.usage
+        result = outcome.result
+        usage = result.usage
         total_us = (time.perf_counter_ns() - started) // 1000
         finished = FinishedWork(
             work_id=work_id,
+            request_id=unit.request_id,
             account_id=claims.account_id,
             dservice=request.dservice,
             miner_id=outcome.miner_id,
             tier=outcome.tier,
-            status_code=result.head.status_code,
+            status_code=result.status,
             attempts=outcome.attempts,
             total_time_us=total_us,
             execution_time_us=usage.wall_time_us,
@@ -128,15 +140,16 @@ class Work(work_grpc.WorkServiceServicer):
         await self._recorder.record(finished)
         receipt = work_pb2.WorkReceipt(
             work_id=work_id,
-            usage=usage,
+            usage=usage_to_proto(usage),
             tier=int(outcome.tier),  # type: ignore[arg-type]
             attempts=outcome.attempts,
             node_id=self._node_id,
+            request_id=unit.request_id,
         )
         receipt.total_time.FromMicroseconds(total_us)
         receipt.execution_time.FromMicroseconds(usage.wall_time_us)
         receipt.network_latency.FromMicroseconds(finished.network_latency_us)
-        return work_pb.CallResponse(head=result.head, body=result.body, receipt=receipt)
+        return work_pb.CallResponse(head=response_head(result), body=result.body, receipt=receipt)
 
 
 class Status(status_grpc.NodeStatusServiceServicer):

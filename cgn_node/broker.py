@@ -1,37 +1,57 @@
 """The work broker (SPEC section 4, the paper's WORK BROKER).
 
-Work waits FCFS per DService; an idle miner that may run it takes it at once, so the queue
-is normally empty. A miner that misses the ack deadline or dies mid-work is dropped and the
-work goes back to the *head* of its queue, so a miner failure never reaches the DApp.
+Three properties hold whatever is waiting:
 
-The broker does not look inside requests or responses: ``payload`` and results are opaque
-objects that the miner link adapter knows how to send and read.
+* a request goes to any free miner allowed to run it at once;
+* a request that no connected miner may run never delays one that can: work waits in one
+  FCFS queue per *pool* (DService, tier, and for tier 1 the owning account), so a blocked
+  request sits only in the queues of pools that could take it;
+* dispatch cost does not grow with the number of miners or of waiting requests: each pool
+  keeps an index of its miners with free capacity, and a freed miner looks only at the heads
+  of its own pools' queues.
+
+A request whose pools have no connected miner waits only ``appear_grace_s`` for one to
+connect (a miner restarting, a node starting), then fails with 503 naming why; otherwise it
+waits until its deadline (504). Past a DService's danger threshold new work is refused at once
+(503); one account may have at most ``account_limit`` units waiting or running (429).
+
+Blame: a miner that fails (dead, silent, unreachable) is dropped and the work goes back to the
+*head* of its queues; a miner that refuses a unit keeps its place and the unit goes elsewhere;
+a DService's failure is the DApp's answer (502) and nothing is replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cgn_common.errors import (
+    AccountLimitError,
     CgnError,
+    DeadlineExceededError,
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
 )
 from cgn_common.logs import log_event
 from cgn_common.types import Tier
+from cgn_node.work import WorkResult, WorkUnit
 
 _log = logging.getLogger(__name__)
 
 
 class MinerFailedError(Exception):
-    """The miner could not finish the work: the broker re-dispatches it elsewhere."""
+    """The miner could not finish the work (dead, silent, unreachable): it is dropped and the
+    work is re-dispatched elsewhere."""
+
+
+class MinerRefusedError(Exception):
+    """The miner declined the unit in its ack: the unit goes elsewhere, the miner stays."""
 
 
 class MinerHandle(Protocol):
@@ -43,47 +63,60 @@ class MinerHandle(Protocol):
     dservices: frozenset[str]
     capacity: int
 
-    async def run(self, unit: WorkUnit) -> Any:
-        """Runs ``unit``; returns the miner's result or raises MinerFailedError."""
+    async def run(self, unit: WorkUnit) -> WorkResult:
+        """Runs ``unit`` until its deadline; raises MinerFailedError, MinerRefusedError,
+        DServiceFailedError or DeadlineExceededError."""
 
     def close(self, reason: str) -> None:
         """Drops the miner's stream."""
 
 
-@dataclass(eq=False)
-class WorkUnit:
-    """One DApp request travelling through the broker."""
+#: (DService, tier, owner): the miners interchangeable for a request. The owner is the
+#: account a tier-1 miner belongs to (it runs only its owner's work), '' for other tiers.
+PoolKey = tuple[str, Tier, str]
 
-    work_id: str
-    dservice: str
-    account_id: str
-    allowed_tiers: tuple[Tier, ...]
-    payload: Any
-    affinity_key: str = ""
-    attempts: int = 0
-    arrived: float = field(default_factory=time.monotonic)
+
+def _miner_pools(miner: MinerHandle) -> list[PoolKey]:
+    owner = miner.owner_account_id if miner.tier is Tier.TIER_1_PRIVATE else ""
+    return [(d, miner.tier, owner) for d in sorted(miner.dservices)]
+
+
+def _unit_pools(unit: WorkUnit) -> list[PoolKey]:
+    return [
+        (unit.dservice, t, unit.account_id if t is Tier.TIER_1_PRIVATE else "")
+        for t in unit.allowed_tiers
+    ]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """A finished work unit."""
 
-    result: Any
+    result: WorkResult
     miner_id: str
     tier: Tier
     attempts: int
 
 
 @dataclass(eq=False)
-class _Waiter:
-    unit: WorkUnit
-    future: asyncio.Future[MinerHandle]
+class _Slot:
+    miner: MinerHandle
+    pools: list[PoolKey]
+    busy: int = 0
+    #: Units waiting for this miner in particular (affinity).
+    own_queue: collections.deque[_Waiter] = field(default_factory=collections.deque)
+
+    @property
+    def free(self) -> bool:
+        return self.busy < self.miner.capacity
 
 
 @dataclass(eq=False)
-class _Slot:
-    miner: MinerHandle
-    busy: int = 0
+class _Waiter:
+    unit: WorkUnit
+    seq: int
+    future: asyncio.Future[_Slot]
+    queues: list[collections.deque[_Waiter]] = field(default_factory=list)
 
 
 class Broker:
@@ -94,25 +127,41 @@ class Broker:
         *,
         dispatch_attempts: int = 5,
         danger_threshold: int = 1000,
-        queue_timeout_s: float = 30.0,
+        account_limit: int = 256,
+        appear_grace_s: float = 5.0,
+        affinity_entries: int = 10_000,
         static_dservices: Iterable[str] = (),
     ) -> None:
         self._attempts = dispatch_attempts
         self._danger = danger_threshold
-        self._queue_timeout_s = queue_timeout_s
+        self._account_limit = account_limit
+        self._appear_grace_s = appear_grace_s
+        self._affinity_entries = affinity_entries
         self._static = frozenset(static_dservices)
         self._slots: dict[MinerHandle, _Slot] = {}
-        self._queues: dict[str, collections.deque[_Waiter]] = collections.defaultdict(
+        #: pool -> miners with free capacity, in insertion order (an ordered set).
+        self._free: dict[PoolKey, dict[_Slot, None]] = collections.defaultdict(dict)
+        #: pool -> connected miners.
+        self._connected: collections.Counter[PoolKey] = collections.Counter()
+        self._queues: dict[PoolKey, collections.deque[_Waiter]] = collections.defaultdict(
             collections.deque
         )
+        self._waiting: collections.Counter[str] = collections.Counter()
         self._in_flight: collections.Counter[str] = collections.Counter()
-        self._affinity: dict[str, MinerHandle] = {}
+        self._account_load: collections.Counter[str] = collections.Counter()
+        self._affinity: collections.OrderedDict[str, MinerHandle] = collections.OrderedDict()
+        self._seq = itertools.count()
+        self.redispatches = 0
 
     # -- miners -----------------------------------------------------------------------------
 
     def add_miner(self, miner: MinerHandle) -> None:
         """Puts a miner in the pool and hands it waiting work."""
-        self._slots[miner] = _Slot(miner)
+        slot = _Slot(miner, _miner_pools(miner))
+        self._slots[miner] = slot
+        for pool in slot.pools:
+            self._connected[pool] += 1
+            self._free[pool][slot] = None
         log_event(
             _log,
             "miner_joined",
@@ -120,13 +169,24 @@ class Broker:
             tier=int(miner.tier),
             dservices=sorted(miner.dservices),
         )
-        self._wake(miner)
+        self._serve(slot)
 
     def remove_miner(self, miner: MinerHandle) -> None:
         """Takes a miner out of the pool (its in-flight work fails over by itself)."""
-        if self._slots.pop(miner, None) is not None:
-            log_event(_log, "miner_left", miner_id=miner.miner_id)
-        self._affinity = {k: m for k, m in self._affinity.items() if m is not miner}
+        slot = self._slots.pop(miner, None)
+        if slot is None:
+            return
+        for pool in slot.pools:
+            self._connected[pool] -= 1
+            if not self._connected[pool]:
+                del self._connected[pool]
+            self._free[pool].pop(slot, None)
+        # Units that waited for this miner by affinity now take any miner.
+        while slot.own_queue:
+            waiter = slot.own_queue.popleft()
+            if not waiter.future.done():
+                self._enqueue_pools(waiter, front=True)
+        log_event(_log, "miner_left", miner_id=miner.miner_id)
 
     def miners(self) -> list[MinerHandle]:
         """Every miner in the pool."""
@@ -134,8 +194,7 @@ class Broker:
 
     def known_dservices(self) -> frozenset[str]:
         """DService names this node serves now."""
-        offered = (d for miner in self._slots for d in miner.dservices)
-        return self._static.union(offered)
+        return self._static.union(d for miner in self._slots for d in miner.dservices)
 
     # -- work -------------------------------------------------------------------------------
 
@@ -143,82 +202,146 @@ class Broker:
         """Runs ``unit`` to completion on some miner, re-dispatching after miner failures."""
         if unit.dservice not in self.known_dservices():
             raise NotFoundError(f"unknown DService {unit.dservice!r}")
-        if len(self._queues[unit.dservice]) >= self._danger:
+        if self._waiting[unit.dservice] >= self._danger:
             raise ResourceExhaustedError(f"node overloaded for DService {unit.dservice!r}")
-        deadline = unit.arrived + self._queue_timeout_s
+        if self._account_load[unit.account_id] >= self._account_limit:
+            raise AccountLimitError(
+                f"account has {self._account_limit} requests in flight; retry later"
+            )
+        self._account_load[unit.account_id] += 1
+        try:
+            return await self._run(unit)
+        finally:
+            self._account_load[unit.account_id] -= 1
+            if not self._account_load[unit.account_id]:
+                del self._account_load[unit.account_id]
+
+    async def _run(self, unit: WorkUnit) -> Outcome:
         front = False
         while True:
-            miner = await self._acquire(unit, front=front, deadline=deadline)
+            slot = await self._acquire(unit, front=front)
+            miner = slot.miner
             unit.attempts += 1
             self._in_flight[unit.dservice] += 1
             try:
                 result = await miner.run(unit)
-            except MinerFailedError as exc:
+            except (MinerFailedError, MinerRefusedError) as exc:
+                failed = isinstance(exc, MinerFailedError)
                 log_event(
                     _log,
-                    "dispatch_failed",
+                    "dispatch_failed" if failed else "dispatch_refused",
                     logging.WARNING,
                     work_id=unit.work_id,
+                    request_id=unit.request_id,
                     miner_id=miner.miner_id,
                     attempt=unit.attempts,
                     error=str(exc),
                 )
-                self.remove_miner(miner)
-                miner.close(str(exc))
+                if failed:
+                    self.remove_miner(miner)
+                    miner.close(str(exc))
+                else:
+                    unit.refused_by.add(miner.miner_id)
                 if unit.attempts >= self._attempts:
                     raise UnavailableError(
-                        f"work could not be completed after {unit.attempts} attempts"
+                        f"no miner completed the work in {unit.attempts} attempts",
+                        reason="RETRY_BUDGET_EXHAUSTED",
                     ) from exc
+                if unit.remaining_s() <= 0:
+                    raise DeadlineExceededError("the deadline passed during re-dispatch") from exc
+                self.redispatches += 1
                 front = True
                 continue
             finally:
                 self._in_flight[unit.dservice] -= 1
-                self._release(miner)
+                self._release(slot)
             if unit.affinity_key:
-                self._affinity[unit.affinity_key] = miner
+                self._remember_affinity(unit.affinity_key, miner)
             return Outcome(result, miner.miner_id, miner.tier, unit.attempts)
 
-    def _may_run(self, miner: MinerHandle, unit: WorkUnit) -> bool:
-        if unit.dservice not in miner.dservices or miner.tier not in unit.allowed_tiers:
-            return False
-        # Tier-1 miners run only their owner's work (SPEC section 15).
-        return miner.tier is not Tier.TIER_1_PRIVATE or miner.owner_account_id == unit.account_id
+    # -- matching ---------------------------------------------------------------------------
 
-    def _free_miner(self, unit: WorkUnit) -> MinerHandle | None:
-        preferred = self._affinity.get(unit.affinity_key) if unit.affinity_key else None
-        if preferred is not None:
-            slot = self._slots.get(preferred)
-            if slot is not None and slot.busy < preferred.capacity:
-                return preferred
+    def _take(self, slot: _Slot) -> _Slot:
+        slot.busy += 1
+        if not slot.free:
+            for pool in slot.pools:
+                self._free[pool].pop(slot, None)
+        return slot
+
+    def _free_slot(self, unit: WorkUnit) -> _Slot | None:
+        """A free miner for ``unit`` now, or None; O(number of allowed tiers)."""
+        for pool in _unit_pools(unit):
+            free = self._free.get(pool)
+            if not free:
+                continue
+            slot = next(iter(free))
+            if slot.miner.miner_id in unit.refused_by:
+                # Rare (a miner refused this unit): look past it.
+                slot = next((s for s in free if s.miner.miner_id not in unit.refused_by), slot)
+                if slot.miner.miner_id in unit.refused_by:
+                    continue
+            # Round robin among the pool's free miners.
+            del free[slot]
+            free[slot] = None
+            return slot
+        return None
+
+    def _affine_slot(self, unit: WorkUnit) -> _Slot | None:
+        if not unit.affinity_key:
+            return None
+        miner = self._affinity.get(unit.affinity_key)
+        slot = self._slots.get(miner) if miner is not None else None
+        if slot is None or not set(slot.pools) & set(_unit_pools(unit)):
+            return None
+        self._affinity.move_to_end(unit.affinity_key)
+        return slot
+
+    def _remember_affinity(self, key: str, miner: MinerHandle) -> None:
+        self._affinity[key] = miner
+        self._affinity.move_to_end(key)
+        while len(self._affinity) > self._affinity_entries:
+            self._affinity.popitem(last=False)
+
+    def _has_candidates(self, unit: WorkUnit) -> bool:
+        return any(self._connected[pool] for pool in _unit_pools(unit))
+
+    async def _acquire(self, unit: WorkUnit, *, front: bool) -> _Slot:
+        affine = self._affine_slot(unit)
+        if affine is not None and affine.free:
+            return self._take(affine)
+        if affine is None:
+            slot = self._free_slot(unit)
             if slot is not None:
-                return None  # wait for the affine miner while it is connected
-        best: _Slot | None = None
-        for slot in self._slots.values():
-            free = slot.busy < slot.miner.capacity and self._may_run(slot.miner, unit)
-            if free and (best is None or slot.busy < best.busy):
-                best = slot
-        return best.miner if best else None
-
-    async def _acquire(self, unit: WorkUnit, *, front: bool, deadline: float) -> MinerHandle:
-        queue = self._queues[unit.dservice]
-        if not queue:
-            miner = self._free_miner(unit)
-            if miner is not None:
-                self._slots[miner].busy += 1
-                return miner
-        waiter = _Waiter(unit, asyncio.get_running_loop().create_future())
-        if front:
-            queue.appendleft(waiter)
+                return self._take(slot)
+        loop = asyncio.get_running_loop()
+        seq = -next(self._seq) if front else next(self._seq)
+        waiter = _Waiter(unit, seq, loop.create_future())
+        if affine is not None:
+            # Same affinity key, same miner while it is connected.
+            (affine.own_queue.appendleft if front else affine.own_queue.append)(waiter)
+            waiter.queues.append(affine.own_queue)
         else:
-            queue.append(waiter)
+            self._enqueue_pools(waiter, front=front)
+        self._waiting[unit.dservice] += 1
+        has_candidates = self._has_candidates(unit)
+        limit = unit.remaining_s()
+        if not has_candidates:
+            limit = min(limit, self._appear_grace_s)
         try:
-            timeout = max(0.0, deadline - time.monotonic())
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            async with asyncio.timeout(max(0.0, limit)):
+                return await asyncio.shield(waiter.future)
         except TimeoutError:
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()
-            raise UnavailableError(
-                f"no miner for DService {unit.dservice!r} became free in time"
+            if not self._has_candidates(unit):
+                tiers = ", ".join(t.name for t in unit.allowed_tiers)
+                raise UnavailableError(
+                    f"no connected miner may run DService {unit.dservice!r} for this account "
+                    f"on tiers {tiers}",
+                    reason="NO_ELIGIBLE_MINER",
+                ) from None
+            raise DeadlineExceededError(
+                f"no miner for DService {unit.dservice!r} became free before the deadline"
             ) from None
         except asyncio.CancelledError:
             # The caller went away after a miner was reserved for it: give the slot back.
@@ -226,38 +349,68 @@ class Broker:
                 self._release(waiter.future.result())
             raise
         finally:
-            if waiter in queue:
-                queue.remove(waiter)
-            if waiter.future.cancelled() or not waiter.future.done():
+            self._waiting[unit.dservice] -= 1
+            for queue in waiter.queues:
+                if waiter in queue and not waiter.future.done():
+                    queue.remove(waiter)
+            if not waiter.future.done():
                 waiter.future.cancel()
 
-    def _release(self, miner: MinerHandle) -> None:
-        slot = self._slots.get(miner)
-        if slot is not None:
-            slot.busy -= 1
-            self._wake(miner)
+    def _enqueue_pools(self, waiter: _Waiter, *, front: bool) -> None:
+        for pool in _unit_pools(waiter.unit):
+            queue = self._queues[pool]
+            (queue.appendleft if front else queue.append)(waiter)
+            waiter.queues.append(queue)
 
-    def _wake(self, miner: MinerHandle) -> None:
-        slot = self._slots.get(miner)
-        if slot is None:
-            return
-        for dservice in miner.dservices:
-            queue = self._queues.get(dservice)
-            while queue and slot.busy < miner.capacity:
-                waiter = next((w for w in queue if self._may_run(miner, w.unit)), None)
-                if waiter is None:
-                    break
-                queue.remove(waiter)
-                if not waiter.future.done():
-                    slot.busy += 1
-                    waiter.future.set_result(miner)
+    def _release(self, slot: _Slot) -> None:
+        slot.busy -= 1
+        if self._slots.get(slot.miner) is not slot:
+            return  # the miner left
+        if slot.busy == slot.miner.capacity - 1:
+            for pool in slot.pools:
+                self._free[pool][slot] = None
+        self._serve(slot)
+
+    def _serve(self, slot: _Slot) -> None:
+        """Hands a miner with free capacity the oldest work it may run; O(its pools)."""
+        while slot.free:
+            waiter = self._pop(slot.own_queue)
+            if waiter is None:
+                heads = [
+                    (w.seq, pool)
+                    for pool in slot.pools
+                    if (w := self._head(self._queues.get(pool))) is not None
+                    and slot.miner.miner_id not in w.unit.refused_by
+                ]
+                if not heads:
+                    return
+                _, pool = min(heads)
+                waiter = self._queues[pool].popleft()
+            waiter.future.set_result(self._take(slot))
+
+    @staticmethod
+    def _head(queue: collections.deque[_Waiter] | None) -> _Waiter | None:
+        """The first live waiter of ``queue``, dropping served ones (each is dropped once)."""
+        while queue:
+            if not queue[0].future.done():
+                return queue[0]
+            queue.popleft()
+        return None
+
+    def _pop(self, queue: collections.deque[_Waiter]) -> _Waiter | None:
+        waiter = self._head(queue)
+        if waiter is not None:
+            queue.popleft()
+        return waiter
 
     # -- status -----------------------------------------------------------------------------
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
         """Per DService: (waiting, in flight)."""
-        names = set(self._queues) | set(self._in_flight)
-        return {d: (len(self._queues.get(d, ())), self._in_flight[d]) for d in sorted(names)}
+        names = {d for d, n in self._waiting.items() if n} | {
+            d for d, n in self._in_flight.items() if n
+        }
+        return {d: (self._waiting[d], self._in_flight[d]) for d in sorted(names)}
 
     def pools(self) -> dict[tuple[Tier, str], tuple[int, int]]:
         """Per (tier, DService): (connected, idle)."""
@@ -274,4 +427,12 @@ class Broker:
         return self._danger
 
 
-__all__ = ["Broker", "CgnError", "MinerFailedError", "MinerHandle", "Outcome", "WorkUnit"]
+__all__ = [
+    "Broker",
+    "CgnError",
+    "MinerFailedError",
+    "MinerHandle",
+    "MinerRefusedError",
+    "Outcome",
+    "WorkUnit",
+]

@@ -42,11 +42,26 @@ class NodeConfig:
     )
     session_ttl_s: int = option(3600, "How long a session token is accepted, in seconds.")
     ack_deadline_ms: int = option(500, "How long a miner has to acknowledge an assignment.")
+    lease_ms: int = option(
+        3000,
+        "Heartbeat lease of a running unit: a miner not heard from (progress, response) for "
+        "this long is sent a WorkCancel and dropped, and the work is re-dispatched.",
+    )
+    max_timeout_ms: int = option(
+        60_000, "Longest deadline of one request; a caller's longer deadline is capped to it."
+    )
+    account_limit: int = option(
+        256, "Work units one account may have waiting or running; past it: 429 + Retry-After."
+    )
+    appear_grace_ms: int = option(
+        5000,
+        "How long a request waits for a miner that may run it to connect when none is "
+        "connected, before 503 naming why.",
+    )
     dispatch_attempts: int = option(5, "Most dispatches of one work unit before it fails.")
     queue_danger_threshold: int = option(
         1000, "Waiting work units per DService past which new work gets RESOURCE_EXHAUSTED."
     )
-    queue_timeout_s: int = option(30, "How long work waits for a miner before UNAVAILABLE.")
     central_timeout_s: int = option(10, "How long a question to Central may take.")
     dservices: list[str] = option([], "DService names this node serves even with no miner online.")
     region: str = option("local", "The data-flow region of this node.")

@@ -29,6 +29,7 @@ class FinishedWork:
     cpu_time_us: int
     bytes_in: int
     bytes_out: int
+    request_id: str = ""
 
     @property
     def network_latency_us(self) -> int:
@@ -56,6 +57,7 @@ class LogRecorder:
             "work_finished",
             logging.DEBUG,
             work_id=work.work_id,
+            request_id=work.request_id,
             account_id=work.account_id,
             dservice=work.dservice,
             miner_id=work.miner_id,

@@ -85,7 +85,8 @@ class Node:
         self.broker = Broker(
             dispatch_attempts=config.dispatch_attempts,
             danger_threshold=config.queue_danger_threshold,
-            queue_timeout_s=config.queue_timeout_s,
+            account_limit=config.account_limit,
+            appear_grace_s=config.appear_grace_ms / 1000,
             static_dservices=config.dservices,
         )
         self.central = CentralLink(config.node_id, config.central_timeout_s)
@@ -95,7 +96,9 @@ class Node:
         self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
         self.central.on_links_changed = self.standing.schedule
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
-        work = Work(self.broker, self.issuer, recorder or LogRecorder(), config.node_id)  # type: ignore[abstract]
+        work = Work(  # type: ignore[abstract]
+            self.broker, recorder or LogRecorder(), config.node_id, config.max_timeout_ms / 1000
+        )
         sessions = Sessions(self.issuer, self.central)
         self.work_server = GrpcServer(
             "node-work", tls, ClientAuth.NONE, WORK_RULES, self.issuer.verify
@@ -109,7 +112,14 @@ class Node:
         self.miner_server = GrpcServer("node-miner-link", tls, ClientAuth.NONE, MINER_LINK_RULES)
         self.miner_server.add(
             link_grpc.add_MinerLinkServiceServicer_to_server,
-            MinerLink(self.broker, self.central, config.node_id, config.ack_deadline_ms / 1000),
+            MinerLink(
+                self.broker,
+                self.central,
+                config.node_id,
+                ack_deadline_s=config.ack_deadline_ms / 1000,
+                lease_s=config.lease_ms / 1000,
+                supervisor=self.supervisor,
+            ),
             MINER_LINK_SERVICE,
         )
         self.status_server = GrpcServer("node-status", tls, ClientAuth.NONE, STATUS_RULES)

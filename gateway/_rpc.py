@@ -9,6 +9,7 @@ from cgn_common.tls import ReloadingChannel, TlsConfig
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import session_service_pb2 as session_pb
 from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
+from generated.cgn.work.v1 import work_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 
@@ -50,6 +51,7 @@ class NodeClient:
         headers: Sequence[tuple[str, bytes]],
         body: bytes,
         timeout_s: float,
+        request_id: str = "",
     ) -> tuple[int, list[tuple[str, bytes]], bytes]:
         """Runs one request; returns (status, headers, body) from the DService."""
         self._stubs()
@@ -63,6 +65,7 @@ class NodeClient:
                 content_length=len(body),
             ),
             body=body,
+            options=work_pb2.WorkOptions(request_id=request_id),
         )
         response: work_pb.CallResponse = await self._work.Call(
             request, timeout=timeout_s, metadata=(("authorization", f"Bearer {token}"),)

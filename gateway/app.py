@@ -17,7 +17,9 @@ import grpc
 from aiohttp import web
 from multidict import CIMultiDict
 
+from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
+from cgn_common.status import rpc_reason
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, error_response
@@ -39,9 +41,15 @@ STRIPPED_REQUEST_HEADERS = frozenset(
         "transfer-encoding",
         "upgrade",
         "content-length",
+        # Carried as the request id and set again by the miner; never forwarded twice.
+        "x-request-id",
+        "x-cgn-timeout-ms",
     }
 )
-_STRIPPED_RESPONSE_HEADERS = STRIPPED_REQUEST_HEADERS - {"authorization"}
+_STRIPPED_RESPONSE_HEADERS = STRIPPED_REQUEST_HEADERS - {"authorization", "x-request-id"}
+
+#: Where a handler keeps the request id, for the error middleware.
+_REQUEST_ID = "cgn_request_id"
 
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 NODE_KEY = web.AppKey("node", NodeClient)
@@ -84,7 +92,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.code() is grpc.StatusCode.INTERNAL:
             log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
         return error_response(
-            exc.code(), exc.details() or exc.code().name, retry_after_s=config.retry_after_s
+            exc.code(),
+            exc.details() or exc.code().name,
+            retry_after_s=config.retry_after_s,
+            reason=rpc_reason(exc),
+            request_id=request.get(_REQUEST_ID, ""),
         )
     except web.HTTPException as exc:
         code = {
@@ -127,9 +139,27 @@ async def create_session(request: web.Request) -> web.Response:
     )
 
 
+def _request_id(request: web.Request) -> str:
+    """The DApp's X-Request-Id when it is valid, else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if REQUEST_ID.match(given) else new_id("req")
+
+
+def _timeout_s(request: web.Request, maximum_s: float) -> float:
+    """The DApp's ``X-CGN-Timeout-Ms``, capped by the configured maximum."""
+    raw = request.headers.get("X-CGN-Timeout-Ms")
+    if raw is None:
+        return maximum_s
+    if not raw.isdigit() or not 0 < int(raw) <= 86_400_000:
+        raise web.HTTPBadRequest(reason="X-CGN-Timeout-Ms must be a whole number of ms > 0")
+    return min(maximum_s, int(raw) / 1000)
+
+
 async def call_dservice(request: web.Request) -> web.Response:
     """``ANY /v1/dservices/{name}/{path}``: forwards the request unchanged."""
     config = request.app[CONFIG_KEY]
+    request_id = request[_REQUEST_ID] = _request_id(request)
+    timeout_s = _timeout_s(request, float(config.request_timeout_s))
     authorization = request.headers.get("Authorization", "")
     if not authorization.startswith("Bearer ") or not authorization[7:].strip():
         return error_response(
@@ -157,7 +187,8 @@ async def call_dservice(request: web.Request) -> web.Response:
         request.rel_url.raw_query_string,
         headers,
         body,
-        timeout_s=float(config.request_timeout_s),
+        timeout_s=timeout_s,
+        request_id=request_id,
     )
     out: CIMultiDict[str] = CIMultiDict()
     for n, v in response_headers:
@@ -165,6 +196,7 @@ async def call_dservice(request: web.Request) -> web.Response:
             out.add(n, v.decode("latin-1"))
     if "Server" not in out:
         out["Server"] = SERVER_NAME
+    out["X-Request-Id"] = request_id
     return web.Response(status=status, headers=out, body=response_body)
 
 

@@ -21,7 +21,11 @@ class GatewayConfig:
     max_work_body_bytes: int = option(
         32 * 1024 * 1024, "Largest DService request body until streaming lands (413 above)."
     )
-    request_timeout_s: int = option(300, "Deadline of one DService call through the node.")
+    request_timeout_s: int = option(
+        60,
+        "Deadline of one DService call through the node; a DApp may ask for less with "
+        "X-CGN-Timeout-Ms (the node caps it too).",
+    )
     retry_after_s: int = option(1, "Retry-After seconds sent with 503 on node overload.")
     tls_cert_file: str = option(
         "", "This gateway's certificate (role gateway, from `cgn certs`), shown to the node."

@@ -28,6 +28,16 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
 }
 
+#: Reasons (google.rpc.ErrorInfo) whose HTTP status differs from their code's.
+HTTP_STATUS_BY_REASON: dict[str, int] = {
+    # One account over its in-flight limit: a per-client limit, not node overload.
+    "ACCOUNT_IN_FLIGHT_LIMIT": 429,
+    # The DService answered badly or failed: the gateway's upstream is at fault.
+    "DSERVICE_FAILED": 502,
+    # Every dispatch failed and the retry budget ran out: the DApp waited in vain.
+    "RETRY_BUDGET_EXHAUSTED": 504,
+}
+
 #: Marks an error made by the CGN, so a DService's own 404 stays distinguishable.
 CGN_ERROR_HEADER = "X-CGN-Error"
 
@@ -36,15 +46,24 @@ SERVER_NAME = "cgn-gateway"
 
 
 def error_response(
-    code: grpc.StatusCode, message: str, *, http_status: int | None = None, retry_after_s: int = 1
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    http_status: int | None = None,
+    retry_after_s: int = 1,
+    reason: str = "",
+    request_id: str = "",
 ) -> web.Response:
-    """The JSON error answer for ``code``."""
-    status = http_status or HTTP_STATUS.get(code, 500)
+    """The JSON error answer for ``code`` (and ``reason``, when the node gave one)."""
+    status = http_status or HTTP_STATUS_BY_REASON.get(reason) or HTTP_STATUS.get(code, 500)
     headers = {CGN_ERROR_HEADER: "1", "Server": SERVER_NAME}
+    if request_id:
+        headers["X-Request-Id"] = request_id
     if code is grpc.StatusCode.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = 'Bearer realm="cgn"'
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = str(retry_after_s)
-    return web.json_response(
-        {"error": {"code": code.name, "message": message}}, status=status, headers=headers
-    )
+    error: dict[str, str] = {"code": code.name, "message": message}
+    if reason:
+        error["reason"] = reason
+    return web.json_response({"error": error}, status=status, headers=headers)

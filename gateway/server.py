@@ -32,7 +32,10 @@ async def start(config: GatewayConfig) -> tuple[web.AppRunner, NodeClient, str]:
     if config.https_cert_file or config.https_key_file:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.https_cert_file, config.https_key_file)
-    runner = web.AppRunner(make_app(config, node), access_log=None, handle_signals=False)
+    # handler_cancellation: a DApp that disconnects cancels its call, and with it the work.
+    runner = web.AppRunner(
+        make_app(config, node), access_log=None, handle_signals=False, handler_cancellation=True
+    )
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
     site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)

@@ -8,17 +8,30 @@ from typing import Any
 
 import grpc
 
-from cgn_common.errors import CgnError
+from cgn_common.errors import (
+    CgnError,
+    DeadlineExceededError,
+    DServiceFailedError,
+    UnavailableError,
+)
 from cgn_common.logs import log_event
 from cgn_common.rpc import status_proto
+from cgn_common.streams import StreamWriter
 from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 from miner.config import MinerConfig
 from miner.fitness import FitnessResult
-from miner.runtime import ProcessRuntime
+from miner.runtime import DServiceResponse, ProcessRuntime
 
 _log = logging.getLogger(__name__)
+
+#: The largest DService answer sent back whole (below gRPC's 64 MiB message limit); a larger
+#: one is the DService's failure (502) until bodies stream.
+MAX_RESPONSE_BYTES = 60 * 1024 * 1024
+
+#: Request headers the miner sets itself; a DApp's copies are dropped.
+_OURS = frozenset({"x-cgn-attempt", "x-request-id"})
 
 
 class LinkSession:
@@ -30,8 +43,8 @@ class LinkSession:
         self._config = config
         self._runtime = runtime
         self._fitness = fitness
-        self._lock = asyncio.Lock()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._writer: StreamWriter | None = None
         self.welcome: pb.Welcome | None = None
         self.completed = 0
         self.failed = 0
@@ -53,8 +66,16 @@ class LinkSession:
         )
 
     async def _send(self, call: Any, message: pb.ConnectRequest) -> None:
-        async with self._lock:
-            await call.write(message)
+        if self._writer is None:
+            self._writer = StreamWriter(call.write)
+        await self._writer.send(message)
+
+    async def _send_quietly(self, call: Any, message: pb.ConnectRequest) -> None:
+        """Sends, and only logs a failure: the stream is gone and the node knows it."""
+        try:
+            await self._send(call, message)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
 
     async def run(self, channel: grpc.aio.Channel, connected: asyncio.Event) -> None:
         """Says hello and serves assignments until the stream ends."""
@@ -77,14 +98,18 @@ class LinkSession:
             while (message := await call.read()) is not grpc.aio.EOF:
                 kind = message.WhichOneof("kind")
                 if kind == "assignment":
+                    refusal = self._refusal(message.assignment)
                     await self._send(
                         call,
                         pb.ConnectRequest(
                             response_nonce=message.nonce,
-                            work_ack=pb.WorkAck(work_id=message.assignment.work_id),
+                            work_ack=pb.WorkAck(
+                                work_id=message.assignment.work_id, refusal=refusal
+                            ),
                         ),
                     )
-                    self._start_work(call, message.nonce, message.assignment)
+                    if refusal is None:
+                        self._start_work(call, message.nonce, message.assignment)
                 elif kind == "cancel":
                     cancelled = self._tasks.get(message.cancel.work_id)
                     if cancelled is not None:
@@ -104,25 +129,72 @@ class LinkSession:
         self._tasks[work_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(work_id, None))
 
-    async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
-        head = assignment.head
+    def _refusal(self, assignment: pb.WorkAssignment) -> Any:
+        """Why this miner cannot take the unit at all (the node sends it elsewhere), or None."""
         try:
             dservice = self._runtime.get(assignment.dservice)
-            answer = await dservice.call(
-                head.method,
-                head.path,
-                head.query,
-                [(h.name, h.value) for h in head.headers],
-                assignment.body,
-            )
         except CgnError as exc:
-            self.failed += 1
-            log_event(
-                _log, "work_failed", logging.WARNING, work_id=assignment.work_id, error=exc.message
+            return status_proto(exc)
+        if not dservice.running:
+            return status_proto(UnavailableError(f"DService {assignment.dservice!r} is restarting"))
+        return None
+
+    async def _heartbeat(self, call: Any, nonce: str, work_id: str, lease_s: float) -> None:
+        """Renews the unit's lease while it runs: a WorkProgress every third of a lease."""
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            await self._send_quietly(
+                call,
+                pb.ConnectRequest(response_nonce=nonce, progress=pb.WorkProgress(work_id=work_id)),
             )
-            failure = pb.WorkFailure(work_id=assignment.work_id, status=status_proto(exc))
-            await self._send(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
+
+    async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
+        """Runs one unit; every outcome but a cancel from the node is answered."""
+        work_id = assignment.work_id
+        lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
+        timeout_s = assignment.timeout.ToMilliseconds() / 1000 or None
+        heartbeat = asyncio.create_task(self._heartbeat(call, nonce, work_id, lease_s))
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await self._call_dservice(assignment)
+        except TimeoutError:
+            await self._fail(call, nonce, work_id, DeadlineExceededError("DService timed out"))
             return
+        except CgnError as exc:
+            await self._fail(call, nonce, work_id, exc)
+            return
+        except Exception as exc:  # the unit must be answered whatever went wrong
+            log_event(_log, "work_crashed", logging.ERROR, exc=exc, work_id=work_id)
+            await self._fail(call, nonce, work_id, DServiceFailedError("the miner failed"))
+            return
+        finally:
+            heartbeat.cancel()
+        if len(answer.body) > MAX_RESPONSE_BYTES:
+            too_big = DServiceFailedError(
+                f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
+            )
+            await self._fail(call, nonce, work_id, too_big)
+            return
+        await self._answer(call, nonce, assignment, answer)
+
+    async def _call_dservice(self, assignment: pb.WorkAssignment) -> DServiceResponse:
+        head = assignment.head
+        headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
+        if assignment.request_id:
+            headers.append(("X-Request-Id", assignment.request_id.encode()))
+        headers.append(("X-CGN-Attempt", str(assignment.attempt or 1).encode()))
+        dservice = self._runtime.get(assignment.dservice)
+        return await dservice.call(head.method, head.path, head.query, headers, assignment.body)
+
+    async def _fail(self, call: Any, nonce: str, work_id: str, error: CgnError) -> None:
+        self.failed += 1
+        log_event(_log, "work_failed", logging.WARNING, work_id=work_id, error=error.message)
+        failure = pb.WorkFailure(work_id=work_id, status=status_proto(error))
+        await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
+
+    async def _answer(
+        self, call: Any, nonce: str, assignment: pb.WorkAssignment, answer: DServiceResponse
+    ) -> None:
         completion = pb.WorkCompletion(
             work_id=assignment.work_id,
             usage=resources_pb2.ResourceUsage(
@@ -144,5 +216,5 @@ class LinkSession:
             body_complete=True,
             completion=completion,
         )
-        await self._send(call, pb.ConnectRequest(response_nonce=nonce, response=response))
+        await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, response=response))
         self.completed += 1

@@ -53,7 +53,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Pki]]:
     )
     server.add(
         work_grpc.add_WorkServiceServicer_to_server,
-        Work(Broker(), SessionIssuer(b"k" * 32, 60, "n1"), LogRecorder(), "n1"),  # type: ignore[abstract]
+        Work(Broker(), LogRecorder(), "n1"),  # type: ignore[abstract]
         WORK_SERVICE,
     )
     # An RPC added to an existing service without adding a rule for it.

@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)cgn/minerlink/v1/miner_link_service.proto\x12\x10\x63gn.minerlink.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x18\x63gn/common/v1/http.proto\x1a\x1d\x63gn/common/v1/resources.proto\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x91\x05\n\x0e\x43onnectRequest\x12\x16\n\x0eresponse_nonce\x18\x01 \x01(\t\x12-\n\x05hello\x18\n \x01(\x0b\x32\x1c.cgn.minerlink.v1.MinerHelloH\x00\x12<\n\x0b\x61ttestation\x18\x0b \x01(\x0b\x32%.cgn.minerlink.v1.AttestationEvidenceH\x00\x12-\n\x08work_ack\x18\x0c \x01(\x0b\x32\x19.cgn.minerlink.v1.WorkAckH\x00\x12\x32\n\x08progress\x18\r \x01(\x0b\x32\x1e.cgn.minerlink.v1.WorkProgressH\x00\x12\x32\n\x08response\x18\x0e \x01(\x0b\x32\x1e.cgn.minerlink.v1.WorkResponseH\x00\x12\x31\n\rresponse_body\x18\x0f \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12\x36\n\ncompletion\x18\x10 \x01(\x0b\x32 .cgn.minerlink.v1.WorkCompletionH\x00\x12\x30\n\x07\x66\x61ilure\x18\x11 \x01(\x0b\x32\x1d.cgn.minerlink.v1.WorkFailureH\x00\x12\x33\n\x0c\x61vailability\x18\x12 \x01(\x0b\x32\x1b.cgn.common.v1.AvailabilityH\x00\x12&\n\x04pong\x18\x13 \x01(\x0b\x32\x16.cgn.minerlink.v1.PongH\x00\x12\x33\n\x0bkey_request\x18\x14 \x01(\x0b\x32\x1c.cgn.minerlink.v1.KeyRequestH\x00\x12,\n\x07goodbye\x18\x15 \x01(\x0b\x32\x19.cgn.minerlink.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\xac\x04\n\x0f\x43onnectResponse\x12\r\n\x05nonce\x18\x01 \x01(\t\x12,\n\x07welcome\x18\n \x01(\x0b\x32\x19.cgn.minerlink.v1.WelcomeH\x00\x12G\n\x15\x61ttestation_challenge\x18\x0b \x01(\x0b\x32&.cgn.minerlink.v1.AttestationChallengeH\x00\x12\x36\n\nassignment\x18\x0c \x01(\x0b\x32 .cgn.minerlink.v1.WorkAssignmentH\x00\x12\x30\n\x0crequest_body\x18\r \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12.\n\x06\x63\x61ncel\x18\x0e \x01(\x0b\x32\x1c.cgn.minerlink.v1.WorkCancelH\x00\x12/\n\tkey_grant\x18\x0f \x01(\x0b\x32\x1a.cgn.minerlink.v1.KeyGrantH\x00\x12\x31\n\nkey_revoke\x18\x10 \x01(\x0b\x32\x1b.cgn.minerlink.v1.KeyRevokeH\x00\x12&\n\x04ping\x18\x11 \x01(\x0b\x32\x16.cgn.minerlink.v1.PingH\x00\x12(\n\x05\x64rain\x18\x12 \x01(\x0b\x32\x17.cgn.minerlink.v1.DrainH\x00\x12;\n\x0f\x64service_update\x18\x13 \x01(\x0b\x32 .cgn.minerlink.v1.DServiceUpdateH\x00\x42\x06\n\x04kind\"\xeb\x01\n\nMinerHello\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\'\n\x07\x66itness\x18\x03 \x01(\x0b\x32\x16.cgn.common.v1.Fitness\x12/\n\tdservices\x18\x04 \x03(\x0b\x32\x1c.cgn.common.v1.DServiceOffer\x12\x12\n\ncluster_id\x18\x05 \x01(\t\x12\x18\n\x10software_version\x18\x06 \x01(\t\x12!\n\x19max_concurrent_work_units\x18\x07 \x01(\r\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\xec\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.cgn.common.v1.Tier\x12+\n\tmax_grade\x18\x03 \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15\x61vailability_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rconnection_id\x18\x06 \x01(\t\")\n\x14\x41ttestationChallenge\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"c\n\x13\x41ttestationEvidence\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"\x82\x03\n\x0eWorkAssignment\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x18\n\x10\x64service_version\x18\x03 \x01(\t\x12,\n\x04head\x18\x04 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x15\n\rbody_complete\x18\x06 \x01(\x08\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x61ta_ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x61\x66\x66inity_key\x18\t \x01(\t\x12\'\n\x05grade\x18\n \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12(\n\x04role\x18\x0b \x01(\x0e\x32\x1a.cgn.minerlink.v1.WorkRole\x12\x1c\n\x14verify_result_digest\x18\x0c \x01(\x0c\"?\n\x07WorkAck\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12#\n\x07refusal\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"G\n\x0cWorkProgress\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x15\n\rcompleted_ppm\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa9\x01\n\x0cWorkResponse\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12-\n\x04head\x18\x02 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHead\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x15\n\rbody_complete\x18\x04 \x01(\x08\x12\x34\n\ncompletion\x18\x05 \x01(\x0b\x32 .cgn.minerlink.v1.WorkCompletion\"\xeb\x01\n\x0eWorkCompletion\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\x12M\n\x0f\x64service_fields\x18\x03 \x03(\x0b\x32\x34.cgn.minerlink.v1.WorkCompletion.DserviceFieldsEntry\x12\x15\n\rresult_digest\x18\x04 \x01(\x0c\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x0bWorkFailure\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"-\n\nWorkCancel\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x06\n\x04Ping\"9\n\x04Pong\x12\x31\n\x0c\x61vailability\x18\x01 \x01(\x0b\x32\x1b.cgn.common.v1.Availability\"-\n\nKeyRequest\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"W\n\x08KeyGrant\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\tKeyRevoke\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\\\n\x0e\x44ServiceUpdate\x12\x35\n\ndescriptor\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\x12\x13\n\x0bpackage_url\x18\x02 \x01(\t*\x9a\x01\n\x08WorkRole\x12\x19\n\x15WORK_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_ROLE_PRIMARY\x10\x01\x12\x16\n\x12WORK_ROLE_VERIFIER\x10\x02\x12\x17\n\x13WORK_ROLE_REDUNDANT\x10\x03\x12\x17\n\x13WORK_ROLE_REFERENCE\x10\x04\x12\x12\n\x0eWORK_ROLE_RACE\x10\x05\x32\x66\n\x10MinerLinkService\x12R\n\x07\x43onnect\x12 .cgn.minerlink.v1.ConnectRequest\x1a!.cgn.minerlink.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)cgn/minerlink/v1/miner_link_service.proto\x12\x10\x63gn.minerlink.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x18\x63gn/common/v1/http.proto\x1a\x1d\x63gn/common/v1/resources.proto\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x91\x05\n\x0e\x43onnectRequest\x12\x16\n\x0eresponse_nonce\x18\x01 \x01(\t\x12-\n\x05hello\x18\n \x01(\x0b\x32\x1c.cgn.minerlink.v1.MinerHelloH\x00\x12<\n\x0b\x61ttestation\x18\x0b \x01(\x0b\x32%.cgn.minerlink.v1.AttestationEvidenceH\x00\x12-\n\x08work_ack\x18\x0c \x01(\x0b\x32\x19.cgn.minerlink.v1.WorkAckH\x00\x12\x32\n\x08progress\x18\r \x01(\x0b\x32\x1e.cgn.minerlink.v1.WorkProgressH\x00\x12\x32\n\x08response\x18\x0e \x01(\x0b\x32\x1e.cgn.minerlink.v1.WorkResponseH\x00\x12\x31\n\rresponse_body\x18\x0f \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12\x36\n\ncompletion\x18\x10 \x01(\x0b\x32 .cgn.minerlink.v1.WorkCompletionH\x00\x12\x30\n\x07\x66\x61ilure\x18\x11 \x01(\x0b\x32\x1d.cgn.minerlink.v1.WorkFailureH\x00\x12\x33\n\x0c\x61vailability\x18\x12 \x01(\x0b\x32\x1b.cgn.common.v1.AvailabilityH\x00\x12&\n\x04pong\x18\x13 \x01(\x0b\x32\x16.cgn.minerlink.v1.PongH\x00\x12\x33\n\x0bkey_request\x18\x14 \x01(\x0b\x32\x1c.cgn.minerlink.v1.KeyRequestH\x00\x12,\n\x07goodbye\x18\x15 \x01(\x0b\x32\x19.cgn.minerlink.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\xac\x04\n\x0f\x43onnectResponse\x12\r\n\x05nonce\x18\x01 \x01(\t\x12,\n\x07welcome\x18\n \x01(\x0b\x32\x19.cgn.minerlink.v1.WelcomeH\x00\x12G\n\x15\x61ttestation_challenge\x18\x0b \x01(\x0b\x32&.cgn.minerlink.v1.AttestationChallengeH\x00\x12\x36\n\nassignment\x18\x0c \x01(\x0b\x32 .cgn.minerlink.v1.WorkAssignmentH\x00\x12\x30\n\x0crequest_body\x18\r \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12.\n\x06\x63\x61ncel\x18\x0e \x01(\x0b\x32\x1c.cgn.minerlink.v1.WorkCancelH\x00\x12/\n\tkey_grant\x18\x0f \x01(\x0b\x32\x1a.cgn.minerlink.v1.KeyGrantH\x00\x12\x31\n\nkey_revoke\x18\x10 \x01(\x0b\x32\x1b.cgn.minerlink.v1.KeyRevokeH\x00\x12&\n\x04ping\x18\x11 \x01(\x0b\x32\x16.cgn.minerlink.v1.PingH\x00\x12(\n\x05\x64rain\x18\x12 \x01(\x0b\x32\x17.cgn.minerlink.v1.DrainH\x00\x12;\n\x0f\x64service_update\x18\x13 \x01(\x0b\x32 .cgn.minerlink.v1.DServiceUpdateH\x00\x42\x06\n\x04kind\"\xeb\x01\n\nMinerHello\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\'\n\x07\x66itness\x18\x03 \x01(\x0b\x32\x16.cgn.common.v1.Fitness\x12/\n\tdservices\x18\x04 \x03(\x0b\x32\x1c.cgn.common.v1.DServiceOffer\x12\x12\n\ncluster_id\x18\x05 \x01(\t\x12\x18\n\x10software_version\x18\x06 \x01(\t\x12!\n\x19max_concurrent_work_units\x18\x07 \x01(\r\x12\x0f\n\x07runtime\x18\x08 \x01(\t\"\xec\x01\n\x07Welcome\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x04tier\x18\x02 \x01(\x0e\x32\x13.cgn.common.v1.Tier\x12+\n\tmax_grade\x18\x03 \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12/\n\x0c\x61\x63k_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15\x61vailability_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rconnection_id\x18\x06 \x01(\t\")\n\x14\x41ttestationChallenge\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"c\n\x13\x41ttestationEvidence\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"\xdf\x03\n\x0eWorkAssignment\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x18\n\x10\x64service_version\x18\x03 \x01(\t\x12,\n\x04head\x18\x04 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12\x15\n\rbody_complete\x18\x06 \x01(\x08\x12+\n\x08\x64\x61ta_ttl\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x61\x66\x66inity_key\x18\t \x01(\t\x12\'\n\x05grade\x18\n \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12(\n\x04role\x18\x0b \x01(\x0e\x32\x1a.cgn.minerlink.v1.WorkRole\x12\x1c\n\x14verify_result_digest\x18\x0c \x01(\x0c\x12*\n\x07timeout\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61ttempt\x18\x0f \x01(\r\x12\x12\n\nrequest_id\x18\x10 \x01(\tJ\x04\x08\x07\x10\x08R\x08\x64\x65\x61\x64line\"?\n\x07WorkAck\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12#\n\x07refusal\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"{\n\x0cWorkProgress\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x15\n\rcompleted_ppm\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0cusage_so_far\x18\x04 \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\"\xa9\x01\n\x0cWorkResponse\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12-\n\x04head\x18\x02 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHead\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x15\n\rbody_complete\x18\x04 \x01(\x08\x12\x34\n\ncompletion\x18\x05 \x01(\x0b\x32 .cgn.minerlink.v1.WorkCompletion\"\xeb\x01\n\x0eWorkCompletion\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\x12M\n\x0f\x64service_fields\x18\x03 \x03(\x0b\x32\x34.cgn.minerlink.v1.WorkCompletion.DserviceFieldsEntry\x12\x15\n\rresult_digest\x18\x04 \x01(\x0c\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x0bWorkFailure\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"-\n\nWorkCancel\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x06\n\x04Ping\"9\n\x04Pong\x12\x31\n\x0c\x61vailability\x18\x01 \x01(\x0b\x32\x1b.cgn.common.v1.Availability\"-\n\nKeyRequest\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"W\n\x08KeyGrant\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\tKeyRevoke\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\\\n\x0e\x44ServiceUpdate\x12\x35\n\ndescriptor\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\x12\x13\n\x0bpackage_url\x18\x02 \x01(\t*\x9a\x01\n\x08WorkRole\x12\x19\n\x15WORK_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_ROLE_PRIMARY\x10\x01\x12\x16\n\x12WORK_ROLE_VERIFIER\x10\x02\x12\x17\n\x13WORK_ROLE_REDUNDANT\x10\x03\x12\x17\n\x13WORK_ROLE_REFERENCE\x10\x04\x12\x12\n\x0eWORK_ROLE_RACE\x10\x05\x32\x66\n\x10MinerLinkService\x12R\n\x07\x43onnect\x12 .cgn.minerlink.v1.ConnectRequest\x1a!.cgn.minerlink.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._loaded_options = None
   _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKROLE']._serialized_start=3538
-  _globals['_WORKROLE']._serialized_end=3692
+  _globals['_WORKROLE']._serialized_start=3683
+  _globals['_WORKROLE']._serialized_end=3837
   _globals['_CONNECTREQUEST']._serialized_start=268
   _globals['_CONNECTREQUEST']._serialized_end=925
   _globals['_CONNECTRESPONSE']._serialized_start=928
@@ -56,37 +56,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTESTATIONEVIDENCE']._serialized_start=2006
   _globals['_ATTESTATIONEVIDENCE']._serialized_end=2105
   _globals['_WORKASSIGNMENT']._serialized_start=2108
-  _globals['_WORKASSIGNMENT']._serialized_end=2494
-  _globals['_WORKACK']._serialized_start=2496
-  _globals['_WORKACK']._serialized_end=2559
-  _globals['_WORKPROGRESS']._serialized_start=2561
-  _globals['_WORKPROGRESS']._serialized_end=2632
-  _globals['_WORKRESPONSE']._serialized_start=2635
-  _globals['_WORKRESPONSE']._serialized_end=2804
-  _globals['_WORKCOMPLETION']._serialized_start=2807
-  _globals['_WORKCOMPLETION']._serialized_end=3042
-  _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._serialized_start=2989
-  _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._serialized_end=3042
-  _globals['_WORKFAILURE']._serialized_start=3044
-  _globals['_WORKFAILURE']._serialized_end=3110
-  _globals['_WORKCANCEL']._serialized_start=3112
-  _globals['_WORKCANCEL']._serialized_end=3157
-  _globals['_PING']._serialized_start=3159
-  _globals['_PING']._serialized_end=3165
-  _globals['_PONG']._serialized_start=3167
-  _globals['_PONG']._serialized_end=3224
-  _globals['_KEYREQUEST']._serialized_start=3226
-  _globals['_KEYREQUEST']._serialized_end=3271
-  _globals['_KEYGRANT']._serialized_start=3273
-  _globals['_KEYGRANT']._serialized_end=3360
-  _globals['_KEYREVOKE']._serialized_start=3362
-  _globals['_KEYREVOKE']._serialized_end=3389
-  _globals['_DRAIN']._serialized_start=3391
-  _globals['_DRAIN']._serialized_end=3414
-  _globals['_GOODBYE']._serialized_start=3416
-  _globals['_GOODBYE']._serialized_end=3441
-  _globals['_DSERVICEUPDATE']._serialized_start=3443
-  _globals['_DSERVICEUPDATE']._serialized_end=3535
-  _globals['_MINERLINKSERVICE']._serialized_start=3694
-  _globals['_MINERLINKSERVICE']._serialized_end=3796
+  _globals['_WORKASSIGNMENT']._serialized_end=2587
+  _globals['_WORKACK']._serialized_start=2589
+  _globals['_WORKACK']._serialized_end=2652
+  _globals['_WORKPROGRESS']._serialized_start=2654
+  _globals['_WORKPROGRESS']._serialized_end=2777
+  _globals['_WORKRESPONSE']._serialized_start=2780
+  _globals['_WORKRESPONSE']._serialized_end=2949
+  _globals['_WORKCOMPLETION']._serialized_start=2952
+  _globals['_WORKCOMPLETION']._serialized_end=3187
+  _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._serialized_start=3134
+  _globals['_WORKCOMPLETION_DSERVICEFIELDSENTRY']._serialized_end=3187
+  _globals['_WORKFAILURE']._serialized_start=3189
+  _globals['_WORKFAILURE']._serialized_end=3255
+  _globals['_WORKCANCEL']._serialized_start=3257
+  _globals['_WORKCANCEL']._serialized_end=3302
+  _globals['_PING']._serialized_start=3304
+  _globals['_PING']._serialized_end=3310
+  _globals['_PONG']._serialized_start=3312
+  _globals['_PONG']._serialized_end=3369
+  _globals['_KEYREQUEST']._serialized_start=3371
+  _globals['_KEYREQUEST']._serialized_end=3416
+  _globals['_KEYGRANT']._serialized_start=3418
+  _globals['_KEYGRANT']._serialized_end=3505
+  _globals['_KEYREVOKE']._serialized_start=3507
+  _globals['_KEYREVOKE']._serialized_end=3534
+  _globals['_DRAIN']._serialized_start=3536
+  _globals['_DRAIN']._serialized_end=3559
+  _globals['_GOODBYE']._serialized_start=3561
+  _globals['_GOODBYE']._serialized_end=3586
+  _globals['_DSERVICEUPDATE']._serialized_start=3588
+  _globals['_DSERVICEUPDATE']._serialized_end=3680
+  _globals['_MINERLINKSERVICE']._serialized_start=3839
+  _globals['_MINERLINKSERVICE']._serialized_end=3941
 # @@protoc_insertion_point(module_scope)

@@ -415,12 +415,15 @@ class WorkAssignment(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     BODY_COMPLETE_FIELD_NUMBER: _builtins.int
-    DEADLINE_FIELD_NUMBER: _builtins.int
     DATA_TTL_FIELD_NUMBER: _builtins.int
     AFFINITY_KEY_FIELD_NUMBER: _builtins.int
     GRADE_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     VERIFY_RESULT_DIGEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """The work unit id; every later message about it carries it."""
     dservice: _builtins.str
@@ -439,17 +442,31 @@ class WorkAssignment(_message.Message):
     """The role of this dispatch."""
     verify_result_digest: _builtins.bytes
     """For verifier runs: the result under verification."""
+    attempt: _builtins.int
+    """Which dispatch of the request this is (1 for the first); the miner passes it to the
+    DService as `X-CGN-Attempt`, so a non-idempotent DService can deduplicate.
+    """
+    request_id: _builtins.str
+    """The DApp's request id, passed to the DService as `X-Request-Id`."""
     @_builtins.property
     def head(self) -> _http_pb2.HttpRequestHead:
         """The HTTP request head, unchanged from the DApp."""
 
     @_builtins.property
-    def deadline(self) -> _timestamp_pb2.Timestamp:
-        """When the node gives up on this dispatch."""
-
-    @_builtins.property
     def data_ttl(self) -> _duration_pb2.Duration:
         """How long work data may stay on the miner (0: delete when done)."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the miner may run this unit, counted from receiving it; past it the node has
+        given up and the miner stops the DService call.
+        """
+
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """The heartbeat lease: while the unit runs, the miner sends a WorkProgress at least this
+        often. A node that hears nothing for a lease cancels the unit and drops the miner.
+        """
 
     def __init__(
         self,
@@ -460,16 +477,19 @@ class WorkAssignment(_message.Message):
         head: _http_pb2.HttpRequestHead | None = ...,
         body: _builtins.bytes = ...,
         body_complete: _builtins.bool = ...,
-        deadline: _timestamp_pb2.Timestamp | None = ...,
         data_ttl: _duration_pb2.Duration | None = ...,
         affinity_key: _builtins.str = ...,
         grade: _types_pb2.WorkGrade.ValueType = ...,
         role: Global___WorkRole.ValueType = ...,
         verify_result_digest: _builtins.bytes = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        lease: _duration_pb2.Duration | None = ...,
+        attempt: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "deadline", b"deadline", "head", b"head"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "head", b"head", "lease", b"lease", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "body", b"body", "body_complete", b"body_complete", "data_ttl", b"data_ttl", "deadline", b"deadline", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "role", b"role", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "attempt", b"attempt", "body", b"body", "body_complete", b"body_complete", "data_ttl", b"data_ttl", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "lease", b"lease", "request_id", b"request_id", "role", b"role", "timeout", b"timeout", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,29 +525,38 @@ Global___WorkAck: _TypeAlias = WorkAck  # noqa: Y015
 
 @_typing.final
 class WorkProgress(_message.Message):
-    """Progress of long-running work."""
+    """Progress of running work. The miner sends one at least every `lease` of the assignment
+    while the unit runs: it renews the lease, so the node can tell a slow DService from a
+    silent miner.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     WORK_ID_FIELD_NUMBER: _builtins.int
     COMPLETED_PPM_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    USAGE_SO_FAR_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """The work unit."""
     completed_ppm: _builtins.int
     """Completed fraction in parts per million (0 when unknown)."""
     message: _builtins.str
     """A short human-readable note."""
+    @_builtins.property
+    def usage_so_far(self) -> _resources_pb2.ResourceUsage:
+        """The resources used so far."""
+
     def __init__(
         self,
         *,
         work_id: _builtins.str = ...,
         completed_ppm: _builtins.int = ...,
         message: _builtins.str = ...,
+        usage_so_far: _resources_pb2.ResourceUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage_so_far", b"usage_so_far"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_ppm", b"completed_ppm", "message", b"message", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_ppm", b"completed_ppm", "message", b"message", "usage_so_far", b"usage_so_far", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,6 +57,7 @@ class WorkOptions(_message.Message):
     RACE_COUNT_FIELD_NUMBER: _builtins.int
     DATA_TTL_FIELD_NUMBER: _builtins.int
     END_USER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     affinity_key: _builtins.str
     """Requests with the same affinity key go to the same miner while it is connected."""
     sensitive: _builtins.bool
@@ -65,6 +66,10 @@ class WorkOptions(_message.Message):
     """Race mode: send the request to this many trusted miners and return the first answer (0 or 1: off)."""
     end_user_id: _builtins.str
     """The end-user account on whose behalf the enterprise sends the work, if any."""
+    request_id: _builtins.str
+    """The caller's request id (1-128 of A-Z a-z 0-9 . _ -); the node makes one when empty. It
+    is passed to the DService as `X-Request-Id`, logged, and returned in the receipt.
+    """
     @_builtins.property
     def preferred_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """Tiers the DApp prefers, best first; empty means every tier the account allows."""
@@ -92,10 +97,11 @@ class WorkOptions(_message.Message):
         race_count: _builtins.int = ...,
         data_ttl: _duration_pb2.Duration | None = ...,
         end_user_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "price_cap", b"price_cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "sensitive", b"sensitive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "request_id", b"request_id", "sensitive", b"sensitive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +122,7 @@ class WorkReceipt(_message.Message):
     TIER_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """The unique id of the work unit (also the ledger row's work id)."""
     tier: _types_pb2.Tier.ValueType
@@ -124,6 +131,8 @@ class WorkReceipt(_message.Message):
     """How many times the work was dispatched (more than 1 after miner failures)."""
     node_id: _builtins.str
     """The id of the node that executed the work (differs from the entry node after forwarding)."""
+    request_id: _builtins.str
+    """The request id (the caller's, or the one the node made)."""
     @_builtins.property
     def fee(self) -> _money_pb2.FiatAmount:
         """The fee charged for the work unit."""
@@ -156,10 +165,11 @@ class WorkReceipt(_message.Message):
         tier: _types_pb2.Tier.ValueType = ...,
         attempts: _builtins.int = ...,
         node_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution_time", b"execution_time", "fee", b"fee", "network_latency", b"network_latency", "total_time", b"total_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "execution_time", b"execution_time", "fee", b"fee", "network_latency", b"network_latency", "node_id", b"node_id", "tier", b"tier", "total_time", b"total_time", "usage", b"usage", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "execution_time", b"execution_time", "fee", b"fee", "network_latency", b"network_latency", "node_id", b"node_id", "request_id", b"request_id", "tier", b"tier", "total_time", b"total_time", "usage", b"usage", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,92 @@
+"""Protos <-> the node's domain types (``cgn_node/work.py``), in one place."""
+
+from __future__ import annotations
+
+from cgn_node.work import Headers, HttpRequest, Usage, WorkResult, WorkUnit
+from generated.cgn.common.v1 import http_pb2, resources_pb2
+from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
+from generated.cgn.work.v1 import work_service_pb2 as work_pb
+
+
+def _headers(headers: Headers) -> list[http_pb2.HttpHeader]:
+    return [http_pb2.HttpHeader(name=n, value=v) for n, v in headers]
+
+
+def request_from_call(call: work_pb.CallRequest) -> HttpRequest:
+    """The HTTP request a CallRequest carries."""
+    head = call.head
+    return HttpRequest(
+        method=head.method,
+        path=head.path,
+        query=head.query,
+        headers=tuple((h.name, h.value) for h in head.headers),
+        body=call.body,
+    )
+
+
+def usage_from_proto(usage: resources_pb2.ResourceUsage) -> Usage:
+    """Usage from its proto."""
+    return Usage(
+        cpu_time_us=usage.cpu_time_us,
+        wall_time_us=usage.wall_time_us,
+        bytes_in=usage.bytes_in,
+        bytes_out=usage.bytes_out,
+        peak_memory_bytes=usage.peak_memory_bytes,
+    )
+
+
+def usage_to_proto(usage: Usage) -> resources_pb2.ResourceUsage:
+    """The proto of ``usage``."""
+    return resources_pb2.ResourceUsage(
+        cpu_time_us=usage.cpu_time_us,
+        wall_time_us=usage.wall_time_us,
+        bytes_in=usage.bytes_in,
+        bytes_out=usage.bytes_out,
+        peak_memory_bytes=usage.peak_memory_bytes,
+    )
+
+
+def assignment(unit: WorkUnit, *, timeout_s: float, lease_s: float) -> link_pb.WorkAssignment:
+    """The WorkAssignment that dispatches ``unit`` (attempt ``unit.attempts``)."""
+    r = unit.request
+    message = link_pb.WorkAssignment(
+        work_id=unit.work_id,
+        dservice=unit.dservice,
+        head=http_pb2.HttpRequestHead(
+            method=r.method,
+            path=r.path,
+            query=r.query,
+            headers=_headers(r.headers),
+            content_length=len(r.body),
+        ),
+        body=r.body,
+        body_complete=True,
+        affinity_key=unit.affinity_key,
+        role=link_pb.WORK_ROLE_PRIMARY,
+        attempt=unit.attempts,
+        request_id=unit.request_id,
+    )
+    message.timeout.FromMilliseconds(max(1, int(timeout_s * 1000)))
+    message.lease.FromMilliseconds(max(1, int(lease_s * 1000)))
+    return message
+
+
+def result_from_parts(
+    head: http_pb2.HttpResponseHead, body: bytes, usage: resources_pb2.ResourceUsage
+) -> WorkResult:
+    """A miner's answer as a WorkResult."""
+    return WorkResult(
+        status=head.status_code,
+        headers=tuple((h.name, h.value) for h in head.headers),
+        body=body,
+        usage=usage_from_proto(usage),
+    )
+
+
+def response_head(result: WorkResult) -> http_pb2.HttpResponseHead:
+    """The HttpResponseHead of ``result``."""
+    return http_pb2.HttpResponseHead(
+        status_code=result.status,
+        headers=_headers(result.headers),
+        content_length=len(result.body),
+    )
