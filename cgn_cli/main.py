@@ -108,12 +108,21 @@ cli.add_command(certs)
     help="Where the sandbox keeps databases, logs and sandbox.json.",
 )
 @click.option("--miners", type=click.IntRange(1, 16), default=2, show_default=True)
-def sandbox(state_dir: Path, miners: int) -> None:
+@click.option(
+    "--miner-tier",
+    type=click.IntRange(1, 2),
+    default=1,
+    show_default=True,
+    help="1: the demo enterprise's private miners; 2: data-centre miners any account may use.",
+)
+def sandbox(state_dir: Path, miners: int, miner_tier: int) -> None:
     """Start a complete local CGN on loopback and keep it running until Ctrl-C."""
     from cgn_cli.sandbox import run_sandbox
 
     setup_logging("sandbox")
-    sys.exit(run_sandbox(state_dir.resolve(), miners))
+    from cgn_common.types import Tier
+
+    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier)))
 
 
 def main() -> None:

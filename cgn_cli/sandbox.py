@@ -31,6 +31,7 @@ from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 from cgn_common.ready import write_json_atomic
 from cgn_common.signals import wait_for_stop
+from cgn_common.tasks import Supervisor
 from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier
 
@@ -44,7 +45,7 @@ GATEWAY = Identity(Role.GATEWAY, "sandbox-gateway")
 _POLL_S = 0.05
 
 
-@dataclass
+@dataclass(eq=False)
 class Child:
     """One process of the sandbox."""
 
@@ -75,10 +76,17 @@ async def _until(predicate: Any, what: str, timeout_s: float = _START_TIMEOUT_S)
 class Sandbox:
     """The sandbox's processes and state."""
 
-    def __init__(self, state_dir: Path, miners: int = 2) -> None:
+    def __init__(
+        self, state_dir: Path, miners: int = 2, miner_tier: Tier = Tier.TIER_1_PRIVATE
+    ) -> None:
         self.state_dir = state_dir
         self.miners = miners
+        self.miner_tier = miner_tier
         self.children: list[Child] = []
+        self.stopping = False
+        self.miner_restarts = 0
+        self._miner_specs: dict[str, dict[str, str]] = {}
+        self._info: dict[str, Any] = {}
         self._secrets_file = state_dir / "secrets.json"
         self.certs_dir = state_dir / "certs"
 
@@ -202,7 +210,7 @@ class Sandbox:
                         await admin.create_account(
                             AccountKind.MINER,
                             f"sandbox miner {len(miners) + 1}",
-                            tier=Tier.TIER_1_PRIVATE,
+                            tier=self.miner_tier,
                             parent_account_id=state["enterprise_id"],
                         )
                     )
@@ -234,21 +242,19 @@ class Sandbox:
         for index, (miner_id, miner_key) in enumerate(state["miners"][: self.miners], start=1):
             workdir = self.state_dir / f"miner-{index}"
             workdir.mkdir(exist_ok=True)
+            name = f"miner-{index}"
+            self._miner_specs[name] = {
+                "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
+                "CGN_MINER_MINER_ID": miner_id,
+                "CGN_MINER_MINER_KEY": miner_key,
+                "CGN_MINER_DSERVICES": "echo,mediagen",
+                "CGN_MINER_STATE_DIR": str(workdir),
+                **self.tls_env("CGN_MINER_", None),
+                # The sandbox's scripts and images are served from 127.0.0.1.
+                "CGN_DSERVICE_MEDIAGEN_ALLOW_LOOPBACK": "1",
+            }
             miner_children.append(
-                await self._spawn(
-                    f"miner-{index}",
-                    ["miner", "run"],
-                    {
-                        "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
-                        "CGN_MINER_MINER_ID": miner_id,
-                        "CGN_MINER_MINER_KEY": miner_key,
-                        "CGN_MINER_DSERVICES": "echo,mediagen",
-                        "CGN_MINER_STATE_DIR": str(workdir),
-                        **self.tls_env("CGN_MINER_", None),
-                        # The sandbox's scripts and images are served from 127.0.0.1.
-                        "CGN_DSERVICE_MEDIAGEN_ALLOW_LOOPBACK": "1",
-                    },
-                )
+                await self._spawn(name, ["miner", "run"], self._miner_specs[name])
             )
         for child in miner_children:
             await self._wait_ready(child)
@@ -278,7 +284,41 @@ class Sandbox:
             },
         }
         write_json_atomic(self.state_dir / "sandbox.json", info, mode=0o600)
+        self._info = info
         return info
+
+    async def keep_miners(self) -> None:
+        """Restarts every miner that exits while the sandbox runs (a crashed or killed
+        miner comes back, as a supervised fleet's would); sandbox.json follows the new pids."""
+        while not self.stopping:
+            miners = {
+                c: asyncio.ensure_future(c.process.wait())
+                for c in self.children
+                if c.name in self._miner_specs
+            }
+            try:
+                await asyncio.wait(miners.values(), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in miners.values():
+                    task.cancel()
+            for child, task in miners.items():
+                if not task.done() or task.cancelled() or self.stopping:
+                    continue
+                self.children.remove(child)
+                log_event(
+                    _log,
+                    "sandbox_miner_restarting",
+                    logging.WARNING,
+                    name=child.name,
+                    exit_code=child.process.returncode,
+                )
+                fresh = await self._spawn(
+                    child.name, ["miner", "run"], self._miner_specs[child.name]
+                )
+                self.miner_restarts += 1
+                self._info["processes"][child.name] = {"pid": fresh.process.pid, "endpoints": {}}
+                self._info["miner_restarts"] = self.miner_restarts
+                write_json_atomic(self.state_dir / "sandbox.json", self._info, mode=0o600)
 
     @staticmethod
     async def _smoke_test(gateway_url: str, account_id: str, api_key: str) -> None:
@@ -305,6 +345,7 @@ class Sandbox:
 
     async def stop(self) -> None:
         """Stops every process, newest first: SIGTERM, then SIGKILL after 10 s."""
+        self.stopping = True
         for child in reversed(self.children):
             if child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -342,8 +383,9 @@ def curl_lines(info: dict[str, Any]) -> str:
     )
 
 
-async def _main(state_dir: Path, miners: int) -> int:
-    sandbox = Sandbox(state_dir, miners)
+async def _main(state_dir: Path, miners: int, miner_tier: Tier) -> int:
+    sandbox = Sandbox(state_dir, miners, miner_tier)
+    supervisor = Supervisor("sandbox")
     stop = asyncio.create_task(wait_for_stop())
     start = asyncio.create_task(sandbox.start())
     try:
@@ -354,6 +396,7 @@ async def _main(state_dir: Path, miners: int) -> int:
             print(f"State, logs and credentials: {state_dir} (sandbox.json)", flush=True)
             print("Try it:\n" + curl_lines(info), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
+            supervisor.loop("keep-miners", sandbox.keep_miners)
             await stop
         return 0
     except CgnError as exc:
@@ -367,6 +410,8 @@ async def _main(state_dir: Path, miners: int) -> int:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, CgnError):
                 await task
+        sandbox.stopping = True
+        await supervisor.close()
         await sandbox.stop()
         if (state_dir / "sandbox.json").exists():
             _mark_stopped(state_dir / "sandbox.json")
@@ -378,6 +423,6 @@ def _mark_stopped(path: Path) -> None:
     write_json_atomic(path, data, mode=0o600)
 
 
-def run_sandbox(state_dir: Path, miners: int) -> int:
+def run_sandbox(state_dir: Path, miners: int, miner_tier: Tier = Tier.TIER_1_PRIVATE) -> int:
     """Blocking entry point for ``cgn sandbox``; returns the exit status."""
-    return asyncio.run(_main(state_dir, miners))
+    return asyncio.run(_main(state_dir, miners, miner_tier))

@@ -3,20 +3,70 @@ method, path and query in ``X-Echo-Method``, ``X-Echo-Path`` and ``X-Echo-Query`
 names of the request headers it received in ``X-Echo-Header-Names``.
 
 Run: ``CGN_LISTEN=127.0.0.1:8000 python -m dservices.echo`` (or ``CGN_LISTEN=unix:/tmp/e.sock``).
+
+For tests and demos of the work path under faults, request headers ask for misbehaviour:
+
+- ``X-Echo-Hold-Ms: N`` holds the request N ms before answering (a slow or hanging DService);
+  a caller that disconnects meanwhile is noticed within 10 ms.
+- ``X-Echo-Poison: huge-header`` answers with a 16 KiB header, which the miner's HTTP client
+  refuses to parse (a DService answering badly).
+
+With ``CGN_DSERVICE_ECHO_JOURNAL=DIR`` every request is journaled as JSON lines in
+``DIR/<pid>.jsonl``: ``{"event": "start"|"done"|"aborted", "request_id", "attempt", "miner_pid"}``
+(from ``X-Request-Id`` and ``X-CGN-Attempt``), so a test can count executions per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import time
 
 from aiohttp import web
 
 _CHUNK = 64 * 1024
+_JOURNAL = os.environ.get("CGN_DSERVICE_ECHO_JOURNAL", "")
+
+
+def _journal(request: web.Request, event: str) -> None:
+    if not _JOURNAL:
+        return
+    entry = {
+        "event": event,
+        "request_id": request.headers.get("X-Request-Id", ""),
+        "attempt": request.headers.get("X-CGN-Attempt", ""),
+        "miner_pid": os.getppid(),
+    }
+    # One short O_APPEND write per line: lines from concurrent requests never interleave.
+    with open(os.path.join(_JOURNAL, f"{os.getpid()}.jsonl"), "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+async def _hold(request: web.Request, ms: int) -> bool:
+    """Waits ``ms``; False as soon as the caller has gone away."""
+    deadline = time.monotonic() + ms / 1000
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        await asyncio.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+    return True
 
 
 async def _echo(request: web.Request) -> web.StreamResponse:
+    _journal(request, "start")
+    hold = request.headers.get("X-Echo-Hold-Ms", "")
+    if hold.isdigit() and not await _hold(request, int(hold)):
+        _journal(request, "aborted")
+        raise web.HTTPServiceUnavailable()  # nobody is listening any more
+    response = await _answer(request)
+    _journal(request, "done")
+    return response
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
     headers = {
         "X-Echo-Method": request.method,
         "X-Echo-Path": request.raw_path.split("?", 1)[0],
@@ -27,6 +77,8 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     content_type = request.headers.get("Content-Type")
     if content_type:
         headers["Content-Type"] = content_type
+    if request.headers.get("X-Echo-Poison") == "huge-header":
+        headers["X-Echo-Poison"] = "p" * 16 * 1024
     if request.content_length is not None and request.content_length <= _CHUNK:
         return web.Response(body=await request.read(), headers=headers)
     response = web.StreamResponse(headers=headers)

@@ -15,7 +15,13 @@ from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
     """One sandbox shared by the tests that only send requests to it."""
     base: Path = tmp_path_factory.mktemp("shared-sandbox")
-    running = start_sandbox(base / "state", base / "sandbox.log")
+    journal = base / "journal"
+    journal.mkdir()
+    running = start_sandbox(
+        base / "state",
+        base / "sandbox.log",
+        env={"CGN_DSERVICE_ECHO_JOURNAL": str(journal)},
+    )
     try:
         yield running
     finally:

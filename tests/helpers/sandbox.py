@@ -29,6 +29,11 @@ class RunningSandbox:
         """The gateway's base URL."""
         return str(self.info["gateway_url"])
 
+    def current(self) -> dict[str, Any]:
+        """sandbox.json as it is now (pids change when the sandbox restarts a miner)."""
+        data: dict[str, Any] = json.loads((self.state_dir / "sandbox.json").read_text())
+        return data
+
     def pids(self) -> set[int]:
         """The sandbox, its children and every descendant (DService processes too)."""
         return {self.process.pid} | descendants(self.process.pid)
@@ -65,14 +70,33 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_sandbox(state_dir: Path, log: Path) -> RunningSandbox:
-    """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded)."""
+def start_sandbox(
+    state_dir: Path,
+    log: Path,
+    *,
+    miners: int = 2,
+    miner_tier: int = 1,
+    env: dict[str, str] | None = None,
+) -> RunningSandbox:
+    """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded).
+
+    ``env`` adds variables to the sandbox's environment, which its children inherit (e.g.
+    ``CGN_NODE_ACCOUNT_LIMIT``)."""
     with open(log, "wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [str(ROOT / "scripts" / "sandbox"), "--state-dir", str(state_dir)],
+            [
+                str(ROOT / "scripts" / "sandbox"),
+                "--state-dir",
+                str(state_dir),
+                "--miners",
+                str(miners),
+                "--miner-tier",
+                str(miner_tier),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     sandbox_json = state_dir / "sandbox.json"
