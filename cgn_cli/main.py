@@ -115,14 +115,20 @@ cli.add_command(certs)
     show_default=True,
     help="1: the demo enterprise's private miners; 2: data-centre miners any account may use.",
 )
-def sandbox(state_dir: Path, miners: int, miner_tier: int) -> None:
+@click.option(
+    "--dservices",
+    default="echo,mediagen",
+    show_default=True,
+    help="Built-in DServices the miners offer (comma-separated; echo is always needed).",
+)
+def sandbox(state_dir: Path, miners: int, miner_tier: int, dservices: str) -> None:
     """Start a complete local CGN on loopback and keep it running until Ctrl-C."""
     from cgn_cli.sandbox import run_sandbox
 
     setup_logging("sandbox")
     from cgn_common.types import Tier
 
-    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier)))
+    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier), dservices))
 
 
 def main() -> None:

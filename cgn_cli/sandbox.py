@@ -77,11 +77,16 @@ class Sandbox:
     """The sandbox's processes and state."""
 
     def __init__(
-        self, state_dir: Path, miners: int = 2, miner_tier: Tier = Tier.TIER_1_PRIVATE
+        self,
+        state_dir: Path,
+        miners: int = 2,
+        miner_tier: Tier = Tier.TIER_1_PRIVATE,
+        dservices: str = "echo,mediagen",
     ) -> None:
         self.state_dir = state_dir
         self.miners = miners
         self.miner_tier = miner_tier
+        self.dservices = dservices
         self.children: list[Child] = []
         self.stopping = False
         self.miner_restarts = 0
@@ -228,7 +233,7 @@ class Sandbox:
                     "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
                     "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_DSERVICES": "echo,mediagen",
+                    "CGN_NODE_DSERVICES": self.dservices,
                     **self.tls_env("CGN_NODE_", node_identity),
                 },
             )
@@ -247,7 +252,7 @@ class Sandbox:
                 "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
                 "CGN_MINER_MINER_ID": miner_id,
                 "CGN_MINER_MINER_KEY": miner_key,
-                "CGN_MINER_DSERVICES": "echo,mediagen",
+                "CGN_MINER_DSERVICES": self.dservices,
                 "CGN_MINER_STATE_DIR": str(workdir),
                 **self.tls_env("CGN_MINER_", None),
                 # The sandbox's scripts and images are served from 127.0.0.1.
@@ -383,8 +388,8 @@ def curl_lines(info: dict[str, Any]) -> str:
     )
 
 
-async def _main(state_dir: Path, miners: int, miner_tier: Tier) -> int:
-    sandbox = Sandbox(state_dir, miners, miner_tier)
+async def _main(state_dir: Path, miners: int, miner_tier: Tier, dservices: str) -> int:
+    sandbox = Sandbox(state_dir, miners, miner_tier, dservices)
     supervisor = Supervisor("sandbox")
     stop = asyncio.create_task(wait_for_stop())
     start = asyncio.create_task(sandbox.start())
@@ -423,6 +428,11 @@ def _mark_stopped(path: Path) -> None:
     write_json_atomic(path, data, mode=0o600)
 
 
-def run_sandbox(state_dir: Path, miners: int, miner_tier: Tier = Tier.TIER_1_PRIVATE) -> int:
+def run_sandbox(
+    state_dir: Path,
+    miners: int,
+    miner_tier: Tier = Tier.TIER_1_PRIVATE,
+    dservices: str = "echo,mediagen",
+) -> int:
     """Blocking entry point for ``cgn sandbox``; returns the exit status."""
-    return asyncio.run(_main(state_dir, miners, miner_tier))
+    return asyncio.run(_main(state_dir, miners, miner_tier, dservices))

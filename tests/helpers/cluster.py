@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from central.config import CentralConfig
 from central.registry import NodeRecord
@@ -46,8 +47,11 @@ def central_config(pki: Pki, db: Path, replica: str = "central-1") -> CentralCon
     )
 
 
-async def start_cluster(tmp_path: Path, pki: Pki, central_timeout_s: int = 5) -> Cluster:
-    """Starts Central, creates and registers a node account, starts the node."""
+async def start_cluster(
+    tmp_path: Path, pki: Pki, central_timeout_s: int = 5, **node_options: Any
+) -> Cluster:
+    """Starts Central, creates and registers a node account, starts the node (``NodeConfig``
+    fields in ``node_options``)."""
     config = central_config(pki, tmp_path / "central.db")
     central = Central(config)
     await central.start()
@@ -65,6 +69,7 @@ async def start_cluster(tmp_path: Path, pki: Pki, central_timeout_s: int = 5) ->
             tls_cert_file=tls.cert_file,
             tls_key_file=tls.key_file,
             tls_ca_file=tls.ca_file,
+            **node_options,
         )
     )
     endpoints = await node.start()

@@ -76,6 +76,7 @@ def start_sandbox(
     *,
     miners: int = 2,
     miner_tier: int = 1,
+    dservices: str = "echo,mediagen",
     env: dict[str, str] | None = None,
 ) -> RunningSandbox:
     """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded).
@@ -92,6 +93,8 @@ def start_sandbox(
                 str(miners),
                 "--miner-tier",
                 str(miner_tier),
+                "--dservices",
+                dservices,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

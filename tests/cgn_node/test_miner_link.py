@@ -1,0 +1,185 @@
+"""The node's miner link with scripted miners written from the protos, over a real gRPC
+stream with TLS: correlation, leases, deadlines, cancels and blame."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cgn_common.errors import DeadlineExceededError, DServiceFailedError
+from cgn_common.rpc import open_channel
+from cgn_common.types import AccountKind, Tier
+from cgn_node.work import HttpRequest, WorkUnit
+from generated.cgn.common.v1 import dservice_pb2, http_pb2
+from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
+from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
+from tests.helpers.cluster import Cluster, start_cluster, stop_cluster
+from tests.helpers.pki import Pki
+from tests.helpers.wait import until
+
+LEASE_MS = 400
+
+
+@dataclass
+class ScriptedMiner:
+    """A miner that does what its ``behaviour`` says with each assignment."""
+
+    miner_id: str
+    behaviour: str  # "answer", "silent", "heartbeat", "fail", "wrong-nonce"
+    assignments: list[pb.WorkAssignment] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    ended: str = ""
+    welcomed: asyncio.Event = field(default_factory=asyncio.Event)
+    assigned: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, address: str, pki: Pki, api_key: str) -> None:
+        async with open_channel(address, pki.client_only()) as channel:
+            call: Any = pb_grpc.MinerLinkServiceStub(channel).Connect()
+            hello = pb.MinerHello(
+                miner_id=self.miner_id,
+                api_key=api_key,
+                dservices=[dservice_pb2.DServiceOffer(name="echo")],
+                max_concurrent_work_units=4,
+            )
+            await call.write(pb.ConnectRequest(hello=hello))
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    kind = message.WhichOneof("kind")
+                    if kind == "welcome":
+                        self.welcomed.set()
+                    elif kind == "cancel":
+                        self.cancels.append(message.cancel.work_id)
+                    elif kind == "assignment":
+                        self.assignments.append(message.assignment)
+                        self.assigned.set()
+                        task = asyncio.create_task(self._work(call, message))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                self.ended = "EOF"
+            except grpc.aio.AioRpcError as exc:
+                self.ended = exc.code().name
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    async def _work(self, call: Any, message: pb.ConnectResponse) -> None:
+        work_id = message.assignment.work_id
+        nonce = "not-the-nonce" if self.behaviour == "wrong-nonce" else message.nonce
+        await call.write(
+            pb.ConnectRequest(response_nonce=nonce, work_ack=pb.WorkAck(work_id=work_id))
+        )
+        if self.behaviour == "answer":
+            response = pb.WorkResponse(
+                work_id=work_id,
+                head=http_pb2.HttpResponseHead(status_code=200),
+                body=self.miner_id.encode(),
+                body_complete=True,
+                completion=pb.WorkCompletion(work_id=work_id),
+            )
+            await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=response))
+        elif self.behaviour == "fail":
+            failure = pb.WorkFailure(work_id=work_id)
+            failure.status.code = 14
+            failure.status.message = "DService answered with garbage"
+            await call.write(pb.ConnectRequest(response_nonce=message.nonce, failure=failure))
+        elif self.behaviour == "heartbeat":
+            while True:
+                await asyncio.sleep(LEASE_MS / 3000)
+                progress = pb.WorkProgress(work_id=work_id)
+                await call.write(pb.ConnectRequest(response_nonce=message.nonce, progress=progress))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    running = await start_cluster(
+        tmp_path, Pki.create(tmp_path / "ca"), lease_ms=LEASE_MS, ack_deadline_ms=300
+    )
+    await until(lambda: running.node.central.connected, "the central link")
+    yield running
+    await stop_cluster(running)
+
+
+async def _connect(cluster: Cluster, behaviour: str) -> tuple[ScriptedMiner, asyncio.Task[None]]:
+    created = await cluster.central.accounts.create(
+        AccountKind.MINER, behaviour, tier=Tier.TIER_2_DATACENTER
+    )
+    miner = ScriptedMiner(created.account.account_id, behaviour)
+    task = asyncio.create_task(
+        miner.run(cluster.endpoints["miner_link"], cluster.pki, created.api_key)
+    )
+    await asyncio.wait_for(miner.welcomed.wait(), 10)
+    return miner, task
+
+
+def _unit(work_id: str, deadline_s: float = 30) -> WorkUnit:
+    return WorkUnit(
+        work_id,
+        "echo",
+        "acct_enterprise",
+        (Tier.TIER_2_DATACENTER,),
+        HttpRequest("GET", "/x", "", (), b""),
+        request_id=f"req-{work_id}",
+        deadline=time.monotonic() + deadline_s,
+    )
+
+
+async def test_a_silent_miner_is_cancelled_dropped_and_the_work_redispatched(
+    cluster: Cluster,
+) -> None:
+    silent, silent_task = await _connect(cluster, "silent")
+    submitted = asyncio.create_task(cluster.node.broker.submit(_unit("w1")))
+    await asyncio.wait_for(silent.assigned.wait(), 5)
+    started = time.monotonic()
+    good, good_task = await _connect(cluster, "answer")
+    outcome = await asyncio.wait_for(submitted, 10)
+    assert outcome.miner_id == good.miner_id
+    assert outcome.attempts == 2
+    assert time.monotonic() - started < LEASE_MS / 1000 + 3
+    await until(lambda: silent.ended != "", "the silent miner's stream to end")
+    assert silent.ended == "ABORTED"
+    assert silent.cancels == ["w1"]
+    assert good.assignments[0].attempt == 2
+    assert good.assignments[0].request_id == "req-w1"
+    assert good.assignments[0].lease.ToMilliseconds() == LEASE_MS
+    good_task.cancel()
+    silent_task.cancel()
+
+
+async def test_a_deadline_cancels_the_work_and_keeps_the_miner(cluster: Cluster) -> None:
+    busy, task = await _connect(cluster, "heartbeat")
+    with pytest.raises(DeadlineExceededError):
+        await cluster.node.broker.submit(_unit("w2", deadline_s=1.5))
+    await until(lambda: busy.cancels == ["w2"], "the cancel to reach the miner")
+    # Heartbeats kept the lease alive for longer than a lease: the miner was not dropped.
+    assert [m.miner_id for m in cluster.node.broker.miners()] == [busy.miner_id]
+    assert busy.ended == ""
+    task.cancel()
+
+
+async def test_a_work_failure_blames_the_dservice_not_the_miner(cluster: Cluster) -> None:
+    failing, task = await _connect(cluster, "fail")
+    with pytest.raises(DServiceFailedError, match="garbage"):
+        await cluster.node.broker.submit(_unit("w3"))
+    assert len(failing.assignments) == 1  # not replayed
+    assert [m.miner_id for m in cluster.node.broker.miners()] == [failing.miner_id]
+    task.cancel()
+
+
+async def test_an_ack_with_the_wrong_nonce_is_no_ack(cluster: Cluster) -> None:
+    confused, confused_task = await _connect(cluster, "wrong-nonce")
+    submitted = asyncio.create_task(cluster.node.broker.submit(_unit("w4")))
+    await asyncio.wait_for(confused.assigned.wait(), 5)
+    good, good_task = await _connect(cluster, "answer")
+    outcome = await asyncio.wait_for(submitted, 10)
+    assert outcome.miner_id == good.miner_id
+    await until(lambda: confused.ended == "ABORTED", "the confused miner to be dropped")
+    good_task.cancel()
+    confused_task.cancel()
