@@ -72,7 +72,14 @@ CENTRAL_LINK_RULES: Rules = rules_for(CENTRAL_LINK_SERVICE, ["Connect"], Rule.pe
 class Node:
     """A node built from its config; ``start`` binds, ``stop`` ends it."""
 
-    def __init__(self, config: NodeConfig, recorder: WorkRecorder | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        broker: Broker,
+        issuer: SessionIssuer,
+        recorder: WorkRecorder,
+    ) -> None:
         if not config.node_id:
             raise InvalidArgumentError("node_id is required")
         tls = TlsConfig(
@@ -82,22 +89,14 @@ class Node:
         warn_if_plaintext(tls, "node")
         self.config = config
         self.supervisor = Supervisor("node")
-        self.broker = Broker(
-            dispatch_attempts=config.dispatch_attempts,
-            danger_threshold=config.queue_danger_threshold,
-            account_limit=config.account_limit,
-            appear_grace_s=config.appear_grace_ms / 1000,
-            static_dservices=config.dservices,
-        )
+        self.broker = broker
         self.central = CentralLink(config.node_id, config.central_timeout_s)
-        self.issuer = SessionIssuer(
-            config.session_secret.reveal().encode(), config.session_ttl_s, config.node_id
-        )
+        self.issuer = issuer
         self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
         self.central.on_links_changed = self.standing.schedule
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
         work = Work(  # type: ignore[abstract]
-            self.broker, recorder or LogRecorder(), config.node_id, config.max_timeout_ms / 1000
+            self.broker, recorder, config.node_id, config.max_timeout_ms / 1000
         )
         sessions = Sessions(self.issuer, self.central)
         self.work_server = GrpcServer(
@@ -137,6 +136,21 @@ class Node:
             CENTRAL_LINK_SERVICE,
         )
 
+    @classmethod
+    def from_config(cls, config: NodeConfig, recorder: WorkRecorder | None = None) -> Node:
+        """The production node: its broker and session issuer built from ``config``."""
+        broker = Broker(
+            dispatch_attempts=config.dispatch_attempts,
+            danger_threshold=config.queue_danger_threshold,
+            account_limit=config.account_limit,
+            appear_grace_s=config.appear_grace_ms / 1000,
+            static_dservices=config.dservices,
+        )
+        issuer = SessionIssuer(
+            config.session_secret.reveal().encode(), config.session_ttl_s, config.node_id
+        )
+        return cls(config, broker=broker, issuer=issuer, recorder=recorder or LogRecorder())
+
     def _servers(self) -> tuple[GrpcServer, ...]:
         return (
             self.work_server,
@@ -165,7 +179,7 @@ class Node:
 
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
     """Serves until SIGINT or SIGTERM."""
-    node = Node(config)
+    node = Node.from_config(config)
     endpoints = await node.start()
     write_ready_file(ready_file, endpoints, node_id=config.node_id)
     log_event(_log, "node_ready", node_id=config.node_id, endpoints=endpoints)

@@ -17,6 +17,7 @@ import grpc
 from aiohttp import web
 from multidict import CIMultiDict
 
+from cgn_common.http import HOP_BY_HOP
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
 from cgn_common.status import rpc_reason
@@ -28,28 +29,17 @@ _log = logging.getLogger(__name__)
 
 #: Request headers never forwarded to a DService: hop-by-hop (RFC 9110 7.6.1), the CGN's own
 #: credentials, and framing the gateway recomputes.
-STRIPPED_REQUEST_HEADERS = frozenset(
-    {
-        "authorization",
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        # Carried as the request id and set again by the miner; never forwarded twice.
-        "x-request-id",
-        "x-cgn-timeout-ms",
-    }
-)
+STRIPPED_REQUEST_HEADERS = HOP_BY_HOP | {
+    "authorization",
+    "content-length",
+    # Carried as the request id and set again by the miner; never forwarded twice.
+    "x-request-id",
+    "x-cgn-timeout-ms",
+}
 _STRIPPED_RESPONSE_HEADERS = STRIPPED_REQUEST_HEADERS - {"authorization", "x-request-id"}
 
 #: Where a handler keeps the request id, for the error middleware.
-_REQUEST_ID = "cgn_request_id"
+_REQUEST_ID = web.RequestKey("cgn_request_id", str)
 
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 NODE_KEY = web.AppKey("node", NodeClient)
@@ -105,8 +95,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             413: grpc.StatusCode.RESOURCE_EXHAUSTED,
         }.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
         return error_response(code, exc.reason, http_status=exc.status)
-    except Exception:
-        log_event(_log, "gateway_internal_error", logging.ERROR, path=request.path, exc_info=True)
+    except Exception as exc:
+        log_event(_log, "gateway_internal_error", logging.ERROR, exc=exc, path=request.path)
         return error_response(grpc.StatusCode.INTERNAL, "internal error")
 
 

@@ -22,7 +22,7 @@ from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 from miner.config import MinerConfig
 from miner.fitness import FitnessResult
-from miner.runtime import DServiceResponse, ProcessRuntime
+from miner.runtime import DServiceResponse, Runtime
 
 _log = logging.getLogger(__name__)
 
@@ -37,9 +37,7 @@ _OURS = frozenset({"x-cgn-attempt", "x-request-id"})
 class LinkSession:
     """One connection to a node; ``run`` returns when the stream ends."""
 
-    def __init__(
-        self, config: MinerConfig, runtime: ProcessRuntime, fitness: FitnessResult
-    ) -> None:
+    def __init__(self, config: MinerConfig, runtime: Runtime, fitness: FitnessResult) -> None:
         self._config = config
         self._runtime = runtime
         self._fitness = fitness

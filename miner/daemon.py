@@ -18,7 +18,7 @@ from cgn_common.tls import TlsConfig, warn_if_plaintext
 from miner._link import LinkSession
 from miner.config import MinerConfig
 from miner.fitness import run_fitness_test
-from miner.runtime import ProcessRuntime
+from miner.runtime import ProcessRuntime, Runtime
 
 _log = logging.getLogger(__name__)
 
@@ -26,19 +26,24 @@ _log = logging.getLogger(__name__)
 class MinerDaemon:
     """A miner built from its config."""
 
-    def __init__(self, config: MinerConfig) -> None:
+    def __init__(self, config: MinerConfig, runtime: Runtime) -> None:
         if not config.miner_id or not config.miner_key:
             raise InvalidArgumentError("miner_id and miner_key are required")
-        if config.runtime != "process":
-            raise InvalidArgumentError(f"runtime {config.runtime!r} is not available yet")
         self.config = config
-        self.runtime = ProcessRuntime(config.dservices)
+        self.runtime = runtime
         self.connected = asyncio.Event()
         self._tls = TlsConfig(
             ca_file=config.tls_ca_file, insecure_plaintext=config.insecure_plaintext
         )
         self._tls.check(need_cert=False)
         warn_if_plaintext(self._tls, "miner")
+
+    @classmethod
+    def from_config(cls, config: MinerConfig) -> MinerDaemon:
+        """The production miner: the runtime the config names."""
+        if config.runtime != "process":
+            raise InvalidArgumentError(f"runtime {config.runtime!r} is not available yet")
+        return cls(config, ProcessRuntime(config.dservices))
 
     async def run(self) -> None:
         """Connects and serves forever, reconnecting after failures."""
@@ -72,7 +77,7 @@ class MinerDaemon:
 
 async def serve(config: MinerConfig, ready_file: Path | None = None) -> None:
     """Runs the miner until SIGINT or SIGTERM."""
-    daemon = MinerDaemon(config)
+    daemon = MinerDaemon.from_config(config)
     await daemon.runtime.start()
     link = asyncio.create_task(daemon.run())
     stop = asyncio.create_task(wait_for_stop())

@@ -10,13 +10,15 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
 
 from cgn_common.errors import FailedPreconditionError, UnavailableError
+from cgn_common.http import HOP_BY_HOP
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 
@@ -28,20 +30,6 @@ BUILTIN_DSERVICES: dict[str, list[str]] = {
     "mediagen": [sys.executable, "-m", "dservices.mediagen"],
 }
 
-#: Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 #: The only variables of the miner's environment a DService process inherits. Everything
 #: else (the miner's id and key, TLS paths, the operator's shell) stays with the miner.
@@ -238,6 +226,38 @@ class DServiceProcess:
                 await self._process.wait()
         if self._session is not None:
             await self._session.close()
+
+
+class DService(Protocol):
+    """One DService a runtime runs, as the miner's link uses it."""
+
+    name: str
+
+    @property
+    def running(self) -> bool:
+        """True while it can take requests."""
+
+    async def call(
+        self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
+    ) -> DServiceResponse:
+        """Sends one request to the DService and meters it."""
+
+
+class Runtime(Protocol):
+    """A DService runtime (``process`` now; ``docker`` for isolation later)."""
+
+    @property
+    def dservices(self) -> Mapping[str, DService]:
+        """The DServices it runs, by name."""
+
+    async def start(self) -> None:
+        """Starts every DService."""
+
+    async def stop(self) -> None:
+        """Stops every DService."""
+
+    def get(self, name: str) -> DService:
+        """The DService ``name``; FailedPreconditionError when it is not installed."""
 
 
 class ProcessRuntime:

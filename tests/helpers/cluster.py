@@ -57,7 +57,7 @@ async def start_cluster(
     await central.start()
     node_id = (await central.accounts.create(AccountKind.NODE, "test node")).account.account_id
     tls = pki.issue(Role.NODE, node_id)
-    node = Node(
+    node = Node.from_config(
         NodeConfig(
             node_id=node_id,
             work_listen="127.0.0.1:0",
