@@ -17,6 +17,7 @@ from cgn_common.certs import node_dns_name
 from cgn_common.errors import CgnError, UnauthenticatedError, UnimplementedError
 from cgn_common.logs import log_event
 from cgn_common.rpc import open_channel, status_proto
+from cgn_common.streams import StreamWriter
 from cgn_common.tasks import Supervisor
 from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier, WorkGrade
@@ -110,17 +111,17 @@ class NodeLink:
             self.sessions += 1
             self.linked.set()
             log_event(_log, "node_linked", node_id=self.node.node_id)
-            lock = asyncio.Lock()
+            writer = StreamWriter(call.write)
             while (message := await call.read()) is not grpc.aio.EOF:
-                self._handle(call, lock, message)
+                self._handle(writer, message)
 
-    def _handle(self, call: Any, lock: asyncio.Lock, message: pb.ConnectResponse) -> None:
+    def _handle(self, writer: StreamWriter, message: pb.ConnectResponse) -> None:
         if message.WhichOneof("kind") == "question":
             self._supervisor.spawn(
-                f"answer-{self.node.node_id}", self._answer(call, lock, message.question)
+                f"answer-{self.node.node_id}", self._answer(writer, message.question)
             )
 
-    async def _answer(self, call: Any, lock: asyncio.Lock, question: pb.Question) -> None:
+    async def _answer(self, writer: StreamWriter, question: pb.Question) -> None:
         """Always answers: with the result, or with an error status."""
         answer = pb.Answer(question_id=question.question_id)
         try:
@@ -140,8 +141,7 @@ class NodeLink:
             answer.ClearField("kind")
             answer.error.CopyFrom(status_proto(CgnError("Central failed to answer")))
         try:
-            async with lock:
-                await call.write(pb.ConnectRequest(answer=answer))
+            await writer.send(pb.ConnectRequest(answer=answer))
         except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as exc:
             log_event(
                 _log,

@@ -1,10 +1,13 @@
-"""The locked writer every bidi stream uses: gRPC allows one write at a time per stream."""
+"""Bidi stream helpers: the locked writer every stream uses (gRPC allows one write at a time
+per stream) and the first-message check of every link handshake."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import grpc
 
 
 class StreamWriter:
@@ -18,3 +21,12 @@ class StreamWriter:
         """Writes ``message`` once the previous write finished."""
         async with self._lock:
             await self._write(message)
+
+
+async def read_hello(context: Any, kind: str, what: str) -> Any:
+    """Reads a link's first message, which must be of oneof ``kind``; otherwise aborts the
+    stream with INVALID_ARGUMENT naming ``what`` was expected. Returns that oneof field."""
+    first = await context.read()
+    if first is grpc.aio.EOF or first.WhichOneof("kind") != kind:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected {what} first")
+    return getattr(first, kind)

@@ -24,6 +24,30 @@ _log = logging.getLogger(__name__)
 _HEALTHY_RUN_S = 10.0
 
 
+class Backoff:
+    """Exponential reconnect delays: ``start_s``, doubling up to ``max_s``; ``reset()`` after
+    a success."""
+
+    def __init__(self, start_s: float = 0.1, max_s: float = 5.0) -> None:
+        self._start_s = start_s
+        self._max_s = max_s
+        self._next_s = start_s
+
+    def next(self) -> float:
+        """The delay to wait now; the one after it doubles."""
+        delay = self._next_s
+        self._next_s = min(self._next_s * 2, self._max_s)
+        return delay
+
+    def reset(self) -> None:
+        """Back to the shortest delay."""
+        self._next_s = self._start_s
+
+    def longest(self) -> None:
+        """Wait the longest delay next (e.g. after a refusal that retrying soon won't fix)."""
+        self._next_s = self._max_s
+
+
 class Supervisor:
     """Owns background tasks; nothing it starts fails silently."""
 
@@ -82,7 +106,7 @@ class Supervisor:
         fatal: bool,
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
-        delay = start_s
+        backoff = Backoff(start_s, max_s)
         while True:
             began = time.monotonic()
             try:
@@ -97,17 +121,16 @@ class Supervisor:
                     exc=exc,
                     owner=self.name,
                     loop=name,
-                    restart_in_s=None if fatal else delay,
+                    restart_in_s=None if fatal else "backoff",
                 )
                 if fatal:
                     if not self.fatal.done():
                         self.fatal.set_result(exc)
                     return
             if time.monotonic() - began >= _HEALTHY_RUN_S:
-                delay = start_s
+                backoff.reset()
             self.restarts[name] = self.restarts.get(name, 0) + 1
-            await sleep(delay)
-            delay = min(delay * 2, max_s)
+            await sleep(backoff.next())
 
     async def close(self) -> None:
         """Cancels every task and waits for them to end."""

@@ -23,6 +23,7 @@ from cgn_common.ids import new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
 from cgn_common.rpc import error_from_status
+from cgn_common.streams import StreamWriter, read_hello
 from cgn_common.types import AccountKind, Tier, WorkGrade
 from cgn_node.central_client import AccountInfo, MinerInfo
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as pb
@@ -54,12 +55,11 @@ class _Link:
         self.context = context
         self.replica = replica
         self.link_id = new_id("clink")
-        self.lock = asyncio.Lock()
+        self.writer = StreamWriter(context.write)
         self.pending: dict[str, asyncio.Future[pb.Answer]] = {}
 
     async def send(self, message: pb.ConnectResponse) -> None:
-        async with self.lock:
-            await self.context.write(message)
+        await self.writer.send(message)
 
 
 class CentralLink(pb_grpc.CentralLinkServiceServicer):
@@ -95,11 +95,9 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         identity = current_caller().identity
         # The interceptor admitted only a Central certificate; in the development plaintext
         # mode there is none and the replica is known by what it says.
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected CentralHello first")
-        replica = identity.name if identity is not None else first.hello.replica_id
-        if identity is not None and first.hello.replica_id not in ("", identity.name):
+        hello = await read_hello(context, "hello", "CentralHello")
+        replica = identity.name if identity is not None else hello.replica_id
+        if identity is not None and hello.replica_id not in ("", identity.name):
             raise PermissionDeniedError("replica_id does not match the certificate")
         link = _Link(context, replica)
         await link.send(pb.ConnectResponse(hello=pb.NodeHello(node_id=self._node_id)))

@@ -25,7 +25,7 @@ import grpc
 from cgn_common.errors import CgnError, DeadlineExceededError, DServiceFailedError
 from cgn_common.ids import new_id
 from cgn_common.logs import log_event
-from cgn_common.streams import StreamWriter
+from cgn_common.streams import StreamWriter, read_hello
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import assignment, result_from_parts
@@ -259,10 +259,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         """Serves one miner's stream until it ends or the miner is dropped."""
-        first = await context.read()
-        if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected MinerHello first")
-        hello = first.hello
+        hello = await read_hello(context, "hello", "MinerHello")
         info = await self._central.verify_miner(hello.miner_id, hello.api_key)
         tier = info.account.tier
         if tier is None:

@@ -42,6 +42,7 @@ class LinkSession:
         self._runtime = runtime
         self._fitness = fitness
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._request_ids: dict[str, str] = {}
         self._writer: StreamWriter | None = None
         self.welcome: pb.Welcome | None = None
         self.completed = 0
@@ -149,6 +150,7 @@ class LinkSession:
     async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
         """Runs one unit; every outcome but a cancel from the node is answered."""
         work_id = assignment.work_id
+        self._request_ids[work_id] = assignment.request_id
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
         timeout_s = assignment.timeout.ToMilliseconds() / 1000 or None
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, work_id, lease_s))
@@ -162,11 +164,19 @@ class LinkSession:
             await self._fail(call, nonce, work_id, exc)
             return
         except Exception as exc:  # the unit must be answered whatever went wrong
-            log_event(_log, "work_crashed", logging.ERROR, exc=exc, work_id=work_id)
+            log_event(
+                _log,
+                "work_crashed",
+                logging.ERROR,
+                exc=exc,
+                work_id=work_id,
+                request_id=assignment.request_id,
+            )
             await self._fail(call, nonce, work_id, DServiceFailedError("the miner failed"))
             return
         finally:
             heartbeat.cancel()
+            self._request_ids.pop(work_id, None)
         if len(answer.body) > MAX_RESPONSE_BYTES:
             too_big = DServiceFailedError(
                 f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
@@ -186,7 +196,14 @@ class LinkSession:
 
     async def _fail(self, call: Any, nonce: str, work_id: str, error: CgnError) -> None:
         self.failed += 1
-        log_event(_log, "work_failed", logging.WARNING, work_id=work_id, error=error.message)
+        log_event(
+            _log,
+            "work_failed",
+            logging.WARNING,
+            work_id=work_id,
+            request_id=self._request_ids.get(work_id, ""),
+            error=error.message,
+        )
         failure = pb.WorkFailure(work_id=work_id, status=status_proto(error))
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
 

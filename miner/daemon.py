@@ -14,6 +14,7 @@ from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
 from cgn_common.rpc import open_channel
 from cgn_common.signals import wait_for_stop
+from cgn_common.tasks import Backoff
 from cgn_common.tls import TlsConfig, warn_if_plaintext
 from miner._link import LinkSession
 from miner.config import MinerConfig
@@ -49,7 +50,7 @@ class MinerDaemon:
         """Connects and serves forever, reconnecting after failures."""
         fitness = await asyncio.to_thread(run_fitness_test)
         log_event(_log, "fitness_tested", cpu_kmips=fitness.cpu_kmips, threads=fitness.cpu_threads)
-        delay = 0.1
+        backoff = Backoff(0.1, float(self.config.reconnect_max_s))
         while True:
             session = LinkSession(self.config, self.runtime, fitness)
             try:
@@ -62,17 +63,15 @@ class MinerDaemon:
                     logging.WARNING,
                     code=exc.code().name,
                     error=exc.details(),
-                    retry_in_s=delay,
                 )
                 if exc.code() in (
                     grpc.StatusCode.UNAUTHENTICATED,
                     grpc.StatusCode.PERMISSION_DENIED,
                 ):
-                    delay = float(self.config.reconnect_max_s)
+                    backoff.longest()  # retrying soon will not fix credentials
             if session.welcome is not None:
-                delay = 0.1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, float(self.config.reconnect_max_s))
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
 
 
 async def serve(config: MinerConfig, ready_file: Path | None = None) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+import psutil
 from yarl import URL
 
 from cgn_common.errors import FailedPreconditionError, UnavailableError
@@ -46,7 +47,6 @@ def dservice_environment(name: str, environ: dict[str, str], listen: str) -> dic
 
 
 _START_TIMEOUT_S = 15.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,12 @@ def _free_port() -> int:
 
 
 def _cpu_time_us(pid: int) -> int:
+    """User + system CPU time of ``pid`` so far (the kernel counts in ticks of 10 ms)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1_000_000 // _CLOCK_TICKS
-    except (OSError, IndexError, ValueError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0
+    return int((times.user + times.system) * 1_000_000)
 
 
 def _peak_memory_bytes(pid: int) -> int:
