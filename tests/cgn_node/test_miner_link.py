@@ -116,6 +116,11 @@ async def _connect(cluster: Cluster, behaviour: str) -> tuple[ScriptedMiner, asy
         miner.run(cluster.endpoints["miner_link"], cluster.pki, created.api_key)
     )
     await asyncio.wait_for(miner.welcomed.wait(), 10)
+    # The node puts a miner in the pool right after writing its Welcome.
+    await until(
+        lambda: miner.miner_id in {m.miner_id for m in cluster.node.broker.miners()},
+        "the miner to join the pool",
+    )
     return miner, task
 
 
