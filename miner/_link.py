@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -139,12 +140,15 @@ class LinkSession:
         return None
 
     async def _heartbeat(self, call: Any, nonce: str, work_id: str, lease_s: float) -> None:
-        """Renews the unit's lease while it runs: a WorkProgress every third of a lease."""
+        """Renews the unit's lease while it runs: a WorkProgress every third of a lease, with
+        the wall time used so far (CPU is known only at the end: it is read per process)."""
+        started = time.monotonic()
         while True:
             await asyncio.sleep(lease_s / 3)
+            progress = pb.WorkProgress(work_id=work_id)
+            progress.usage_so_far.wall_time_us = int((time.monotonic() - started) * 1_000_000)
             await self._send_quietly(
-                call,
-                pb.ConnectRequest(response_nonce=nonce, progress=pb.WorkProgress(work_id=work_id)),
+                call, pb.ConnectRequest(response_nonce=nonce, progress=progress)
             )
 
     async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:

@@ -32,7 +32,7 @@ class ScriptedMiner:
     """A miner that does what its ``behaviour`` says with each assignment."""
 
     miner_id: str
-    behaviour: str  # "answer", "silent", "heartbeat", "fail", "wrong-nonce"
+    behaviour: str  # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce"
     assignments: list[pb.WorkAssignment] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     ended: str = ""
@@ -85,6 +85,18 @@ class ScriptedMiner:
                 completion=pb.WorkCompletion(work_id=work_id),
             )
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=response))
+        elif self.behaviour == "chunks":
+            head = http_pb2.HttpResponseHead(status_code=201)
+            first = pb.WorkResponse(work_id=work_id, head=head, body=b"one,", body_complete=False)
+            await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=first))
+            for part in (b"two,", b"three"):
+                chunk = pb.ConnectRequest(response_nonce=message.nonce)
+                chunk.response_body.work_id = work_id
+                chunk.response_body.data = part
+                await call.write(chunk)
+            done = pb.WorkCompletion(work_id=work_id)
+            done.usage.wall_time_us = 1234
+            await call.write(pb.ConnectRequest(response_nonce=message.nonce, completion=done))
         elif self.behaviour == "fail":
             failure = pb.WorkFailure(work_id=work_id)
             failure.status.code = 14
@@ -188,3 +200,13 @@ async def test_an_ack_with_the_wrong_nonce_is_no_ack(cluster: Cluster) -> None:
     await until(lambda: confused.ended == "ABORTED", "the confused miner to be dropped")
     good_task.cancel()
     confused_task.cancel()
+
+
+async def test_a_chunked_answer_is_reassembled_in_order(cluster: Cluster) -> None:
+    chunky, task = await _connect(cluster, "chunks")
+    outcome = await cluster.node.broker.submit(_unit("w5"))
+    assert outcome.result.status == 201
+    assert outcome.result.body == b"one,two,three"
+    assert outcome.result.usage.wall_time_us == 1234
+    assert outcome.miner_id == chunky.miner_id
+    task.cancel()
