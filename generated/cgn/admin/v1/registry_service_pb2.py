@@ -27,7 +27,7 @@ from generated.cgn.common.v1 import dservice_pb2 as cgn_dot_common_dot_v1_dot_ds
 from generated.cgn.common.v1 import types_pb2 as cgn_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cgn/admin/v1/registry_service.proto\x12\x0c\x63gn.admin.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x19\x63gn/common/v1/types.proto\"\xc3\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x65ntral_link_address\x18\x02 \x01(\t\x12\x14\n\x0cwork_address\x18\x03 \x01(\t\x12\x1a\n\x12miner_link_address\x18\x04 \x01(\t\x12\x16\n\x0estatus_address\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.cgn.common.v1.GeoLocation\x12\x0e\n\x06linked\x18\x07 \x01(\x08\"=\n\x13RegisterNodeRequest\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x18.cgn.admin.v1.NodeRecord\">\n\x14RegisterNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x18.cgn.admin.v1.NodeRecord\"\x12\n\x10ListNodesRequest\"<\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.cgn.admin.v1.NodeRecord\"(\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\")\n\x16\x44\x65registerNodeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"P\n\x17RegisterDServiceRequest\x12\x35\n\ndescriptor\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"Q\n\x18RegisterDServiceResponse\x12\x35\n\ndescriptor\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"\x16\n\x14ListDServicesRequest\"O\n\x15ListDServicesResponse\x12\x36\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"f\n\x16SetFeeAgreementRequest\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"g\n\x17SetFeeAgreementResponse\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"Z\n\x1c\x41\x64\x64TrustedMeasurementRequest\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\".\n\x1d\x41\x64\x64TrustedMeasurementResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\x32\xa2\x05\n\x0fRegistryService\x12U\n\x0cRegisterNode\x12!.cgn.admin.v1.RegisterNodeRequest\x1a\".cgn.admin.v1.RegisterNodeResponse\x12L\n\tListNodes\x12\x1e.cgn.admin.v1.ListNodesRequest\x1a\x1f.cgn.admin.v1.ListNodesResponse\x12[\n\x0e\x44\x65registerNode\x12#.cgn.admin.v1.DeregisterNodeRequest\x1a$.cgn.admin.v1.DeregisterNodeResponse\x12\x61\n\x10RegisterDService\x12%.cgn.admin.v1.RegisterDServiceRequest\x1a&.cgn.admin.v1.RegisterDServiceResponse\x12X\n\rListDServices\x12\".cgn.admin.v1.ListDServicesRequest\x1a#.cgn.admin.v1.ListDServicesResponse\x12^\n\x0fSetFeeAgreement\x12$.cgn.admin.v1.SetFeeAgreementRequest\x1a%.cgn.admin.v1.SetFeeAgreementResponse\x12p\n\x15\x41\x64\x64TrustedMeasurement\x12*.cgn.admin.v1.AddTrustedMeasurementRequest\x1a+.cgn.admin.v1.AddTrustedMeasurementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cgn/admin/v1/registry_service.proto\x12\x0c\x63gn.admin.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x19\x63gn/common/v1/types.proto\"\xc3\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x65ntral_link_address\x18\x02 \x01(\t\x12\x14\n\x0cwork_address\x18\x03 \x01(\t\x12\x1a\n\x12miner_link_address\x18\x04 \x01(\t\x12\x16\n\x0estatus_address\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.cgn.common.v1.GeoLocation\x12\x0e\n\x06linked\x18\x07 \x01(\x08\"=\n\x13RegisterNodeRequest\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x18.cgn.admin.v1.NodeRecord\">\n\x14RegisterNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x18.cgn.admin.v1.NodeRecord\"\x12\n\x10ListNodesRequest\"<\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.cgn.admin.v1.NodeRecord\"(\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\")\n\x16\x44\x65registerNodeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"N\n\x17RegisterDServiceRequest\x12\x33\n\x08\x64service\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"O\n\x18RegisterDServiceResponse\x12\x33\n\x08\x64service\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"\x16\n\x14ListDServicesRequest\"M\n\x15ListDServicesResponse\x12\x34\n\tdservices\x18\x01 \x03(\x0b\x32!.cgn.common.v1.DServiceDescriptor\"f\n\x16SetFeeAgreementRequest\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"g\n\x17SetFeeAgreementResponse\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"Z\n\x1c\x41\x64\x64TrustedMeasurementRequest\x12\x10\n\x08\x61ttestor\x18\x01 \x01(\t\x12\x13\n\x0bmeasurement\x18\x02 \x01(\x0c\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\".\n\x1d\x41\x64\x64TrustedMeasurementResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\x32\xa2\x05\n\x0fRegistryService\x12U\n\x0cRegisterNode\x12!.cgn.admin.v1.RegisterNodeRequest\x1a\".cgn.admin.v1.RegisterNodeResponse\x12L\n\tListNodes\x12\x1e.cgn.admin.v1.ListNodesRequest\x1a\x1f.cgn.admin.v1.ListNodesResponse\x12[\n\x0e\x44\x65registerNode\x12#.cgn.admin.v1.DeregisterNodeRequest\x1a$.cgn.admin.v1.DeregisterNodeResponse\x12\x61\n\x10RegisterDService\x12%.cgn.admin.v1.RegisterDServiceRequest\x1a&.cgn.admin.v1.RegisterDServiceResponse\x12X\n\rListDServices\x12\".cgn.admin.v1.ListDServicesRequest\x1a#.cgn.admin.v1.ListDServicesResponse\x12^\n\x0fSetFeeAgreement\x12$.cgn.admin.v1.SetFeeAgreementRequest\x1a%.cgn.admin.v1.SetFeeAgreementResponse\x12p\n\x15\x41\x64\x64TrustedMeasurement\x12*.cgn.admin.v1.AddTrustedMeasurementRequest\x1a+.cgn.admin.v1.AddTrustedMeasurementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEREGISTERNODERESPONSE']._serialized_start=559
   _globals['_DEREGISTERNODERESPONSE']._serialized_end=600
   _globals['_REGISTERDSERVICEREQUEST']._serialized_start=602
-  _globals['_REGISTERDSERVICEREQUEST']._serialized_end=682
-  _globals['_REGISTERDSERVICERESPONSE']._serialized_start=684
-  _globals['_REGISTERDSERVICERESPONSE']._serialized_end=765
-  _globals['_LISTDSERVICESREQUEST']._serialized_start=767
-  _globals['_LISTDSERVICESREQUEST']._serialized_end=789
-  _globals['_LISTDSERVICESRESPONSE']._serialized_start=791
-  _globals['_LISTDSERVICESRESPONSE']._serialized_end=870
-  _globals['_SETFEEAGREEMENTREQUEST']._serialized_start=872
-  _globals['_SETFEEAGREEMENTREQUEST']._serialized_end=974
-  _globals['_SETFEEAGREEMENTRESPONSE']._serialized_start=976
-  _globals['_SETFEEAGREEMENTRESPONSE']._serialized_end=1079
-  _globals['_ADDTRUSTEDMEASUREMENTREQUEST']._serialized_start=1081
-  _globals['_ADDTRUSTEDMEASUREMENTREQUEST']._serialized_end=1171
-  _globals['_ADDTRUSTEDMEASUREMENTRESPONSE']._serialized_start=1173
-  _globals['_ADDTRUSTEDMEASUREMENTRESPONSE']._serialized_end=1219
-  _globals['_REGISTRYSERVICE']._serialized_start=1222
-  _globals['_REGISTRYSERVICE']._serialized_end=1896
+  _globals['_REGISTERDSERVICEREQUEST']._serialized_end=680
+  _globals['_REGISTERDSERVICERESPONSE']._serialized_start=682
+  _globals['_REGISTERDSERVICERESPONSE']._serialized_end=761
+  _globals['_LISTDSERVICESREQUEST']._serialized_start=763
+  _globals['_LISTDSERVICESREQUEST']._serialized_end=785
+  _globals['_LISTDSERVICESRESPONSE']._serialized_start=787
+  _globals['_LISTDSERVICESRESPONSE']._serialized_end=864
+  _globals['_SETFEEAGREEMENTREQUEST']._serialized_start=866
+  _globals['_SETFEEAGREEMENTREQUEST']._serialized_end=968
+  _globals['_SETFEEAGREEMENTRESPONSE']._serialized_start=970
+  _globals['_SETFEEAGREEMENTRESPONSE']._serialized_end=1073
+  _globals['_ADDTRUSTEDMEASUREMENTREQUEST']._serialized_start=1075
+  _globals['_ADDTRUSTEDMEASUREMENTREQUEST']._serialized_end=1165
+  _globals['_ADDTRUSTEDMEASUREMENTRESPONSE']._serialized_start=1167
+  _globals['_ADDTRUSTEDMEASUREMENTRESPONSE']._serialized_end=1213
+  _globals['_REGISTRYSERVICE']._serialized_start=1216
+  _globals['_REGISTRYSERVICE']._serialized_end=1890
 # @@protoc_insertion_point(module_scope)

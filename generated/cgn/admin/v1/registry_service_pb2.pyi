@@ -208,19 +208,21 @@ class RegisterDServiceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DESCRIPTOR_FIELD_NUMBER: _builtins.int
+    DSERVICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def descriptor(self) -> _dservice_pb2.DServiceDescriptor:
-        """The descriptor; its signature must verify against the signing authority's key."""
+    def dservice(self) -> _dservice_pb2.DServiceDescriptor:
+        """The DService's descriptor; its signature must verify against the signing authority's
+        key. (Not called `descriptor`: that clashes with generated code in Java and C++.)
+        """
 
     def __init__(
         self,
         *,
-        descriptor: _dservice_pb2.DServiceDescriptor | None = ...,
+        dservice: _dservice_pb2.DServiceDescriptor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -232,19 +234,19 @@ class RegisterDServiceResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DESCRIPTOR_FIELD_NUMBER: _builtins.int
+    DSERVICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def descriptor(self) -> _dservice_pb2.DServiceDescriptor:
-        """The descriptor as stored."""
+    def dservice(self) -> _dservice_pb2.DServiceDescriptor:
+        """The DService's descriptor as stored."""
 
     def __init__(
         self,
         *,
-        descriptor: _dservice_pb2.DServiceDescriptor | None = ...,
+        dservice: _dservice_pb2.DServiceDescriptor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,19 +275,19 @@ class ListDServicesResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DESCRIPTORS_FIELD_NUMBER: _builtins.int
+    DSERVICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def descriptors(self) -> _containers.RepeatedCompositeFieldContainer[_dservice_pb2.DServiceDescriptor]:
-        """The descriptors."""
+    def dservices(self) -> _containers.RepeatedCompositeFieldContainer[_dservice_pb2.DServiceDescriptor]:
+        """The DServices' descriptors."""
 
     def __init__(
         self,
         *,
-        descriptors: _abc.Iterable[_dservice_pb2.DServiceDescriptor] | None = ...,
+        dservices: _abc.Iterable[_dservice_pb2.DServiceDescriptor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descriptors", b"descriptors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservices", b"dservices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

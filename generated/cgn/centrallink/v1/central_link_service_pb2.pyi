@@ -458,7 +458,7 @@ class DServiceInfo(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DESCRIPTOR_FIELD_NUMBER: _builtins.int
+    DSERVICE_FIELD_NUMBER: _builtins.int
     CONTRIBUTOR_SHARE_PPM_FIELD_NUMBER: _builtins.int
     DEVELOPER_SHARE_PPM_FIELD_NUMBER: _builtins.int
     contributor_share_ppm: _builtins.int
@@ -466,19 +466,19 @@ class DServiceInfo(_message.Message):
     developer_share_ppm: _builtins.int
     """Developer share D in parts per million (C + D < 1000000)."""
     @_builtins.property
-    def descriptor(self) -> _dservice_pb2.DServiceDescriptor:
-        """The descriptor."""
+    def dservice(self) -> _dservice_pb2.DServiceDescriptor:
+        """The DService's descriptor."""
 
     def __init__(
         self,
         *,
-        descriptor: _dservice_pb2.DServiceDescriptor | None = ...,
+        dservice: _dservice_pb2.DServiceDescriptor | None = ...,
         contributor_share_ppm: _builtins.int = ...,
         developer_share_ppm: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor_share_ppm", b"contributor_share_ppm", "descriptor", b"descriptor", "developer_share_ppm", b"developer_share_ppm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor_share_ppm", b"contributor_share_ppm", "developer_share_ppm", b"developer_share_ppm", "dservice", b"dservice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

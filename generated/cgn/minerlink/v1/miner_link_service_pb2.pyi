@@ -887,23 +887,23 @@ class DServiceUpdate(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DESCRIPTOR_FIELD_NUMBER: _builtins.int
+    DSERVICE_FIELD_NUMBER: _builtins.int
     PACKAGE_URL_FIELD_NUMBER: _builtins.int
     package_url: _builtins.str
     """Where to fetch the package from."""
     @_builtins.property
-    def descriptor(self) -> _dservice_pb2.DServiceDescriptor:
-        """The descriptor, including digest and signature."""
+    def dservice(self) -> _dservice_pb2.DServiceDescriptor:
+        """The DService's descriptor, including digest and signature."""
 
     def __init__(
         self,
         *,
-        descriptor: _dservice_pb2.DServiceDescriptor | None = ...,
+        dservice: _dservice_pb2.DServiceDescriptor | None = ...,
         package_url: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["descriptor", b"descriptor", "package_url", b"package_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice", "package_url", b"package_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
