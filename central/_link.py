@@ -34,7 +34,7 @@ def account_info(account: Account) -> pb.AccountInfo:
         kind=int(account.kind),  # type: ignore[arg-type]
         allowed_tiers=[int(t) for t in account.allowed_tiers],  # type: ignore[misc]
         pseudonym=account.pseudonym,
-        tier=int(account.tier or 0),  # type: ignore[arg-type]
+        tier=int(account.tier) if account.tier else None,  # type: ignore[arg-type]
         banned=account.banned,
     )
 

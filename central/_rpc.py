@@ -28,7 +28,7 @@ def _account_proto(account: Account) -> acct_pb.Account:
         kind=int(account.kind),  # type: ignore[arg-type]
         display_name=account.display_name,
         allowed_tiers=[int(t) for t in account.allowed_tiers],  # type: ignore[misc]
-        tier=int(account.tier or 0),  # type: ignore[arg-type]
+        tier=int(account.tier) if account.tier else None,  # type: ignore[arg-type]
         parent_account_id=account.parent_account_id,
         pseudonym=account.pseudonym,
         verifier_count=account.verifier_count,
@@ -53,7 +53,7 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
         try:
             kind = AccountKind(request.kind)
             tiers = [Tier(t) for t in request.allowed_tiers]
-            tier = Tier(request.tier) if request.tier else None
+            tier = Tier(request.tier) if request.HasField("tier") else None
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from exc
         created = await self._accounts.create(
@@ -79,7 +79,11 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
     async def ListAccounts(  # noqa: N802
         self, request: acct_pb.ListAccountsRequest, context: Context
     ) -> acct_pb.ListAccountsResponse:
-        kind = AccountKind(request.kind) if request.kind else None
+        kind = None
+        if request.HasField("kind"):
+            if request.kind == types_pb2.ACCOUNT_KIND_UNSPECIFIED:
+                raise InvalidArgumentError("kind: omit it for every kind; UNSPECIFIED is rejected")
+            kind = AccountKind(request.kind)
         accounts = await self._accounts.list(kind)
         return acct_pb.ListAccountsResponse(accounts=[_account_proto(a) for a in accounts])
 

@@ -9,5 +9,7 @@ BAD_CREDENTIALS = "invalid account id or API key"
 class BadCredentialsError(UnauthenticatedError):
     """The account id or its key did not verify."""
 
+    reason = "BAD_CREDENTIALS"
+
     def __init__(self) -> None:
         super().__init__(BAD_CREDENTIALS)

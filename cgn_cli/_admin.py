@@ -37,7 +37,7 @@ class AdminClient:
             acct_pb.CreateAccountRequest(
                 kind=int(kind),  # type: ignore[arg-type]
                 display_name=display_name,
-                tier=int(tier or 0),  # type: ignore[arg-type]
+                tier=int(tier) if tier else None,  # type: ignore[arg-type]
                 allowed_tiers=[int(t) for t in allowed_tiers],  # type: ignore[misc]
                 parent_account_id=parent_account_id,
             ),

@@ -12,15 +12,28 @@ class CgnError(Exception):
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    #: A machine-readable cause, sent as ``google.rpc.ErrorInfo.reason`` in the status details
-    #: so that e.g. the gateway can tell a per-account limit (429) from node overload (503).
+    #: A stable machine-readable cause, sent as ``google.rpc.ErrorInfo.reason`` in the status
+    #: details (docs/errors.md lists them), so that e.g. the gateway can tell a per-account
+    #: limit (429) from node overload (503). Empty: the code's name.
     reason: str = ""
+    #: When retrying may succeed, after how long: sent as ``google.rpc.RetryInfo``, and what
+    #: the gateway's ``Retry-After`` is made from. None: do not retry as it is.
+    retry_after_s: float | None = None
 
-    def __init__(self, message: str, *, reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, reason: str = "", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason:
             self.reason = reason
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+    @property
+    def stable_reason(self) -> str:
+        """The ErrorInfo reason: the specific one, else the status code's name."""
+        return self.reason or self.code.name
 
 
 class InvalidArgumentError(CgnError, ValueError):
@@ -63,6 +76,7 @@ class ResourceExhaustedError(CgnError):
     """Over a limit: a queue past its danger threshold, a body too large."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after_s = 1.0
 
 
 class AccountLimitError(ResourceExhaustedError):
@@ -82,6 +96,7 @@ class UnavailableError(CgnError, ConnectionError):
     """A dependency cannot be reached now; retrying later may work."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    retry_after_s = 1.0
 
 
 class DeadlineExceededError(CgnError, TimeoutError):

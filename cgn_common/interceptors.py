@@ -142,11 +142,16 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
                 server=self._server,
                 method=method_name,
             )
-            raise PermissionDeniedError(f"{method_name} is not open to any caller")
+            raise PermissionDeniedError(
+                f"{method_name} is not open to any caller", reason="NO_AUTHORIZATION_RULE"
+            )
         identity = peer_identity(context)
         if rule.roles and not (identity is None and self._trust_plaintext):
             if identity is None:
-                raise UnauthenticatedError("a client certificate of the operator CA is required")
+                raise UnauthenticatedError(
+                    "a client certificate of the operator CA is required",
+                    reason="CLIENT_CERTIFICATE_REQUIRED",
+                )
             if identity.role not in rule.roles:
                 log_event(
                     _log,
@@ -157,7 +162,8 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
                     peer=str(identity),
                 )
                 raise PermissionDeniedError(
-                    f"a {identity.role.value} certificate may not call this"
+                    f"a {identity.role.value} certificate may not call this",
+                    reason="ROLE_NOT_ALLOWED",
                 )
         session = None
         if rule.session:

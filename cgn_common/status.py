@@ -18,11 +18,17 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def status_proto(error: CgnError) -> status_pb2.Status:
-    """The google.rpc.Status that carries ``error`` (its reason as ErrorInfo)."""
+    """The google.rpc.Status that carries ``error``: always an ErrorInfo with its stable
+    reason, and a RetryInfo when retrying later may succeed."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    if error.reason:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.stable_reason, domain=ERROR_DOMAIN))
+    status.details.append(info)
+    if error.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
         detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+        detail.Pack(retry)
         status.details.append(detail)
     return status
 
@@ -36,18 +42,33 @@ def reason_of(status: status_pb2.Status | None) -> str:
     return ""
 
 
+def retry_after_of(status: status_pb2.Status | None) -> float | None:
+    """The RetryInfo delay in ``status``'s details, in seconds, or None."""
+    for detail in status.details if status is not None else ():
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return float(retry.retry_delay.ToMilliseconds()) / 1000
+    return None
+
+
 def error_from_status(status: status_pb2.Status) -> CgnError:
     """The CgnError a google.rpc.Status stands for."""
     code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
     return error_for_code(code, status.message, reason_of(status))
 
 
+def rpc_details(exc: grpc.aio.AioRpcError) -> tuple[str, float | None]:
+    """The CGN reason ('' if none) and the retry delay (None if none) a failed call carries."""
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # a status detail inconsistent with the call's code or message
+        return "", None
+    return reason_of(status), retry_after_of(status)
+
+
 def rpc_reason(exc: grpc.aio.AioRpcError) -> str:
     """The CGN reason a failed call carries, or ''."""
-    try:
-        return reason_of(rpc_status.from_call(exc))
-    except ValueError:  # a status detail inconsistent with the call's code or message
-        return ""
+    return rpc_details(exc)[0]
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> CgnError:

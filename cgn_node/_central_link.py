@@ -41,7 +41,7 @@ def _account(info: pb.AccountInfo) -> AccountInfo:
         kind=AccountKind(info.kind),
         allowed_tiers=tuple(Tier(t) for t in info.allowed_tiers),
         pseudonym=info.pseudonym,
-        tier=Tier(info.tier) if info.tier else None,
+        tier=Tier(info.tier) if info.HasField("tier") else None,
         banned=info.banned,
     )
 
@@ -98,7 +98,9 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         hello = await read_hello(context, "hello", "CentralHello")
         replica = identity.name if identity is not None else hello.replica_id
         if identity is not None and hello.replica_id not in ("", identity.name):
-            raise PermissionDeniedError("replica_id does not match the certificate")
+            raise PermissionDeniedError(
+                "replica_id does not match the certificate", reason="IDENTITY_MISMATCH"
+            )
         link = _Link(context, replica)
         await link.send(pb.ConnectResponse(hello=pb.NodeHello(node_id=self._node_id)))
         async with self._changed:
@@ -141,7 +143,9 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
                     max(0.0, deadline - time.monotonic()),
                 )
             except TimeoutError:
-                raise UnavailableError("central service unreachable") from None
+                raise UnavailableError(
+                    "central service unreachable", reason="CENTRAL_UNAVAILABLE"
+                ) from None
             return min(usable(), key=lambda link: len(link.pending))
 
     async def _ask(self, question: pb.Question) -> pb.Answer:
@@ -158,7 +162,9 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
                 await link.send(pb.ConnectResponse(question=question))
                 answer = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise UnavailableError("central service did not answer in time") from None
+                raise UnavailableError(
+                    "central service did not answer in time", reason="CENTRAL_UNAVAILABLE"
+                ) from None
             except (_LinkLostError, grpc.aio.AioRpcError, RuntimeError):
                 log_event(_log, "central_question_moved", logging.WARNING, replica=link.replica)
                 continue  # ask another replica

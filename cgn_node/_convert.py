@@ -27,8 +27,8 @@ def request_from_call(call: work_pb.CallRequest) -> HttpRequest:
 def usage_from_proto(usage: resources_pb2.ResourceUsage) -> Usage:
     """Usage from its proto."""
     return Usage(
-        cpu_time_us=usage.cpu_time_us,
-        wall_time_us=usage.wall_time_us,
+        cpu_time_us=usage.cpu_time.ToMicroseconds(),
+        wall_time_us=usage.wall_time.ToMicroseconds(),
         bytes_in=usage.bytes_in,
         bytes_out=usage.bytes_out,
         peak_memory_bytes=usage.peak_memory_bytes,
@@ -37,13 +37,14 @@ def usage_from_proto(usage: resources_pb2.ResourceUsage) -> Usage:
 
 def usage_to_proto(usage: Usage) -> resources_pb2.ResourceUsage:
     """The proto of ``usage``."""
-    return resources_pb2.ResourceUsage(
-        cpu_time_us=usage.cpu_time_us,
-        wall_time_us=usage.wall_time_us,
+    message = resources_pb2.ResourceUsage(
         bytes_in=usage.bytes_in,
         bytes_out=usage.bytes_out,
         peak_memory_bytes=usage.peak_memory_bytes,
     )
+    message.cpu_time.FromMicroseconds(usage.cpu_time_us)
+    message.wall_time.FromMicroseconds(usage.wall_time_us)
+    return message
 
 
 def assignment(unit: WorkUnit, *, timeout_s: float, lease_s: float) -> link_pb.WorkAssignment:

@@ -201,9 +201,11 @@ class Broker:
     async def submit(self, unit: WorkUnit) -> Outcome:
         """Runs ``unit`` to completion on some miner, re-dispatching after miner failures."""
         if unit.dservice not in self.known_dservices():
-            raise NotFoundError(f"unknown DService {unit.dservice!r}")
+            raise NotFoundError(f"unknown DService {unit.dservice!r}", reason="UNKNOWN_DSERVICE")
         if self._waiting[unit.dservice] >= self._danger:
-            raise ResourceExhaustedError(f"node overloaded for DService {unit.dservice!r}")
+            raise ResourceExhaustedError(
+                f"node overloaded for DService {unit.dservice!r}", reason="QUEUE_FULL"
+            )
         if self._account_load[unit.account_id] >= self._account_limit:
             raise AccountLimitError(
                 f"account has {self._account_limit} requests in flight; retry later"

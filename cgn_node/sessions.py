@@ -37,6 +37,15 @@ class SessionClaims:
     issued_at_ms: int = 0
 
 
+class SessionInvalidError(UnauthenticatedError):
+    """A session token that is malformed, forged, expired or revoked (one message for all)."""
+
+    reason = "SESSION_INVALID"
+
+    def __init__(self) -> None:
+        super().__init__(_INVALID)
+
+
 class SessionIssuer:
     """Issues and verifies session tokens with an HMAC key shared by the node's processes."""
 
@@ -81,7 +90,7 @@ class SessionIssuer:
         """Returns the token's claims, or raises UnauthenticatedError."""
         body, _, signature = token.partition(".")
         if not body or not signature or not hmac.compare_digest(signature, self._sign(body)):
-            raise UnauthenticatedError(_INVALID)
+            raise SessionInvalidError()
         try:
             data = json.loads(_unb64(body))
             claims = SessionClaims(
@@ -92,12 +101,12 @@ class SessionIssuer:
                 issued_at_ms=int(data.get("i", 0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise UnauthenticatedError(_INVALID) from exc
+            raise SessionInvalidError() from exc
         now = time.time()
         if claims.expires_at <= now or claims.session_id in self._revoked:
-            raise UnauthenticatedError(_INVALID)
+            raise SessionInvalidError()
         if claims.issued_at_ms < self._not_before_ms.get(claims.account_id, 0):
-            raise UnauthenticatedError(_INVALID)
+            raise SessionInvalidError()
         return claims
 
     def accounts_with_sessions(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -20,7 +21,7 @@ from multidict import CIMultiDict
 from cgn_common.http import HOP_BY_HOP
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
-from cgn_common.status import rpc_reason
+from cgn_common.status import rpc_details
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, error_response
@@ -69,6 +70,7 @@ def _too_large(limit: int) -> web.Response:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         f"request body exceeds {limit} bytes",
         http_status=413,
+        reason="BODY_TOO_LARGE",
     )
 
 
@@ -81,11 +83,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except grpc.aio.AioRpcError as exc:
         if exc.code() is grpc.StatusCode.INTERNAL:
             log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
+        reason, retry_after = rpc_details(exc)
         return error_response(
             exc.code(),
             exc.details() or exc.code().name,
-            retry_after_s=config.retry_after_s,
-            reason=rpc_reason(exc),
+            retry_after_s=max(1, math.ceil(retry_after)) if retry_after else config.retry_after_s,
+            reason=reason,
             request_id=request.get(_REQUEST_ID, ""),
         )
     except web.HTTPException as exc:
@@ -110,7 +113,9 @@ async def create_session(request: web.Request) -> web.Response:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return error_response(grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON")
+        return error_response(
+            grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON", reason="BAD_JSON"
+        )
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("account_id"), str)
@@ -153,7 +158,10 @@ async def call_dservice(request: web.Request) -> web.Response:
     authorization = request.headers.get("Authorization", "")
     if not authorization.startswith("Bearer ") or not authorization[7:].strip():
         return error_response(
-            grpc.StatusCode.UNAUTHENTICATED, "a session token is required (Authorization: Bearer)"
+            grpc.StatusCode.UNAUTHENTICATED,
+            "a session token is required (Authorization: Bearer)",
+            reason="SESSION_MISSING",
+            request_id=request_id,
         )
     name = request.match_info["name"]
     raw_path = request.raw_path.split("?", 1)[0]
@@ -196,7 +204,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    return error_response(grpc.StatusCode.NOT_FOUND, f"no route for {request.path}")
+    return error_response(
+        grpc.StatusCode.NOT_FOUND, f"no route for {request.path}", reason="NO_ROUTE"
+    )
 
 
 def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:

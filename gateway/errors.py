@@ -54,7 +54,8 @@ def error_response(
     reason: str = "",
     request_id: str = "",
 ) -> web.Response:
-    """The JSON error answer for ``code`` (and ``reason``, when the node gave one)."""
+    """The JSON error answer for ``code``; ``reason`` is the stable cause (the node's, or the
+    gateway's own), the code's name when none is given (docs/errors.md)."""
     status = http_status or HTTP_STATUS_BY_REASON.get(reason) or HTTP_STATUS.get(code, 500)
     headers = {CGN_ERROR_HEADER: "1", "Server": SERVER_NAME}
     if request_id:
@@ -64,6 +65,5 @@ def error_response(
     if status in (429, 503):
         headers["Retry-After"] = str(retry_after_s)
     error: dict[str, str] = {"code": code.name, "message": message}
-    if reason:
-        error["reason"] = reason
+    error["reason"] = reason or code.name
     return web.json_response({"error": error}, status=status, headers=headers)

@@ -146,7 +146,9 @@ class LinkSession:
         while True:
             await asyncio.sleep(lease_s / 3)
             progress = pb.WorkProgress(work_id=work_id)
-            progress.usage_so_far.wall_time_us = int((time.monotonic() - started) * 1_000_000)
+            progress.usage_so_far.wall_time.FromMicroseconds(
+                int((time.monotonic() - started) * 1_000_000)
+            )
             await self._send_quietly(
                 call, pb.ConnectRequest(response_nonce=nonce, progress=progress)
             )
@@ -214,16 +216,14 @@ class LinkSession:
     async def _answer(
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, answer: DServiceResponse
     ) -> None:
-        completion = pb.WorkCompletion(
-            work_id=assignment.work_id,
-            usage=resources_pb2.ResourceUsage(
-                cpu_time_us=answer.cpu_time_us,
-                wall_time_us=answer.wall_time_us,
-                bytes_in=len(assignment.body),
-                bytes_out=len(answer.body),
-                peak_memory_bytes=answer.peak_memory_bytes,
-            ),
+        usage = resources_pb2.ResourceUsage(
+            bytes_in=len(assignment.body),
+            bytes_out=len(answer.body),
+            peak_memory_bytes=answer.peak_memory_bytes,
         )
+        usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
+        usage.wall_time.FromMicroseconds(answer.wall_time_us)
+        completion = pb.WorkCompletion(work_id=assignment.work_id, usage=usage)
         response = pb.WorkResponse(
             work_id=assignment.work_id,
             head=http_pb2.HttpResponseHead(

@@ -9,11 +9,35 @@ import pytest
 from cgn_common.types import AccountKind, Tier, WorkGrade
 from generated.cgn.common.v1 import types_pb2
 
+#: The Python names say the SPEC's tier number; the proto names start with a word so that C#'s
+#: prefix stripping leaves valid identifiers.
+TIER_NAMES = {
+    Tier.TIER_1_PRIVATE: "TIER_PRIVATE",
+    Tier.TIER_2_DATACENTER: "TIER_DATACENTER",
+    Tier.TIER_3_TEE: "TIER_TEE",
+    Tier.TIER_4A_KYC: "TIER_CONSUMER_KYC",
+    Tier.TIER_4B_ANONYMOUS: "TIER_CONSUMER_ANONYMOUS",
+}
+
+
+def test_tiers_mirror_the_proto() -> None:
+    assert {name: int(t) for t, name in TIER_NAMES.items()} == {
+        name: number for name, number in types_pb2.Tier.items() if number
+    }
+
+
+def test_proto_enum_values_survive_prefix_stripping() -> None:
+    for enum_name in types_pb2.DESCRIPTOR.enum_types_by_name:
+        enum_type = types_pb2.DESCRIPTOR.enum_types_by_name[enum_name]
+        prefix = "".join("_" + c if c.isupper() else c for c in enum_name).lstrip("_").upper()
+        for value in enum_type.values:
+            rest = value.name.removeprefix(prefix + "_")
+            assert rest[0].isalpha(), value.name  # C# would make it "_" + rest
+
 
 @pytest.mark.parametrize(
     ("python_enum", "proto_enum", "prefix"),
     [
-        (Tier, types_pb2.Tier, ""),
         (AccountKind, types_pb2.AccountKind, "ACCOUNT_KIND_"),
         (WorkGrade, types_pb2.WorkGrade, "WORK_GRADE_"),
     ],

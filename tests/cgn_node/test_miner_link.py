@@ -95,7 +95,7 @@ class ScriptedMiner:
                 chunk.response_body.data = part
                 await call.write(chunk)
             done = pb.WorkCompletion(work_id=work_id)
-            done.usage.wall_time_us = 1234
+            done.usage.wall_time.FromMicroseconds(1234)
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, completion=done))
         elif self.behaviour == "fail":
             failure = pb.WorkFailure(work_id=work_id)

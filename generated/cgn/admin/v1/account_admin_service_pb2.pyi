@@ -47,7 +47,7 @@ class Account(_message.Message):
     display_name: _builtins.str
     """A human-readable name."""
     tier: _types_pb2.Tier.ValueType
-    """Miner accounts: the tier assigned."""
+    """Miner accounts: the tier assigned; absent for other kinds."""
     parent_account_id: _builtins.str
     """The owning account: the enterprise of an end user or of a tier-1 miner."""
     pseudonym: _builtins.str
@@ -77,7 +77,7 @@ class Account(_message.Message):
         kind: _types_pb2.AccountKind.ValueType = ...,
         display_name: _builtins.str = ...,
         allowed_tiers: _abc.Iterable[_types_pb2.Tier.ValueType] | None = ...,
-        tier: _types_pb2.Tier.ValueType = ...,
+        tier: _types_pb2.Tier.ValueType | None = ...,
         parent_account_id: _builtins.str = ...,
         pseudonym: _builtins.str = ...,
         verifier_count: _builtins.int = ...,
@@ -86,11 +86,13 @@ class Account(_message.Message):
         banned: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_data_ttl", b"default_data_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
+    _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
 
@@ -111,7 +113,7 @@ class CreateAccountRequest(_message.Message):
     display_name: _builtins.str
     """A human-readable name."""
     tier: _types_pb2.Tier.ValueType
-    """Miner accounts: the tier."""
+    """Miner accounts: the tier (required for them); absent for other kinds."""
     parent_account_id: _builtins.str
     """The owning account, where the kind has one."""
     ethereum_address: _builtins.str
@@ -126,15 +128,17 @@ class CreateAccountRequest(_message.Message):
         kind: _types_pb2.AccountKind.ValueType = ...,
         display_name: _builtins.str = ...,
         allowed_tiers: _abc.Iterable[_types_pb2.Tier.ValueType] | None = ...,
-        tier: _types_pb2.Tier.ValueType = ...,
+        tier: _types_pb2.Tier.ValueType | None = ...,
         parent_account_id: _builtins.str = ...,
         ethereum_address: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tiers", b"allowed_tiers", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "allowed_tiers", b"allowed_tiers", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
+    _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
 Global___CreateAccountRequest: _TypeAlias = CreateAccountRequest  # noqa: Y015
 
@@ -226,7 +230,7 @@ class ListAccountsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     kind: _types_pb2.AccountKind.ValueType
-    """Only accounts of this kind (unspecified: all kinds)."""
+    """Only accounts of this kind; absent: every kind. ACCOUNT_KIND_UNSPECIFIED is rejected."""
     page_size: _builtins.int
     """The most accounts to return (default 100, at most 1000)."""
     page_token: _builtins.str
@@ -234,15 +238,17 @@ class ListAccountsRequest(_message.Message):
     def __init__(
         self,
         *,
-        kind: _types_pb2.AccountKind.ValueType = ...,
+        kind: _types_pb2.AccountKind.ValueType | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_kind", b"_kind", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_kind", b"_kind", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__kind: _TypeAlias = _typing.Literal["kind"]  # noqa: Y015
+    _WhichOneofArgType__kind: _TypeAlias = _typing.Literal["_kind", b"_kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__kind) -> _WhichOneofReturnType__kind | None: ...
 
 Global___ListAccountsRequest: _TypeAlias = ListAccountsRequest  # noqa: Y015
 
@@ -292,7 +298,7 @@ class UpdateAccountRequest(_message.Message):
     display_name: _builtins.str
     """New display name."""
     tier: _types_pb2.Tier.ValueType
-    """New miner tier."""
+    """New miner tier; absent: unchanged."""
     verifier_count: _builtins.int
     """New verifier count."""
     ethereum_address: _builtins.str
@@ -311,16 +317,18 @@ class UpdateAccountRequest(_message.Message):
         account_id: _builtins.str = ...,
         display_name: _builtins.str = ...,
         allowed_tiers: _abc.Iterable[_types_pb2.Tier.ValueType] | None = ...,
-        tier: _types_pb2.Tier.ValueType = ...,
+        tier: _types_pb2.Tier.ValueType | None = ...,
         verifier_count: _builtins.int = ...,
         default_data_ttl: _duration_pb2.Duration | None = ...,
         ethereum_address: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_data_ttl", b"default_data_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
+    _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
 Global___UpdateAccountRequest: _TypeAlias = UpdateAccountRequest  # noqa: Y015
 

@@ -349,14 +349,16 @@ class AccountInfo(_message.Message):
         kind: _types_pb2.AccountKind.ValueType = ...,
         allowed_tiers: _abc.Iterable[_types_pb2.Tier.ValueType] | None = ...,
         pseudonym: _builtins.str = ...,
-        tier: _types_pb2.Tier.ValueType = ...,
+        tier: _types_pb2.Tier.ValueType | None = ...,
         banned: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "kind", b"kind", "pseudonym", b"pseudonym", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "kind", b"kind", "pseudonym", b"pseudonym", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
+    _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
 Global___AccountInfo: _TypeAlias = AccountInfo  # noqa: Y015
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63gn/common/v1/http.proto\x12\rcgn.common.v1\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x82\x01\n\x0fHttpRequestHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12*\n\x07headers\x18\x04 \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x16\n\x0e\x63ontent_length\x18\x05 \x01(\x03\"k\n\x10HttpResponseHead\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x16\n\x0e\x63ontent_length\x18\x03 \x01(\x03\"?\n\tBodyChunk\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x65nd_of_body\x18\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63gn/common/v1/http.proto\x12\rcgn.common.v1\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xa0\x01\n\x0fHttpRequestHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\r\n\x05query\x18\x03 \x01(\t\x12*\n\x07headers\x18\x04 \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x1b\n\x0e\x63ontent_length\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_content_lengthJ\x04\x08\x05\x10\x06\"\x89\x01\n\x10HttpResponseHead\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x1b\n\x0e\x63ontent_length\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_content_lengthJ\x04\x08\x03\x10\x04\"?\n\tBodyChunk\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x65nd_of_body\x18\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HTTPHEADER']._serialized_start=43
   _globals['_HTTPHEADER']._serialized_end=84
   _globals['_HTTPREQUESTHEAD']._serialized_start=87
-  _globals['_HTTPREQUESTHEAD']._serialized_end=217
-  _globals['_HTTPRESPONSEHEAD']._serialized_start=219
-  _globals['_HTTPRESPONSEHEAD']._serialized_end=326
-  _globals['_BODYCHUNK']._serialized_start=328
-  _globals['_BODYCHUNK']._serialized_end=391
+  _globals['_HTTPREQUESTHEAD']._serialized_end=247
+  _globals['_HTTPRESPONSEHEAD']._serialized_start=250
+  _globals['_HTTPRESPONSEHEAD']._serialized_end=387
+  _globals['_BODYCHUNK']._serialized_start=389
+  _globals['_BODYCHUNK']._serialized_end=452
 # @@protoc_insertion_point(module_scope)

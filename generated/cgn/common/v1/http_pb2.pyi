@@ -65,7 +65,7 @@ class HttpRequestHead(_message.Message):
     query: _builtins.str
     """The raw query string without the leading "?" (empty when absent)."""
     content_length: _builtins.int
-    """The declared body length in bytes, or -1 when unknown (chunked upload)."""
+    """The declared body length in bytes; absent when unknown (chunked upload)."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
         """End-to-end request headers; hop-by-hop headers and Authorization are removed."""
@@ -77,13 +77,15 @@ class HttpRequestHead(_message.Message):
         path: _builtins.str = ...,
         query: _builtins.str = ...,
         headers: _abc.Iterable[Global___HttpHeader] | None = ...,
-        content_length: _builtins.int = ...,
+        content_length: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_length", b"_content_length", "content_length", b"content_length"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "headers", b"headers", "method", b"method", "path", b"path", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_length", b"_content_length", "content_length", b"content_length", "headers", b"headers", "method", b"method", "path", b"path", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_length: _TypeAlias = _typing.Literal["content_length"]  # noqa: Y015
+    _WhichOneofArgType__content_length: _TypeAlias = _typing.Literal["_content_length", b"_content_length"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_length) -> _WhichOneofReturnType__content_length | None: ...
 
 Global___HttpRequestHead: _TypeAlias = HttpRequestHead  # noqa: Y015
 
@@ -99,7 +101,7 @@ class HttpResponseHead(_message.Message):
     status_code: _builtins.int
     """The HTTP status code, e.g. 200 or 404."""
     content_length: _builtins.int
-    """The declared body length in bytes, or -1 when unknown (streamed)."""
+    """The declared body length in bytes; absent when unknown (streamed)."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
         """End-to-end response headers; hop-by-hop headers are removed."""
@@ -109,13 +111,15 @@ class HttpResponseHead(_message.Message):
         *,
         status_code: _builtins.int = ...,
         headers: _abc.Iterable[Global___HttpHeader] | None = ...,
-        content_length: _builtins.int = ...,
+        content_length: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_length", b"_content_length", "content_length", b"content_length"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_length", b"content_length", "headers", b"headers", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_length", b"_content_length", "content_length", b"content_length", "headers", b"headers", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_length: _TypeAlias = _typing.Literal["content_length"]  # noqa: Y015
+    _WhichOneofArgType__content_length: _TypeAlias = _typing.Literal["_content_length", b"_content_length"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_length) -> _WhichOneofReturnType__content_length | None: ...
 
 Global___HttpResponseHead: _TypeAlias = HttpResponseHead  # noqa: Y015
 

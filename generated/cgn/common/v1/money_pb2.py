@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63gn/common/v1/money.proto\x12\rcgn.common.v1\"7\n\nFiatAmount\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x12\n\nnano_units\x18\x02 \x01(\x03\"!\n\x0bTokenAmount\x12\x12\n\natto_units\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63gn/common/v1/money.proto\x12\rcgn.common.v1\"7\n\nFiatAmount\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x12\n\nnano_units\x18\x02 \x01(\x03\"6\n\x0bTokenAmount\x12\x15\n\ratto_units_be\x18\x02 \x01(\x0cJ\x04\x08\x01\x10\x02R\natto_unitsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIATAMOUNT']._serialized_start=44
   _globals['_FIATAMOUNT']._serialized_end=99
   _globals['_TOKENAMOUNT']._serialized_start=101
-  _globals['_TOKENAMOUNT']._serialized_end=134
+  _globals['_TOKENAMOUNT']._serialized_end=155
 # @@protoc_insertion_point(module_scope)

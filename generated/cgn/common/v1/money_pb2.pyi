@@ -45,21 +45,25 @@ Global___FiatAmount: _TypeAlias = FiatAmount  # noqa: Y015
 
 @_typing.final
 class TokenAmount(_message.Message):
-    """An exact amount of CPUcoin in its smallest unit (10^-18 CPUcoin, like wei)."""
+    """An exact amount of CPUcoin in its smallest unit (10^-18 CPUcoin, like wei). Token amounts
+    can exceed 64 bits, so they travel as an unsigned 256-bit integer (the chain's uint256):
+    big-endian bytes, at most 32, without leading zero bytes (zero is empty). Every token amount
+    in the API is a TokenAmount.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ATTO_UNITS_FIELD_NUMBER: _builtins.int
-    atto_units: _builtins.str
-    """The amount in 10^-18 CPUcoin units, as a decimal string (it can exceed 64 bits)."""
+    ATTO_UNITS_BE_FIELD_NUMBER: _builtins.int
+    atto_units_be: _builtins.bytes
+    """The amount in 10^-18 CPUcoin units, as a big-endian unsigned integer of at most 32 bytes."""
     def __init__(
         self,
         *,
-        atto_units: _builtins.str = ...,
+        atto_units_be: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["atto_units", b"atto_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atto_units_be", b"atto_units_be"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,37 +24,43 @@ class ResourceUsage(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CPU_TIME_US_FIELD_NUMBER: _builtins.int
-    WALL_TIME_US_FIELD_NUMBER: _builtins.int
+    CPU_TIME_FIELD_NUMBER: _builtins.int
+    WALL_TIME_FIELD_NUMBER: _builtins.int
     BYTES_IN_FIELD_NUMBER: _builtins.int
     BYTES_OUT_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
-    GPU_TIME_US_FIELD_NUMBER: _builtins.int
-    cpu_time_us: _builtins.int
-    """CPU time used by the DService, in microseconds."""
-    wall_time_us: _builtins.int
-    """Wall-clock execution time on the miner, in microseconds."""
+    GPU_TIME_FIELD_NUMBER: _builtins.int
     bytes_in: _builtins.int
     """Request bytes delivered to the DService."""
     bytes_out: _builtins.int
     """Response bytes produced by the DService."""
     peak_memory_bytes: _builtins.int
     """Peak resident memory of the DService during the work, in bytes."""
-    gpu_time_us: _builtins.int
-    """GPU time used, in microseconds (0 without a GPU)."""
+    @_builtins.property
+    def cpu_time(self) -> _duration_pb2.Duration:
+        """CPU time used by the DService (the kernel counts it in ticks of 10 ms)."""
+
+    @_builtins.property
+    def wall_time(self) -> _duration_pb2.Duration:
+        """Wall-clock execution time on the miner."""
+
+    @_builtins.property
+    def gpu_time(self) -> _duration_pb2.Duration:
+        """GPU time used (zero without a GPU)."""
+
     def __init__(
         self,
         *,
-        cpu_time_us: _builtins.int = ...,
-        wall_time_us: _builtins.int = ...,
+        cpu_time: _duration_pb2.Duration | None = ...,
+        wall_time: _duration_pb2.Duration | None = ...,
         bytes_in: _builtins.int = ...,
         bytes_out: _builtins.int = ...,
         peak_memory_bytes: _builtins.int = ...,
-        gpu_time_us: _builtins.int = ...,
+        gpu_time: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "gpu_time", b"gpu_time", "wall_time", b"wall_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "cpu_time_us", b"cpu_time_us", "gpu_time_us", b"gpu_time_us", "peak_memory_bytes", b"peak_memory_bytes", "wall_time_us", b"wall_time_us"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "cpu_time", b"cpu_time", "gpu_time", b"gpu_time", "peak_memory_bytes", b"peak_memory_bytes", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,32 +26,39 @@ class _TierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier.ValueType],
     DESCRIPTOR: _descriptor.EnumDescriptor
     TIER_UNSPECIFIED: _Tier.ValueType  # 0
     """Not set; servers reject it with INVALID_ARGUMENT."""
-    TIER_1_PRIVATE: _Tier.ValueType  # 1
-    """An enterprise's own machines, including the local developer sandbox. Trusted, private."""
-    TIER_2_DATACENTER: _Tier.ValueType  # 2
-    """Data centres and bulk hardware operators (KYC'd). Trusted."""
-    TIER_3_TEE: _Tier.ValueType  # 3
-    """Consumer devices with a trusted execution environment. Trusted."""
-    TIER_4A_KYC: _Tier.ValueType  # 4
-    """Consumer devices whose operator passed KYC. Untrusted: results are verified."""
-    TIER_4B_ANONYMOUS: _Tier.ValueType  # 5
-    """Consumer devices without KYC. Untrusted: lowest-grade work unless stake is held."""
+    TIER_PRIVATE: _Tier.ValueType  # 1
+    """Tier 1: an enterprise's own machines, including the local developer sandbox. Trusted,
+    private: such a miner runs only its owner's work.
+    """
+    TIER_DATACENTER: _Tier.ValueType  # 2
+    """Tier 2: data centres and bulk hardware operators (KYC'd). Trusted."""
+    TIER_TEE: _Tier.ValueType  # 3
+    """Tier 3: consumer devices with a trusted execution environment. Trusted."""
+    TIER_CONSUMER_KYC: _Tier.ValueType  # 4
+    """Tier 4a: consumer devices whose operator passed KYC. Untrusted: results are verified."""
+    TIER_CONSUMER_ANONYMOUS: _Tier.ValueType  # 5
+    """Tier 4b: consumer devices without KYC. Untrusted: lowest-grade work unless stake is held."""
 
 class Tier(_Tier, metaclass=_TierEnumTypeWrapper):
-    """The miner tier, from the miner operator's account at Central (SPEC section 5)."""
+    """The miner tier, from the miner operator's account at Central (SPEC section 5). Value names
+    start with a word after the prefix, so generators that strip the prefix (C#) keep valid
+    names; the number is the SPEC's tier (1-3), 4 and 5 are tiers 4a and 4b.
+    """
 
 TIER_UNSPECIFIED: Tier.ValueType  # 0
 """Not set; servers reject it with INVALID_ARGUMENT."""
-TIER_1_PRIVATE: Tier.ValueType  # 1
-"""An enterprise's own machines, including the local developer sandbox. Trusted, private."""
-TIER_2_DATACENTER: Tier.ValueType  # 2
-"""Data centres and bulk hardware operators (KYC'd). Trusted."""
-TIER_3_TEE: Tier.ValueType  # 3
-"""Consumer devices with a trusted execution environment. Trusted."""
-TIER_4A_KYC: Tier.ValueType  # 4
-"""Consumer devices whose operator passed KYC. Untrusted: results are verified."""
-TIER_4B_ANONYMOUS: Tier.ValueType  # 5
-"""Consumer devices without KYC. Untrusted: lowest-grade work unless stake is held."""
+TIER_PRIVATE: Tier.ValueType  # 1
+"""Tier 1: an enterprise's own machines, including the local developer sandbox. Trusted,
+private: such a miner runs only its owner's work.
+"""
+TIER_DATACENTER: Tier.ValueType  # 2
+"""Tier 2: data centres and bulk hardware operators (KYC'd). Trusted."""
+TIER_TEE: Tier.ValueType  # 3
+"""Tier 3: consumer devices with a trusted execution environment. Trusted."""
+TIER_CONSUMER_KYC: Tier.ValueType  # 4
+"""Tier 4a: consumer devices whose operator passed KYC. Untrusted: results are verified."""
+TIER_CONSUMER_ANONYMOUS: Tier.ValueType  # 5
+"""Tier 4b: consumer devices without KYC. Untrusted: lowest-grade work unless stake is held."""
 Global___Tier: _TypeAlias = Tier  # noqa: Y015
 
 class _AccountKind:

@@ -23,49 +23,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from generated.cgn.common.v1 import http_pb2 as cgn_dot_common_dot_v1_dot_http__pb2
 from generated.cgn.common.v1 import money_pb2 as cgn_dot_common_dot_v1_dot_money__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cgn/ledger/v1/ledger_service.proto\x12\rcgn.ledger.v1\x1a\x19\x63gn/common/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x06Payout\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cgn.ledger.v1.BeneficiaryKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x19\n\x11\x61mount_nano_units\x18\x03 \x01(\x03\"\x8a\x03\n\tPublicRow\x12\x0e\n\x06row_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x1a\n\x12\x65nd_user_pseudonym\x18\x04 \x01(\t\x12\x1d\n\x15\x63ontributor_pseudonym\x18\x05 \x01(\t\x12\x1b\n\x13\x64\x65veloper_pseudonym\x18\x06 \x01(\t\x12\x1f\n\x17node_operator_pseudonym\x18\x07 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x08 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12&\n\x07payouts\x18\t \x03(\x0b\x32\x15.cgn.ledger.v1.Payout\x12\x1a\n\x12rate_atto_per_nano\x18\n \x01(\t\x12\x14\n\x0cprivate_hash\x18\x0b \x01(\x0c\x12\x13\n\x0b\x63ustom_hash\x18\x0c \x01(\x0c\x12\x10\n\x08row_hash\x18\r \x01(\x0c\"\xb4\x01\n\x0fListRowsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"S\n\x10ListRowsResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"7\n\x0eGetRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\"&\n\x14GetPrivateRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"\xcd\x04\n\x15GetPrivateRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x14\n\x0crequest_line\x18\x03 \x01(\t\x12Q\n\x0frequest_headers\x18\x04 \x03(\x0b\x32\x38.cgn.ledger.v1.GetPrivateRowResponse.RequestHeadersEntry\x12\x18\n\x10performance_json\x18\x05 \x01(\t\x12Q\n\x0f\x64service_fields\x18\x06 \x03(\x0b\x32\x38.cgn.ledger.v1.GetPrivateRowResponse.DserviceFieldsEntry\x12M\n\rcustom_fields\x18\x07 \x03(\x0b\x32\x36.cgn.ledger.v1.GetPrivateRowResponse.CustomFieldsEntry\x12\x33\n\nsettlement\x18\x08 \x03(\x0b\x32\x1f.cgn.ledger.v1.SettlementStatus\x1a\x35\n\x13RequestHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x10SettlementStatus\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0f\n\x07settled\x18\x02 \x01(\x08\x12\x18\n\x10transaction_hash\x18\x03 \x01(\x0c*\xb7\x01\n\x0f\x42\x65neficiaryKind\x12 \n\x1c\x42\x45NEFICIARY_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x42\x45NEFICIARY_KIND_CONTRIBUTOR\x10\x01\x12\x1e\n\x1a\x42\x45NEFICIARY_KIND_DEVELOPER\x10\x02\x12\"\n\x1e\x42\x45NEFICIARY_KIND_NODE_OPERATOR\x10\x03\x12\x1c\n\x18\x42\x45NEFICIARY_KIND_CHARITY\x10\x04\x32\xff\x01\n\rLedgerService\x12K\n\x08ListRows\x12\x1e.cgn.ledger.v1.ListRowsRequest\x1a\x1f.cgn.ledger.v1.ListRowsResponse\x12\x45\n\x06GetRow\x12\x1c.cgn.ledger.v1.GetRowRequest\x1a\x1d.cgn.ledger.v1.GetRowResponse\x12Z\n\rGetPrivateRow\x12#.cgn.ledger.v1.GetPrivateRowRequest\x1a$.cgn.ledger.v1.GetPrivateRowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cgn/ledger/v1/ledger_service.proto\x12\rcgn.ledger.v1\x1a\x18\x63gn/common/v1/http.proto\x1a\x19\x63gn/common/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x06Payout\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cgn.ledger.v1.BeneficiaryKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x19\n\x11\x61mount_nano_units\x18\x03 \x01(\x03\"\x8a\x03\n\tPublicRow\x12\x0e\n\x06row_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x1a\n\x12\x65nd_user_pseudonym\x18\x04 \x01(\t\x12\x1d\n\x15\x63ontributor_pseudonym\x18\x05 \x01(\t\x12\x1b\n\x13\x64\x65veloper_pseudonym\x18\x06 \x01(\t\x12\x1f\n\x17node_operator_pseudonym\x18\x07 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x08 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12&\n\x07payouts\x18\t \x03(\x0b\x32\x15.cgn.ledger.v1.Payout\x12\x1a\n\x12rate_atto_per_nano\x18\n \x01(\t\x12\x14\n\x0cprivate_hash\x18\x0b \x01(\x0c\x12\x13\n\x0b\x63ustom_hash\x18\x0c \x01(\x0c\x12\x10\n\x08row_hash\x18\r \x01(\x0c\"\xb4\x01\n\x0fListRowsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"S\n\x10ListRowsResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"7\n\x0eGetRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\"&\n\x14GetPrivateRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"\x99\x04\n\x15GetPrivateRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x14\n\x0crequest_line\x18\x03 \x01(\t\x12*\n\x07headers\x18\t \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x18\n\x10performance_json\x18\x05 \x01(\t\x12Q\n\x0f\x64service_fields\x18\x06 \x03(\x0b\x32\x38.cgn.ledger.v1.GetPrivateRowResponse.DserviceFieldsEntry\x12M\n\rcustom_fields\x18\x07 \x03(\x0b\x32\x36.cgn.ledger.v1.GetPrivateRowResponse.CustomFieldsEntry\x12\x34\n\x0bsettlements\x18\n \x03(\x0b\x32\x1f.cgn.ledger.v1.SettlementStatus\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x04\x10\x05J\x04\x08\x08\x10\tR\x0frequest_headersR\nsettlement\"P\n\x10SettlementStatus\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0f\n\x07settled\x18\x02 \x01(\x08\x12\x18\n\x10transaction_hash\x18\x03 \x01(\x0c*\xb7\x01\n\x0f\x42\x65neficiaryKind\x12 \n\x1c\x42\x45NEFICIARY_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x42\x45NEFICIARY_KIND_CONTRIBUTOR\x10\x01\x12\x1e\n\x1a\x42\x45NEFICIARY_KIND_DEVELOPER\x10\x02\x12\"\n\x1e\x42\x45NEFICIARY_KIND_NODE_OPERATOR\x10\x03\x12\x1c\n\x18\x42\x45NEFICIARY_KIND_CHARITY\x10\x04\x32\xff\x01\n\rLedgerService\x12K\n\x08ListRows\x12\x1e.cgn.ledger.v1.ListRowsRequest\x1a\x1f.cgn.ledger.v1.ListRowsResponse\x12\x45\n\x06GetRow\x12\x1c.cgn.ledger.v1.GetRowRequest\x1a\x1d.cgn.ledger.v1.GetRowResponse\x12Z\n\rGetPrivateRow\x12#.cgn.ledger.v1.GetPrivateRowRequest\x1a$.cgn.ledger.v1.GetPrivateRowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.ledger.v1.ledger_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETPRIVATEROWRESPONSE_REQUESTHEADERSENTRY']._loaded_options = None
-  _globals['_GETPRIVATEROWRESPONSE_REQUESTHEADERSENTRY']._serialized_options = b'8\001'
   _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._loaded_options = None
   _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._loaded_options = None
   _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_BENEFICIARYKIND']._serialized_start=1685
-  _globals['_BENEFICIARYKIND']._serialized_end=1868
-  _globals['_PAYOUT']._serialized_start=113
-  _globals['_PAYOUT']._serialized_end=213
-  _globals['_PUBLICROW']._serialized_start=216
-  _globals['_PUBLICROW']._serialized_end=610
-  _globals['_LISTROWSREQUEST']._serialized_start=613
-  _globals['_LISTROWSREQUEST']._serialized_end=793
-  _globals['_LISTROWSRESPONSE']._serialized_start=795
-  _globals['_LISTROWSRESPONSE']._serialized_end=878
-  _globals['_GETROWREQUEST']._serialized_start=880
-  _globals['_GETROWREQUEST']._serialized_end=911
-  _globals['_GETROWRESPONSE']._serialized_start=913
-  _globals['_GETROWRESPONSE']._serialized_end=968
-  _globals['_GETPRIVATEROWREQUEST']._serialized_start=970
-  _globals['_GETPRIVATEROWREQUEST']._serialized_end=1008
-  _globals['_GETPRIVATEROWRESPONSE']._serialized_start=1011
-  _globals['_GETPRIVATEROWRESPONSE']._serialized_end=1600
-  _globals['_GETPRIVATEROWRESPONSE_REQUESTHEADERSENTRY']._serialized_start=1439
-  _globals['_GETPRIVATEROWRESPONSE_REQUESTHEADERSENTRY']._serialized_end=1492
-  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_start=1494
-  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_end=1547
-  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_start=1549
-  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_end=1600
-  _globals['_SETTLEMENTSTATUS']._serialized_start=1602
-  _globals['_SETTLEMENTSTATUS']._serialized_end=1682
-  _globals['_LEDGERSERVICE']._serialized_start=1871
-  _globals['_LEDGERSERVICE']._serialized_end=2126
+  _globals['_BENEFICIARYKIND']._serialized_start=1659
+  _globals['_BENEFICIARYKIND']._serialized_end=1842
+  _globals['_PAYOUT']._serialized_start=139
+  _globals['_PAYOUT']._serialized_end=239
+  _globals['_PUBLICROW']._serialized_start=242
+  _globals['_PUBLICROW']._serialized_end=636
+  _globals['_LISTROWSREQUEST']._serialized_start=639
+  _globals['_LISTROWSREQUEST']._serialized_end=819
+  _globals['_LISTROWSRESPONSE']._serialized_start=821
+  _globals['_LISTROWSRESPONSE']._serialized_end=904
+  _globals['_GETROWREQUEST']._serialized_start=906
+  _globals['_GETROWREQUEST']._serialized_end=937
+  _globals['_GETROWRESPONSE']._serialized_start=939
+  _globals['_GETROWRESPONSE']._serialized_end=994
+  _globals['_GETPRIVATEROWREQUEST']._serialized_start=996
+  _globals['_GETPRIVATEROWREQUEST']._serialized_end=1034
+  _globals['_GETPRIVATEROWRESPONSE']._serialized_start=1037
+  _globals['_GETPRIVATEROWRESPONSE']._serialized_end=1574
+  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_start=1427
+  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_end=1480
+  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_start=1482
+  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_end=1533
+  _globals['_SETTLEMENTSTATUS']._serialized_start=1576
+  _globals['_SETTLEMENTSTATUS']._serialized_end=1656
+  _globals['_LEDGERSERVICE']._serialized_start=1845
+  _globals['_LEDGERSERVICE']._serialized_end=2100
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@
 isort:skip_file
 """
 
+from generated.cgn.common.v1 import http_pb2 as _http_pb2
 from generated.cgn.common.v1 import money_pb2 as _money_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -307,26 +308,6 @@ class GetPrivateRowResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
-    class RequestHeadersEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
     class DserviceFieldsEntry(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -369,11 +350,11 @@ class GetPrivateRowResponse(_message.Message):
     ROW_FIELD_NUMBER: _builtins.int
     DSERVICE_FIELD_NUMBER: _builtins.int
     REQUEST_LINE_FIELD_NUMBER: _builtins.int
-    REQUEST_HEADERS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
     PERFORMANCE_JSON_FIELD_NUMBER: _builtins.int
     DSERVICE_FIELDS_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELDS_FIELD_NUMBER: _builtins.int
-    SETTLEMENT_FIELD_NUMBER: _builtins.int
+    SETTLEMENTS_FIELD_NUMBER: _builtins.int
     dservice: _builtins.str
     """The DService called."""
     request_line: _builtins.str
@@ -385,8 +366,8 @@ class GetPrivateRowResponse(_message.Message):
         """The public part, for context."""
 
     @_builtins.property
-    def request_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The request headers as recorded (credentials removed)."""
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[_http_pb2.HttpHeader]:
+        """The request headers as recorded (credentials removed), in order, values as raw bytes."""
 
     @_builtins.property
     def dservice_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -397,7 +378,7 @@ class GetPrivateRowResponse(_message.Message):
         """The enterprise's custom fields."""
 
     @_builtins.property
-    def settlement(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementStatus]:
+    def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementStatus]:
         """Per entity: payment status and settling transaction id."""
 
     def __init__(
@@ -406,15 +387,15 @@ class GetPrivateRowResponse(_message.Message):
         row: Global___PublicRow | None = ...,
         dservice: _builtins.str = ...,
         request_line: _builtins.str = ...,
-        request_headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        headers: _abc.Iterable[_http_pb2.HttpHeader] | None = ...,
         performance_json: _builtins.str = ...,
         dservice_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         custom_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        settlement: _abc.Iterable[Global___SettlementStatus] | None = ...,
+        settlements: _abc.Iterable[Global___SettlementStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["row", b"row"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields", "dservice", b"dservice", "dservice_fields", b"dservice_fields", "performance_json", b"performance_json", "request_headers", b"request_headers", "request_line", b"request_line", "row", b"row", "settlement", b"settlement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields", "dservice", b"dservice", "dservice_fields", b"dservice_fields", "headers", b"headers", "performance_json", b"performance_json", "request_line", b"request_line", "row", b"row", "settlements", b"settlements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

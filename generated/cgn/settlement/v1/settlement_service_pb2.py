@@ -28,35 +28,35 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*cgn/settlement/v1/settlement_service.proto\x12\x11\x63gn.settlement.v1\x1a\x19\x63gn/common/v1/money.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x08Transfer\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.cgn.settlement.v1.TransferKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x04\x12\x16\n\x0e\x61ggregate_hash\x18\x04 \x01(\x0c\x12-\n\nfiat_total\x18\x05 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12\x12\n\natto_units\x18\x06 \x01(\t\x12\x18\n\x10transaction_hash\x18\x07 \x01(\x0c\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cgn.settlement.v1.RunState\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ttransfers\x18\x06 \x03(\x0b\x32\x1b.cgn.settlement.v1.Transfer\x12\x1f\n\x17\x63\x61rried_dust_atto_units\x18\x07 \x01(\t\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.cgn.settlement.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.cgn.settlement.v1.Run\"8\n\x13GetStatementRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"y\n\rStatementLine\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x12\n\nwork_units\x18\x02 \x01(\x04\x12-\n\nfiat_total\x18\x03 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12\x18\n\x10transaction_hash\x18\x04 \x01(\x0c\"\x99\x01\n\x14GetStatementResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .cgn.settlement.v1.StatementLine\x12-\n\nfiat_total\x18\x04 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount*k\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03*\x87\x01\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_KIND_COLLECTION\x10\x01\x12\x18\n\x14TRANSFER_KIND_PAYOUT\x10\x02\x12 \n\x1cTRANSFER_KIND_TREASURY_COVER\x10\x03\x32\x9e\x02\n\x17SettlementReportService\x12S\n\x08ListRuns\x12\".cgn.settlement.v1.ListRunsRequest\x1a#.cgn.settlement.v1.ListRunsResponse\x12M\n\x06GetRun\x12 .cgn.settlement.v1.GetRunRequest\x1a!.cgn.settlement.v1.GetRunResponse\x12_\n\x0cGetStatement\x12&.cgn.settlement.v1.GetStatementRequest\x1a\'.cgn.settlement.v1.GetStatementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*cgn/settlement/v1/settlement_service.proto\x12\x11\x63gn.settlement.v1\x1a\x19\x63gn/common/v1/money.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x02\n\x08Transfer\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.cgn.settlement.v1.TransferKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x04\x12\x16\n\x0e\x61ggregate_hash\x18\x04 \x01(\x0c\x12-\n\nfiat_total\x18\x05 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12*\n\x06\x61mount\x18\t \x01(\x0b\x32\x1a.cgn.common.v1.TokenAmount\x12\x18\n\x10transaction_hash\x18\x07 \x01(\x0c\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x06\x10\x07R\natto_units\"\xb0\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cgn.settlement.v1.RunState\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ttransfers\x18\x06 \x03(\x0b\x32\x1b.cgn.settlement.v1.Transfer\x12\x30\n\x0c\x63\x61rried_dust\x18\x08 \x01(\x0b\x32\x1a.cgn.common.v1.TokenAmountJ\x04\x08\x07\x10\x08R\x17\x63\x61rried_dust_atto_units\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.cgn.settlement.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"5\n\x0eGetRunResponse\x12#\n\x03run\x18\x01 \x01(\x0b\x32\x16.cgn.settlement.v1.Run\"8\n\x13GetStatementRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\"y\n\rStatementLine\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x12\n\nwork_units\x18\x02 \x01(\x04\x12-\n\nfiat_total\x18\x03 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12\x18\n\x10transaction_hash\x18\x04 \x01(\x0c\"\x99\x01\n\x14GetStatementResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12/\n\x05lines\x18\x03 \x03(\x0b\x32 .cgn.settlement.v1.StatementLine\x12-\n\nfiat_total\x18\x04 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount*k\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03*\x87\x01\n\x0cTransferKind\x12\x1d\n\x19TRANSFER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_KIND_COLLECTION\x10\x01\x12\x18\n\x14TRANSFER_KIND_PAYOUT\x10\x02\x12 \n\x1cTRANSFER_KIND_TREASURY_COVER\x10\x03\x32\x9e\x02\n\x17SettlementReportService\x12S\n\x08ListRuns\x12\".cgn.settlement.v1.ListRunsRequest\x1a#.cgn.settlement.v1.ListRunsResponse\x12M\n\x06GetRun\x12 .cgn.settlement.v1.GetRunRequest\x1a!.cgn.settlement.v1.GetRunResponse\x12_\n\x0cGetStatement\x12&.cgn.settlement.v1.GetStatementRequest\x1a\'.cgn.settlement.v1.GetStatementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.settlement.v1.settlement_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=1242
-  _globals['_RUNSTATE']._serialized_end=1349
-  _globals['_TRANSFERKIND']._serialized_start=1352
-  _globals['_TRANSFERKIND']._serialized_end=1487
+  _globals['_RUNSTATE']._serialized_start=1332
+  _globals['_RUNSTATE']._serialized_end=1439
+  _globals['_TRANSFERKIND']._serialized_start=1442
+  _globals['_TRANSFERKIND']._serialized_end=1577
   _globals['_TRANSFER']._serialized_start=158
-  _globals['_TRANSFER']._serialized_end=415
-  _globals['_RUN']._serialized_start=418
-  _globals['_RUN']._serialized_end=674
-  _globals['_LISTRUNSREQUEST']._serialized_start=676
-  _globals['_LISTRUNSREQUEST']._serialized_end=732
-  _globals['_LISTRUNSRESPONSE']._serialized_start=734
-  _globals['_LISTRUNSRESPONSE']._serialized_end=815
-  _globals['_GETRUNREQUEST']._serialized_start=817
-  _globals['_GETRUNREQUEST']._serialized_end=848
-  _globals['_GETRUNRESPONSE']._serialized_start=850
-  _globals['_GETRUNRESPONSE']._serialized_end=903
-  _globals['_GETSTATEMENTREQUEST']._serialized_start=905
-  _globals['_GETSTATEMENTREQUEST']._serialized_end=961
-  _globals['_STATEMENTLINE']._serialized_start=963
-  _globals['_STATEMENTLINE']._serialized_end=1084
-  _globals['_GETSTATEMENTRESPONSE']._serialized_start=1087
-  _globals['_GETSTATEMENTRESPONSE']._serialized_end=1240
-  _globals['_SETTLEMENTREPORTSERVICE']._serialized_start=1490
-  _globals['_SETTLEMENTREPORTSERVICE']._serialized_end=1776
+  _globals['_TRANSFER']._serialized_end=457
+  _globals['_RUN']._serialized_start=460
+  _globals['_RUN']._serialized_end=764
+  _globals['_LISTRUNSREQUEST']._serialized_start=766
+  _globals['_LISTRUNSREQUEST']._serialized_end=822
+  _globals['_LISTRUNSRESPONSE']._serialized_start=824
+  _globals['_LISTRUNSRESPONSE']._serialized_end=905
+  _globals['_GETRUNREQUEST']._serialized_start=907
+  _globals['_GETRUNREQUEST']._serialized_end=938
+  _globals['_GETRUNRESPONSE']._serialized_start=940
+  _globals['_GETRUNRESPONSE']._serialized_end=993
+  _globals['_GETSTATEMENTREQUEST']._serialized_start=995
+  _globals['_GETSTATEMENTREQUEST']._serialized_end=1051
+  _globals['_STATEMENTLINE']._serialized_start=1053
+  _globals['_STATEMENTLINE']._serialized_end=1174
+  _globals['_GETSTATEMENTRESPONSE']._serialized_start=1177
+  _globals['_GETSTATEMENTRESPONSE']._serialized_end=1330
+  _globals['_SETTLEMENTREPORTSERVICE']._serialized_start=1580
+  _globals['_SETTLEMENTREPORTSERVICE']._serialized_end=1866
 # @@protoc_insertion_point(module_scope)

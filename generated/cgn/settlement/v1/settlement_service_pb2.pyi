@@ -90,7 +90,7 @@ class Transfer(_message.Message):
     ROW_COUNT_FIELD_NUMBER: _builtins.int
     AGGREGATE_HASH_FIELD_NUMBER: _builtins.int
     FIAT_TOTAL_FIELD_NUMBER: _builtins.int
-    ATTO_UNITS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
     TRANSACTION_HASH_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     kind: Global___TransferKind.ValueType
@@ -101,13 +101,15 @@ class Transfer(_message.Message):
     """The rows settled."""
     aggregate_hash: _builtins.bytes
     """XOR of the settled rows' hashes, carried in the transfer's data."""
-    atto_units: _builtins.str
-    """The CPUcoin amount moved, in 10^-18 units, as a decimal string."""
     transaction_hash: _builtins.bytes
     """The transaction hash."""
     @_builtins.property
     def fiat_total(self) -> _money_pb2.FiatAmount:
         """The fiat total of the rows."""
+
+    @_builtins.property
+    def amount(self) -> _money_pb2.TokenAmount:
+        """The CPUcoin amount moved."""
 
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
@@ -121,13 +123,13 @@ class Transfer(_message.Message):
         row_count: _builtins.int = ...,
         aggregate_hash: _builtins.bytes = ...,
         fiat_total: _money_pb2.FiatAmount | None = ...,
-        atto_units: _builtins.str = ...,
+        amount: _money_pb2.TokenAmount | None = ...,
         transaction_hash: _builtins.bytes = ...,
         duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "fiat_total", b"fiat_total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "duration", b"duration", "fiat_total", b"fiat_total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_hash", b"aggregate_hash", "atto_units", b"atto_units", "duration", b"duration", "fiat_total", b"fiat_total", "kind", b"kind", "pseudonym", b"pseudonym", "row_count", b"row_count", "transaction_hash", b"transaction_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_hash", b"aggregate_hash", "amount", b"amount", "duration", b"duration", "fiat_total", b"fiat_total", "kind", b"kind", "pseudonym", b"pseudonym", "row_count", b"row_count", "transaction_hash", b"transaction_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -145,15 +147,13 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     TRANSFERS_FIELD_NUMBER: _builtins.int
-    CARRIED_DUST_ATTO_UNITS_FIELD_NUMBER: _builtins.int
+    CARRIED_DUST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run id."""
     day: _builtins.str
     """The GMT day settled, as "YYYY-MM-DD"."""
     state: Global___RunState.ValueType
     """The run state."""
-    carried_dust_atto_units: _builtins.str
-    """Dust left in the payouts account, in 10^-18 units, as a decimal string."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the run started."""
@@ -166,6 +166,10 @@ class Run(_message.Message):
     def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transfer]:
         """Every transfer made (filled by GetRun only)."""
 
+    @_builtins.property
+    def carried_dust(self) -> _money_pb2.TokenAmount:
+        """Dust left in the payouts account, carried to the next run."""
+
     def __init__(
         self,
         *,
@@ -175,11 +179,11 @@ class Run(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         transfers: _abc.Iterable[Global___Transfer] | None = ...,
-        carried_dust_atto_units: _builtins.str = ...,
+        carried_dust: _money_pb2.TokenAmount | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["carried_dust", b"carried_dust", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["carried_dust_atto_units", b"carried_dust_atto_units", "day", b"day", "finished_at", b"finished_at", "run_id", b"run_id", "started_at", b"started_at", "state", b"state", "transfers", b"transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carried_dust", b"carried_dust", "day", b"day", "finished_at", b"finished_at", "run_id", b"run_id", "started_at", b"started_at", "state", b"state", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
