@@ -47,7 +47,9 @@ def usage_to_proto(usage: Usage) -> resources_pb2.ResourceUsage:
     return message
 
 
-def assignment(unit: WorkUnit, *, timeout_s: float, lease_s: float) -> link_pb.WorkAssignment:
+def assignment(
+    unit: WorkUnit, *, timeout_s: float, lease_s: float, dispatch_token: str
+) -> link_pb.WorkAssignment:
     """The WorkAssignment that dispatches ``unit`` (attempt ``unit.attempts``)."""
     r = unit.request
     message = link_pb.WorkAssignment(
@@ -66,6 +68,7 @@ def assignment(unit: WorkUnit, *, timeout_s: float, lease_s: float) -> link_pb.W
         role=link_pb.WORK_ROLE_PRIMARY,
         attempt=unit.attempts,
         request_id=unit.request_id,
+        dispatch_token=dispatch_token,
     )
     message.timeout.FromMilliseconds(max(1, int(timeout_s * 1000)))
     message.lease.FromMilliseconds(max(1, int(lease_s * 1000)))

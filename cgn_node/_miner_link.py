@@ -1,8 +1,12 @@
-"""The node's MinerLinkService: one bidi stream per miner (SPEC sections 4 and 7).
+"""The node's MinerLinkService: one bidi stream per miner (SPEC sections 4 and 7; the
+protocol is docs/miner-protocol.md).
 
-Each node message carries a fresh nonce; the miner's ack and result echo it as
-``response_nonce`` (Envoy ADS style). A miner whose hello does not verify at Central is
-refused with UNAUTHENTICATED; an accepted miner joins the broker's pool until its stream ends.
+Each node message carries a fresh nonce; the miner's Ack (or NACK: an Ack with
+``error_detail``) and every later message about a dispatch echo it as ``response_nonce``
+(Envoy ADS style); work messages also carry the dispatch's ``dispatch_token``. The miner's
+``WorkSlots`` say how much more it can take, and the broker never pushes more. A miner whose
+hello does not verify at Central is refused with UNAUTHENTICATED; an accepted miner joins the
+broker's pool until its stream ends or it is drained.
 
 A dispatch carries its timeout and a heartbeat lease. The miner must ack within the ack
 deadline, then be heard from (progress, response) at least once per lease; a miner that goes
@@ -14,9 +18,11 @@ A ``WorkFailure`` is the DService's failure (502), never the miner's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -55,7 +61,8 @@ def _settle(future: asyncio.Future[Any], exc: BaseException) -> None:
 @dataclass(eq=False)
 class _Pending:
     nonce: str
-    ack: asyncio.Future[pb.WorkAck]
+    token: str
+    ack: asyncio.Future[None]
     result: asyncio.Future[WorkResult]
     heard: float = field(default_factory=time.monotonic)
     head: http_pb2.HttpResponseHead | None = None
@@ -77,6 +84,7 @@ class MinerConnection:
         ack_deadline_s: float,
         lease_s: float,
         supervisor: Supervisor,
+        on_slots: Callable[[int], None] = lambda free: None,
     ) -> None:
         self.miner_id = miner_id
         self.tier = tier
@@ -89,28 +97,48 @@ class MinerConnection:
         self._lease_s = lease_s
         self._supervisor = supervisor
         self._nonces = itertools.count(1)
+        self._prefix = self.connection_id[-8:]
+        #: dispatch token -> the dispatch.
         self._pending: dict[str, _Pending] = {}
+        #: nonce -> the future its Ack resolves (assignments, drains).
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        #: sequence numbers of assignments sent, for WorkSlots arithmetic.
+        self._assigned: collections.deque[int] = collections.deque()
+        self._on_slots = on_slots
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.cancels_sent = 0
 
     def next_nonce(self) -> str:
-        """A fresh nonce for the next node message."""
-        return f"{self.connection_id[-8:]}-{next(self._nonces)}"
+        """A fresh nonce for the next node message: ``<connection>-<sequence number>``."""
+        return f"{self._prefix}-{next(self._nonces)}"
+
+    def _seq(self, nonce: str) -> int | None:
+        prefix, _, seq = nonce.rpartition("-")
+        return int(seq) if prefix == self._prefix and seq.isdigit() else None
+
+    def _on_work_slots(self, response_nonce: str, free: int) -> None:
+        """``free`` slots counting assignments up to ``response_nonce``: subtract the ones
+        sent after it, and tell the broker how many more fit now."""
+        seen = self._seq(response_nonce) or 0
+        while self._assigned and self._assigned[0] <= seen:
+            self._assigned.popleft()
+        self._on_slots(max(0, free - len(self._assigned)))
 
     async def send(self, message: pb.ConnectResponse) -> None:
         """Writes one message; writes are serialized."""
         await self._writer.send(message)
 
-    def _cancel(self, unit: WorkUnit, reason: str) -> None:
-        """Tells the miner to stop ``unit`` (best effort, in the background)."""
+    def _cancel(self, pending: _Pending, reason: str) -> None:
+        """Tells the miner to stop a dispatch (best effort, in the background)."""
         if self.closed.is_set():
             return
         self.cancels_sent += 1
         message = pb.ConnectResponse(
-            nonce=self.next_nonce(), cancel=pb.WorkCancel(work_id=unit.work_id, reason=reason)
+            nonce=self.next_nonce(),
+            cancel=pb.WorkCancel(dispatch_token=pending.token, reason=reason),
         )
-        self._supervisor.spawn(f"cancel-{unit.work_id}", self._send_quietly(message))
+        self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
 
     async def _send_quietly(self, message: pb.ConnectResponse) -> None:
         try:
@@ -123,45 +151,52 @@ class MinerConnection:
         if self.closed.is_set():
             raise MinerFailedError("miner disconnected")
         loop = asyncio.get_running_loop()
-        pending = _Pending(self.next_nonce(), loop.create_future(), loop.create_future())
-        self._pending[unit.work_id] = pending
+        pending = _Pending(
+            self.next_nonce(), new_id("d"), loop.create_future(), loop.create_future()
+        )
+        self._pending[pending.token] = pending
+        self._acks[pending.nonce] = pending.ack
         try:
             return await self._run(unit, pending)
         except asyncio.CancelledError:
-            self._cancel(unit, "the caller went away")
+            self._cancel(pending, "the caller went away")
             raise
         except DeadlineExceededError:
-            self._cancel(unit, "deadline exceeded")
+            self._cancel(pending, "deadline exceeded")
             raise
         finally:
-            self._pending.pop(unit.work_id, None)
+            self._pending.pop(pending.token, None)
+            self._acks.pop(pending.nonce, None)
 
     async def _run(self, unit: WorkUnit, pending: _Pending) -> WorkResult:
         remaining = unit.remaining_s()
         if remaining <= 0:
             raise DeadlineExceededError("the deadline passed before dispatch")
-        message = assignment(unit, timeout_s=remaining, lease_s=self._lease_s)
+        message = assignment(
+            unit, timeout_s=remaining, lease_s=self._lease_s, dispatch_token=pending.token
+        )
+        seq = self._seq(pending.nonce)
         try:
             await self.send(pb.ConnectResponse(nonce=pending.nonce, assignment=message))
         except Exception as exc:  # any failure to write (e.g. grpc's ExecuteBatchError)
             raise MinerFailedError(f"cannot send to miner: {exc!r}") from exc
+        if seq is not None:
+            self._assigned.append(seq)
         ack_wait = min(self._ack_deadline_s, unit.remaining_s())
         try:
             async with asyncio.timeout(max(0.0, ack_wait)):
-                ack = await asyncio.shield(pending.ack)
+                await asyncio.shield(pending.ack)
         except TimeoutError:
             if unit.remaining_s() <= 0:
                 raise DeadlineExceededError("the deadline passed waiting for the ack") from None
             raise MinerFailedError(
                 f"no ack within {self._ack_deadline_s * 1000:.0f} ms: miner declared down"
             ) from None
-        if ack.HasField("refusal"):
-            raise MinerRefusedError(f"miner refused work: {ack.refusal.message}")
         while True:
             now = time.monotonic()
             lease_left = pending.heard + self._lease_s - now
             if lease_left <= 0:
-                self._cancel(unit, "lease expired")
+                self._cancel(pending, "lease expired")
                 raise MinerFailedError(
                     f"miner silent for {self._lease_s * 1000:.0f} ms: declared down"
                 )
@@ -173,50 +208,79 @@ class MinerConnection:
             if done:
                 return pending.result.result()
 
+    async def drain(self, grace_s: float) -> None:
+        """Asks the miner to finish its work within ``grace_s`` and leave (it Acks, then says
+        Goodbye). Waits for the Ack, bounded by the ack deadline."""
+        nonce = self.next_nonce()
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[nonce] = acked
+        drain = pb.Drain(reason="node draining")
+        drain.grace.FromMilliseconds(int(grace_s * 1000))
+        try:
+            await self.send(pb.ConnectResponse(nonce=nonce, drain=drain))
+            async with asyncio.timeout(self._ack_deadline_s):
+                await acked
+        except (TimeoutError, MinerRefusedError, MinerFailedError) as exc:
+            log_event(_log, "drain_unacknowledged", miner_id=self.miner_id, error=repr(exc))
+        finally:
+            self._acks.pop(nonce, None)
+
+    def _about(self, token: str, response_nonce: str) -> _Pending | None:
+        """The dispatch a work message names, if it echoes that dispatch's nonce."""
+        p = self._pending.get(token)
+        if p is None or p.nonce != response_nonce:
+            return None
+        p.heard = time.monotonic()
+        return p
+
     def on_message(self, message: pb.ConnectRequest) -> None:
-        """Routes one miner message to the work unit it belongs to."""
+        """Routes one miner message to what it answers."""
         kind = message.WhichOneof("kind")
-        if kind == "work_ack":
-            p = self._pending.get(message.work_ack.work_id)
-            if p and not p.ack.done() and message.response_nonce == p.nonce:
-                p.heard = time.monotonic()
-                p.ack.set_result(message.work_ack)
+        nonce = message.response_nonce
+        if kind == "ack":
+            acked = self._acks.get(nonce)
+            if acked is not None and not acked.done():
+                if message.HasField("error_detail"):
+                    _settle(acked, MinerRefusedError(f"NACK: {message.error_detail.message}"))
+                else:
+                    acked.set_result(None)
+                    p = next((p for p in self._pending.values() if p.nonce == nonce), None)
+                    if p is not None:
+                        p.heard = time.monotonic()
+        elif kind == "slots":
+            self._on_work_slots(nonce, message.slots.free)
         elif kind == "progress":
-            p = self._pending.get(message.progress.work_id)
-            if p is not None:
-                p.heard = time.monotonic()
+            self._about(message.progress.dispatch_token, nonce)
         elif kind == "response":
             r = message.response
-            p = self._pending.get(r.work_id)
+            p = self._about(r.dispatch_token, nonce)
             if p is None:
                 return
-            p.heard = time.monotonic()
             if r.body_complete:
                 self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
             else:
                 p.head = r.head
                 p.chunks.append(r.body)
         elif kind == "response_body":
-            p = self._pending.get(message.response_body.work_id)
+            p = self._about(message.response_body.dispatch_token, nonce)
             if p is not None:
-                p.heard = time.monotonic()
                 p.chunks.append(message.response_body.data)
         elif kind == "completion":
-            p = self._pending.get(message.completion.work_id)
+            p = self._about(message.completion.dispatch_token, nonce)
             if p is not None and p.head is not None:
                 body = b"".join(p.chunks)
                 self._finish(p, result_from_parts(p.head, body, message.completion.usage))
         elif kind == "failure":
-            p = self._pending.get(message.failure.work_id)
+            p = self._about(message.failure.dispatch_token, nonce)
             if p is not None:
                 if not p.ack.done():
-                    p.ack.set_result(pb.WorkAck(work_id=message.failure.work_id))
+                    p.ack.set_result(None)
                 _settle(p.result, DServiceFailedError(message.failure.status.message))
 
     @staticmethod
     def _finish(p: _Pending, result: WorkResult) -> None:
         if not p.ack.done():  # a result implies the ack
-            p.ack.set_result(pb.WorkAck())
+            p.ack.set_result(None)
         if not p.result.done():
             p.result.set_result(result)
 
@@ -224,8 +288,9 @@ class MinerConnection:
         """Fails every in-flight unit so the broker re-dispatches it."""
         self.closed.set()
         for p in self._pending.values():
-            _settle(p.ack, MinerFailedError(reason))
             _settle(p.result, MinerFailedError(reason))
+        for acked in self._acks.values():
+            _settle(acked, MinerFailedError(reason))
 
     def close(self, reason: str) -> None:
         """Drops the stream (the handler sees closed and returns)."""
@@ -252,6 +317,20 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         self._ack_deadline_s = ack_deadline_s
         self._lease_s = lease_s
         self._supervisor = supervisor
+        self._miners: set[MinerConnection] = set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stops giving work to every miner and asks each to finish within ``grace_s`` and
+        leave; returns once they left or the grace (plus an ack deadline) passed."""
+        miners = list(self._miners)
+        for miner in miners:
+            self._broker.set_free(miner, 0)
+        await asyncio.gather(*(m.drain(grace_s) for m in miners))
+        try:
+            async with asyncio.timeout(grace_s + self._ack_deadline_s):
+                await asyncio.gather(*(m.closed.wait() for m in miners))
+        except TimeoutError:
+            log_event(_log, "drain_timed_out", logging.WARNING, miners=len(self._miners))
 
     # A read/write-style bidi handler (context.read/write), which grpc.aio allows in place of
     # the async generator the stub's signature names.
@@ -276,6 +355,8 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             lease_s=self._lease_s,
             supervisor=self._supervisor,
         )
+        miner_ref = miner
+        miner._on_slots = lambda free: self._broker.set_free(miner_ref, free)
         welcome = pb.Welcome(
             node_id=self._node_id,
             tier=int(miner.tier),  # type: ignore[arg-type]
@@ -286,6 +367,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         welcome.availability_interval.FromSeconds(10)
         await miner.send(pb.ConnectResponse(nonce=miner.next_nonce(), welcome=welcome))
         self._broker.add_miner(miner)
+        self._miners.add(miner)
         reader = asyncio.create_task(self._read(context, miner))
         closed = asyncio.create_task(miner.closed.wait())
         try:
@@ -294,6 +376,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             reader.cancel()
             closed.cancel()
             self._broker.remove_miner(miner)
+            self._miners.discard(miner)
             miner.fail_all("miner disconnected")
             log_event(
                 _log,

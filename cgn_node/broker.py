@@ -102,13 +102,16 @@ class Outcome:
 class _Slot:
     miner: MinerHandle
     pools: list[PoolKey]
+    #: How many units the miner may hold now: its hello's capacity at first, then what its
+    #: WorkSlots say (``Broker.set_free``).
+    capacity: int
     busy: int = 0
     #: Units waiting for this miner in particular (affinity).
     own_queue: collections.deque[_Waiter] = field(default_factory=collections.deque)
 
     @property
     def free(self) -> bool:
-        return self.busy < self.miner.capacity
+        return self.busy < self.capacity
 
 
 @dataclass(eq=False)
@@ -157,7 +160,7 @@ class Broker:
 
     def add_miner(self, miner: MinerHandle) -> None:
         """Puts a miner in the pool and hands it waiting work."""
-        slot = _Slot(miner, _miner_pools(miner))
+        slot = _Slot(miner, _miner_pools(miner), miner.capacity)
         self._slots[miner] = slot
         for pool in slot.pools:
             self._connected[pool] += 1
@@ -187,6 +190,21 @@ class Broker:
             if not waiter.future.done():
                 self._enqueue_pools(waiter, front=True)
         log_event(_log, "miner_left", miner_id=miner.miner_id)
+
+    def set_free(self, miner: MinerHandle, free: int) -> None:
+        """The miner says ``free`` more units fit now (WorkSlots; 0 while it drains)."""
+        slot = self._slots.get(miner)
+        if slot is None:
+            return
+        was_free = slot.free
+        slot.capacity = slot.busy + max(0, free)
+        if slot.free and not was_free:
+            for pool in slot.pools:
+                self._free[pool][slot] = None
+            self._serve(slot)
+        elif was_free and not slot.free:
+            for pool in slot.pools:
+                self._free[pool].pop(slot, None)
 
     def miners(self) -> list[MinerHandle]:
         """Every miner in the pool."""
@@ -368,7 +386,7 @@ class Broker:
         slot.busy -= 1
         if self._slots.get(slot.miner) is not slot:
             return  # the miner left
-        if slot.busy == slot.miner.capacity - 1:
+        if slot.busy == slot.capacity - 1:
             for pool in slot.pools:
                 self._free[pool][slot] = None
         self._serve(slot)

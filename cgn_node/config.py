@@ -47,6 +47,11 @@ class NodeConfig:
         "Heartbeat lease of a running unit: a miner not heard from (progress, response) for "
         "this long is sent a WorkCancel and dropped, and the work is re-dispatched.",
     )
+    drain_grace_ms: int = option(
+        5000,
+        "At shutdown, how long miners may finish work in flight after a Drain before the "
+        "node stops.",
+    )
     max_timeout_ms: int = option(
         60_000, "Longest deadline of one request; a caller's longer deadline is capped to it."
     )

@@ -109,17 +109,16 @@ class Node:
             server.add(work_grpc.add_WorkServiceServicer_to_server, work, WORK_SERVICE)
             server.add(session_grpc.add_SessionServiceServicer_to_server, sessions, SESSION_SERVICE)
         self.miner_server = GrpcServer("node-miner-link", tls, ClientAuth.NONE, MINER_LINK_RULES)
+        self.miner_link = MinerLink(
+            self.broker,
+            self.central,
+            config.node_id,
+            ack_deadline_s=config.ack_deadline_ms / 1000,
+            lease_s=config.lease_ms / 1000,
+            supervisor=self.supervisor,
+        )
         self.miner_server.add(
-            link_grpc.add_MinerLinkServiceServicer_to_server,
-            MinerLink(
-                self.broker,
-                self.central,
-                config.node_id,
-                ack_deadline_s=config.ack_deadline_ms / 1000,
-                lease_s=config.lease_ms / 1000,
-                supervisor=self.supervisor,
-            ),
-            MINER_LINK_SERVICE,
+            link_grpc.add_MinerLinkServiceServicer_to_server, self.miner_link, MINER_LINK_SERVICE
         )
         self.status_server = GrpcServer("node-status", tls, ClientAuth.NONE, STATUS_RULES)
         self.status_server.add(
@@ -172,7 +171,9 @@ class Node:
         }
 
     async def stop(self) -> None:
-        """Stops every listener, letting calls in flight finish briefly."""
+        """Drains the miners (their work in flight finishes within ``drain_grace_ms``), then
+        stops every listener, letting calls in flight finish briefly."""
+        await self.miner_link.drain(self.config.drain_grace_ms / 1000)
         await asyncio.gather(*(server.stop() for server in self._servers()))
         await self.supervisor.close()
 

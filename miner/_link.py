@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -13,7 +14,10 @@ from cgn_common.errors import (
     CgnError,
     DeadlineExceededError,
     DServiceFailedError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
     UnavailableError,
+    UnimplementedError,
 )
 from cgn_common.logs import log_event
 from cgn_common.rpc import status_proto
@@ -42,12 +46,21 @@ class LinkSession:
         self._config = config
         self._runtime = runtime
         self._fitness = fitness
+        #: dispatch token -> the task running it.
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._request_ids: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
+        self._last_nonce = ""
+        self._draining = False
+        self._drained = asyncio.Event()
         self.welcome: pb.Welcome | None = None
         self.completed = 0
         self.failed = 0
+
+    @property
+    def drained(self) -> bool:
+        """True when the session ended because the node drained this miner."""
+        return self._drained.is_set()
 
     def _hello(self) -> pb.MinerHello:
         f = self._fitness
@@ -78,7 +91,7 @@ class LinkSession:
             log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
 
     async def run(self, channel: grpc.aio.Channel, connected: asyncio.Event) -> None:
-        """Says hello and serves assignments until the stream ends."""
+        """Says hello and serves node messages until the stream ends or a drain finishes."""
         call: Any = pb_grpc.MinerLinkServiceStub(channel).Connect()
         await call.write(pb.ConnectRequest(hello=self._hello()))
         first = await call.read()
@@ -86,6 +99,7 @@ class LinkSession:
             await call  # raises the node's refusal status
             return
         self.welcome = first.welcome
+        self._last_nonce = first.nonce
         connected.set()
         log_event(
             _log,
@@ -96,56 +110,103 @@ class LinkSession:
         )
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
-                kind = message.WhichOneof("kind")
-                if kind == "assignment":
-                    refusal = self._refusal(message.assignment)
-                    await self._send(
-                        call,
-                        pb.ConnectRequest(
-                            response_nonce=message.nonce,
-                            work_ack=pb.WorkAck(
-                                work_id=message.assignment.work_id, refusal=refusal
-                            ),
-                        ),
-                    )
-                    if refusal is None:
-                        self._start_work(call, message.nonce, message.assignment)
-                elif kind == "cancel":
-                    cancelled = self._tasks.get(message.cancel.work_id)
-                    if cancelled is not None:
-                        cancelled.cancel()
-                elif kind == "ping":
-                    await self._send(
-                        call, pb.ConnectRequest(response_nonce=message.nonce, pong=pb.Pong())
-                    )
+                self._last_nonce = message.nonce
+                await self._on_message(call, message)
+                if self._drained.is_set():
+                    return
         finally:
             connected.clear()
             for task in list(self._tasks.values()):
                 task.cancel()
 
-    def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
-        work_id = assignment.work_id
-        task = asyncio.create_task(self._work(call, nonce, assignment))
-        self._tasks[work_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(work_id, None))
+    async def _on_message(self, call: Any, message: pb.ConnectResponse) -> None:
+        kind = message.WhichOneof("kind")
+        nonce = message.nonce
+        if kind == "assignment":
+            nack = self._nack_reason(message.assignment)
+            await self._ack(call, nonce, nack)
+            if nack is None:
+                self._start_work(call, nonce, message.assignment)
+        elif kind == "cancel":
+            cancelled = self._tasks.get(message.cancel.dispatch_token)
+            if cancelled is not None:
+                cancelled.cancel()
+        elif kind == "ping":
+            await self._send(call, pb.ConnectRequest(response_nonce=nonce, pong=pb.Pong()))
+        elif kind == "drain":
+            await self._ack(call, nonce, None)
+            grace_s = message.drain.grace.ToMilliseconds() / 1000
+            self._draining = True
+            self._spawn(call, self._drain(call, grace_s))
+        elif kind in ("key_revoke",):
+            await self._ack(call, nonce, None)
+        elif kind in ("key_grant", "dservice_update", "attestation_challenge"):
+            await self._ack(call, nonce, UnimplementedError(f"{kind} is not supported yet"))
 
-    def _refusal(self, assignment: pb.WorkAssignment) -> Any:
-        """Why this miner cannot take the unit at all (the node sends it elsewhere), or None."""
+    async def _ack(self, call: Any, nonce: str, nack: CgnError | None) -> None:
+        """An Ack of the node message ``nonce``; with ``nack``, a NACK saying why."""
+        message = pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack())
+        if nack is not None:
+            message.error_detail.CopyFrom(status_proto(nack))
+        await self._send(call, message)
+
+    def _nack_reason(self, assignment: pb.WorkAssignment) -> CgnError | None:
+        """Why this miner rejects the assignment (the node sends it elsewhere), or None."""
+        if not assignment.dispatch_token or not assignment.head.path.startswith("/"):
+            return InvalidArgumentError("assignment without dispatch_token or path")
+        if self._draining:
+            return UnavailableError("draining")
+        if len(self._tasks) >= self._config.max_concurrent_work_units:
+            return ResourceExhaustedError("no free slot")
         try:
             dservice = self._runtime.get(assignment.dservice)
         except CgnError as exc:
-            return status_proto(exc)
+            return exc
         if not dservice.running:
-            return status_proto(UnavailableError(f"DService {assignment.dservice!r} is restarting"))
+            return UnavailableError(f"DService {assignment.dservice!r} is restarting")
         return None
 
-    async def _heartbeat(self, call: Any, nonce: str, work_id: str, lease_s: float) -> None:
+    def _spawn(self, call: Any, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self, call: Any, grace_s: float) -> None:
+        """Lets running units finish within the grace, stops the rest, says Goodbye."""
+        running = list(self._tasks.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            for task in late:
+                task.cancel()
+        await self._send_quietly(call, pb.ConnectRequest(goodbye=pb.Goodbye(reason="drained")))
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+            await call.done_writing()
+        self._drained.set()
+        log_event(_log, "miner_drained", stopped=sum(not t.done() for t in running))
+
+    def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
+        token = assignment.dispatch_token
+        task = asyncio.create_task(self._work(call, nonce, assignment))
+        self._tasks[token] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(token, None)
+            free = max(0, self._config.max_concurrent_work_units - len(self._tasks))
+            slots = pb.ConnectRequest(
+                response_nonce=self._last_nonce, slots=pb.WorkSlots(free=free)
+            )
+            if not self._drained.is_set():
+                self._spawn(call, self._send_quietly(call, slots))
+
+        task.add_done_callback(finished)
+
+    async def _heartbeat(self, call: Any, nonce: str, token: str, lease_s: float) -> None:
         """Renews the unit's lease while it runs: a WorkProgress every third of a lease, with
         the wall time used so far (CPU is known only at the end: it is read per process)."""
         started = time.monotonic()
         while True:
             await asyncio.sleep(lease_s / 3)
-            progress = pb.WorkProgress(work_id=work_id)
+            progress = pb.WorkProgress(dispatch_token=token)
             progress.usage_so_far.wall_time.FromMicroseconds(
                 int((time.monotonic() - started) * 1_000_000)
             )
@@ -155,19 +216,18 @@ class LinkSession:
 
     async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
         """Runs one unit; every outcome but a cancel from the node is answered."""
-        work_id = assignment.work_id
-        self._request_ids[work_id] = assignment.request_id
+        token = assignment.dispatch_token
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
         timeout_s = assignment.timeout.ToMilliseconds() / 1000 or None
-        heartbeat = asyncio.create_task(self._heartbeat(call, nonce, work_id, lease_s))
+        heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await self._call_dservice(assignment)
         except TimeoutError:
-            await self._fail(call, nonce, work_id, DeadlineExceededError("DService timed out"))
+            await self._fail(call, nonce, assignment, DeadlineExceededError("DService timed out"))
             return
         except CgnError as exc:
-            await self._fail(call, nonce, work_id, exc)
+            await self._fail(call, nonce, assignment, exc)
             return
         except Exception as exc:  # the unit must be answered whatever went wrong
             log_event(
@@ -175,19 +235,18 @@ class LinkSession:
                 "work_crashed",
                 logging.ERROR,
                 exc=exc,
-                work_id=work_id,
+                work_id=assignment.work_id,
                 request_id=assignment.request_id,
             )
-            await self._fail(call, nonce, work_id, DServiceFailedError("the miner failed"))
+            await self._fail(call, nonce, assignment, DServiceFailedError("the miner failed"))
             return
         finally:
             heartbeat.cancel()
-            self._request_ids.pop(work_id, None)
         if len(answer.body) > MAX_RESPONSE_BYTES:
             too_big = DServiceFailedError(
                 f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
             )
-            await self._fail(call, nonce, work_id, too_big)
+            await self._fail(call, nonce, assignment, too_big)
             return
         await self._answer(call, nonce, assignment, answer)
 
@@ -200,17 +259,21 @@ class LinkSession:
         dservice = self._runtime.get(assignment.dservice)
         return await dservice.call(head.method, head.path, head.query, headers, assignment.body)
 
-    async def _fail(self, call: Any, nonce: str, work_id: str, error: CgnError) -> None:
+    async def _fail(
+        self, call: Any, nonce: str, assignment: pb.WorkAssignment, error: CgnError
+    ) -> None:
         self.failed += 1
         log_event(
             _log,
             "work_failed",
             logging.WARNING,
-            work_id=work_id,
-            request_id=self._request_ids.get(work_id, ""),
+            work_id=assignment.work_id,
+            request_id=assignment.request_id,
             error=error.message,
         )
-        failure = pb.WorkFailure(work_id=work_id, status=status_proto(error))
+        failure = pb.WorkFailure(
+            dispatch_token=assignment.dispatch_token, status=status_proto(error)
+        )
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
 
     async def _answer(
@@ -223,9 +286,9 @@ class LinkSession:
         )
         usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
         usage.wall_time.FromMicroseconds(answer.wall_time_us)
-        completion = pb.WorkCompletion(work_id=assignment.work_id, usage=usage)
+        completion = pb.WorkCompletion(dispatch_token=assignment.dispatch_token, usage=usage)
         response = pb.WorkResponse(
-            work_id=assignment.work_id,
+            dispatch_token=assignment.dispatch_token,
             head=http_pb2.HttpResponseHead(
                 status_code=answer.status,
                 headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in answer.headers],

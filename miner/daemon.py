@@ -71,6 +71,8 @@ class MinerDaemon:
                     backoff.longest()  # retrying soon will not fix credentials
             if session.welcome is not None:
                 backoff.reset()
+            if session.drained:
+                backoff.longest()  # the node asked us to leave: do not knock again at once
             await asyncio.sleep(backoff.next())
 
 

@@ -38,6 +38,7 @@ class ScriptedMiner:
     ended: str = ""
     welcomed: asyncio.Event = field(default_factory=asyncio.Event)
     assigned: asyncio.Event = field(default_factory=asyncio.Event)
+    _work_ids: dict[str, str] = field(default_factory=dict)
 
     async def run(self, address: str, pki: Pki, api_key: str) -> None:
         async with open_channel(address, pki.client_only()) as channel:
@@ -56,7 +57,8 @@ class ScriptedMiner:
                     if kind == "welcome":
                         self.welcomed.set()
                     elif kind == "cancel":
-                        self.cancels.append(message.cancel.work_id)
+                        token = message.cancel.dispatch_token
+                        self.cancels.append(self._work_ids.get(token, token))
                     elif kind == "assignment":
                         self.assignments.append(message.assignment)
                         self.assigned.set()
@@ -71,41 +73,42 @@ class ScriptedMiner:
                     task.cancel()
 
     async def _work(self, call: Any, message: pb.ConnectResponse) -> None:
-        work_id = message.assignment.work_id
+        work_id = message.assignment.dispatch_token
+        self._work_ids[work_id] = message.assignment.work_id
         nonce = "not-the-nonce" if self.behaviour == "wrong-nonce" else message.nonce
-        await call.write(
-            pb.ConnectRequest(response_nonce=nonce, work_ack=pb.WorkAck(work_id=work_id))
-        )
+        await call.write(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
         if self.behaviour == "answer":
             response = pb.WorkResponse(
-                work_id=work_id,
+                dispatch_token=work_id,
                 head=http_pb2.HttpResponseHead(status_code=200),
                 body=self.miner_id.encode(),
                 body_complete=True,
-                completion=pb.WorkCompletion(work_id=work_id),
+                completion=pb.WorkCompletion(dispatch_token=work_id),
             )
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=response))
         elif self.behaviour == "chunks":
             head = http_pb2.HttpResponseHead(status_code=201)
-            first = pb.WorkResponse(work_id=work_id, head=head, body=b"one,", body_complete=False)
+            first = pb.WorkResponse(
+                dispatch_token=work_id, head=head, body=b"one,", body_complete=False
+            )
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=first))
             for part in (b"two,", b"three"):
                 chunk = pb.ConnectRequest(response_nonce=message.nonce)
-                chunk.response_body.work_id = work_id
+                chunk.response_body.dispatch_token = work_id
                 chunk.response_body.data = part
                 await call.write(chunk)
-            done = pb.WorkCompletion(work_id=work_id)
+            done = pb.WorkCompletion(dispatch_token=work_id)
             done.usage.wall_time.FromMicroseconds(1234)
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, completion=done))
         elif self.behaviour == "fail":
-            failure = pb.WorkFailure(work_id=work_id)
+            failure = pb.WorkFailure(dispatch_token=work_id)
             failure.status.code = 14
             failure.status.message = "DService answered with garbage"
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, failure=failure))
         elif self.behaviour == "heartbeat":
             while True:
                 await asyncio.sleep(LEASE_MS / 3000)
-                progress = pb.WorkProgress(work_id=work_id)
+                progress = pb.WorkProgress(dispatch_token=work_id)
                 await call.write(pb.ConnectRequest(response_nonce=message.nonce, progress=progress))
 
 

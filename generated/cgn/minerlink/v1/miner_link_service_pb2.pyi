@@ -70,9 +70,11 @@ class ConnectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESPONSE_NONCE_FIELD_NUMBER: _builtins.int
+    ERROR_DETAIL_FIELD_NUMBER: _builtins.int
     HELLO_FIELD_NUMBER: _builtins.int
     ATTESTATION_FIELD_NUMBER: _builtins.int
-    WORK_ACK_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
     RESPONSE_BODY_FIELD_NUMBER: _builtins.int
@@ -85,6 +87,10 @@ class ConnectRequest(_message.Message):
     response_nonce: _builtins.str
     """The nonce of the node message this answers; empty for unsolicited messages."""
     @_builtins.property
+    def error_detail(self) -> _status_pb2.Status:
+        """Set on an Ack that rejects the node message named by `response_nonce` (a NACK): why."""
+
+    @_builtins.property
     def hello(self) -> Global___MinerHello:
         """Credentials and capabilities; must be the first message."""
 
@@ -93,8 +99,14 @@ class ConnectRequest(_message.Message):
         """The answer to an attestation challenge."""
 
     @_builtins.property
-    def work_ack(self) -> Global___WorkAck:
-        """Acceptance or refusal of a work assignment."""
+    def ack(self) -> Global___Ack:
+        """Accepts (or, with `error_detail`, rejects) the node message named by `response_nonce`:
+        a WorkAssignment, KeyGrant, KeyRevoke, Drain or DServiceUpdate.
+        """
+
+    @_builtins.property
+    def slots(self) -> Global___WorkSlots:
+        """How many more assignments the miner has room for."""
 
     @_builtins.property
     def progress(self) -> Global___WorkProgress:
@@ -105,7 +117,7 @@ class ConnectRequest(_message.Message):
         """The DService's response head, possibly with the whole body and completion."""
 
     @_builtins.property
-    def response_body(self) -> _http_pb2.BodyChunk:
+    def response_body(self) -> Global___ResponseBodyChunk:
         """A slice of a response body."""
 
     @_builtins.property
@@ -114,7 +126,7 @@ class ConnectRequest(_message.Message):
 
     @_builtins.property
     def failure(self) -> Global___WorkFailure:
-        """The miner could not run the work; the node re-dispatches it."""
+        """The DService failed or answered something the miner cannot pass on (a 502 to the DApp)."""
 
     @_builtins.property
     def availability(self) -> _resources_pb2.Availability:
@@ -136,12 +148,14 @@ class ConnectRequest(_message.Message):
         self,
         *,
         response_nonce: _builtins.str = ...,
+        error_detail: _status_pb2.Status | None = ...,
         hello: Global___MinerHello | None = ...,
         attestation: Global___AttestationEvidence | None = ...,
-        work_ack: Global___WorkAck | None = ...,
+        ack: Global___Ack | None = ...,
+        slots: Global___WorkSlots | None = ...,
         progress: Global___WorkProgress | None = ...,
         response: Global___WorkResponse | None = ...,
-        response_body: _http_pb2.BodyChunk | None = ...,
+        response_body: Global___ResponseBodyChunk | None = ...,
         completion: Global___WorkCompletion | None = ...,
         failure: Global___WorkFailure | None = ...,
         availability: _resources_pb2.Availability | None = ...,
@@ -149,11 +163,11 @@ class ConnectRequest(_message.Message):
         key_request: Global___KeyRequest | None = ...,
         goodbye: Global___Goodbye | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "availability", b"availability", "completion", b"completion", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "work_ack", b"work_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "slots", b"slots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "availability", b"availability", "completion", b"completion", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "response_nonce", b"response_nonce", "work_ack", b"work_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "response_nonce", b"response_nonce", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "attestation", "work_ack", "progress", "response", "response_body", "completion", "failure", "availability", "pong", "key_request", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "attestation", "ack", "slots", "progress", "response", "response_body", "completion", "failure", "availability", "pong", "key_request", "goodbye"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -191,12 +205,12 @@ class ConnectResponse(_message.Message):
         """Work to run."""
 
     @_builtins.property
-    def request_body(self) -> _http_pb2.BodyChunk:
+    def request_body(self) -> Global___RequestBodyChunk:
         """A slice of a request body."""
 
     @_builtins.property
     def cancel(self) -> Global___WorkCancel:
-        """Stop running a work unit (client gone, race lost, deadline passed)."""
+        """Stop running a work unit (client gone, race lost, deadline passed). No answer."""
 
     @_builtins.property
     def key_grant(self) -> Global___KeyGrant:
@@ -212,7 +226,9 @@ class ConnectResponse(_message.Message):
 
     @_builtins.property
     def drain(self) -> Global___Drain:
-        """The node is shutting down or rebalancing: finish work in flight, take no more."""
+        """The node is shutting down or rebalancing: finish work in flight within the grace, take
+        no more, then say Goodbye. The miner answers with an Ack.
+        """
 
     @_builtins.property
     def dservice_update(self) -> Global___DServiceUpdate:
@@ -225,7 +241,7 @@ class ConnectResponse(_message.Message):
         welcome: Global___Welcome | None = ...,
         attestation_challenge: Global___AttestationChallenge | None = ...,
         assignment: Global___WorkAssignment | None = ...,
-        request_body: _http_pb2.BodyChunk | None = ...,
+        request_body: Global___RequestBodyChunk | None = ...,
         cancel: Global___WorkCancel | None = ...,
         key_grant: Global___KeyGrant | None = ...,
         key_revoke: Global___KeyRevoke | None = ...,
@@ -268,7 +284,7 @@ class MinerHello(_message.Message):
     software_version: _builtins.str
     """The miner runtime software version."""
     max_concurrent_work_units: _builtins.int
-    """How many work units the miner runs at once."""
+    """How many work units the miner runs at once: its initial WorkSlots."""
     runtime: _builtins.str
     """The DService runtime in use, e.g. "process" or "docker"."""
     @_builtins.property
@@ -424,8 +440,11 @@ class WorkAssignment(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
-    """The work unit id; every later message about it carries it."""
+    """The work unit id (the node's, also the ledger row's): for logs. A re-dispatch of the same
+    unit keeps it; correlate with `dispatch_token`.
+    """
     dservice: _builtins.str
     """The DService to run."""
     dservice_version: _builtins.str
@@ -433,7 +452,7 @@ class WorkAssignment(_message.Message):
     body: _builtins.bytes
     """The request body, or its first part."""
     body_complete: _builtins.bool
-    """False when BodyChunk messages with this work_id follow."""
+    """False when RequestBodyChunk messages with this dispatch token follow."""
     affinity_key: _builtins.str
     """The affinity key, for the miner's per-key working directory."""
     grade: _types_pb2.WorkGrade.ValueType
@@ -448,6 +467,10 @@ class WorkAssignment(_message.Message):
     """
     request_id: _builtins.str
     """The DApp's request id, passed to the DService as `X-Request-Id`."""
+    dispatch_token: _builtins.str
+    """Names this dispatch (unguessable, unique per attempt): every miner message about the unit
+    carries it, and the node's WorkCancel names it.
+    """
     @_builtins.property
     def head(self) -> _http_pb2.HttpRequestHead:
         """The HTTP request head, unchanged from the DApp."""
@@ -486,42 +509,123 @@ class WorkAssignment(_message.Message):
         lease: _duration_pb2.Duration | None = ...,
         attempt: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "head", b"head", "lease", b"lease", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "attempt", b"attempt", "body", b"body", "body_complete", b"body_complete", "data_ttl", b"data_ttl", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "lease", b"lease", "request_id", b"request_id", "role", b"role", "timeout", b"timeout", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "attempt", b"attempt", "body", b"body", "body_complete", b"body_complete", "data_ttl", b"data_ttl", "dispatch_token", b"dispatch_token", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "lease", b"lease", "request_id", b"request_id", "role", b"role", "timeout", b"timeout", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkAssignment: _TypeAlias = WorkAssignment  # noqa: Y015
 
 @_typing.final
-class WorkAck(_message.Message):
-    """The miner's acknowledgement of an assignment."""
+class Ack(_message.Message):
+    """Accepts a node message (the one named by the envelope's `response_nonce`); with the
+    envelope's `error_detail` set, rejects it (a NACK), e.g. an assignment with
+    RESOURCE_EXHAUSTED (no free slot), FAILED_PRECONDITION (DService not installed),
+    UNAVAILABLE (draining) or INVALID_ARGUMENT (malformed). A rejected assignment goes to
+    another miner; the miner stays.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
-    REFUSAL_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit acknowledged."""
-    @_builtins.property
-    def refusal(self) -> _status_pb2.Status:
-        """Set when the miner refuses the work (e.g. FAILED_PRECONDITION: DService not installed)."""
-
     def __init__(
         self,
-        *,
-        work_id: _builtins.str = ...,
-        refusal: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WorkAck: _TypeAlias = WorkAck  # noqa: Y015
+Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class WorkSlots(_message.Message):
+    """The miner's free capacity: `free` more assignments fit, counting every assignment up to the
+    node message named by the envelope's `response_nonce` (assignments sent after it are not
+    counted yet). The miner sends it whenever the number changes; until the first one, the
+    hello's max_concurrent_work_units holds. The node never sends more assignments than fit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREE_FIELD_NUMBER: _builtins.int
+    free: _builtins.int
+    """How many more assignments fit."""
+    def __init__(
+        self,
+        *,
+        free: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["free", b"free"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkSlots: _TypeAlias = WorkSlots  # noqa: Y015
+
+@_typing.final
+class RequestBodyChunk(_message.Message):
+    """A slice of a request body (until bodies move to their own streams)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    END_OF_BODY_FIELD_NUMBER: _builtins.int
+    dispatch_token: _builtins.str
+    """The dispatch the body belongs to."""
+    data: _builtins.bytes
+    """The bytes (at most 1 MiB)."""
+    end_of_body: _builtins.bool
+    """True on the final chunk."""
+    def __init__(
+        self,
+        *,
+        dispatch_token: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        end_of_body: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dispatch_token", b"dispatch_token", "end_of_body", b"end_of_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestBodyChunk: _TypeAlias = RequestBodyChunk  # noqa: Y015
+
+@_typing.final
+class ResponseBodyChunk(_message.Message):
+    """A slice of a response body (until bodies move to their own streams)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    END_OF_BODY_FIELD_NUMBER: _builtins.int
+    dispatch_token: _builtins.str
+    """The dispatch the body belongs to."""
+    data: _builtins.bytes
+    """The bytes (at most 1 MiB)."""
+    end_of_body: _builtins.bool
+    """True on the final chunk."""
+    def __init__(
+        self,
+        *,
+        dispatch_token: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        end_of_body: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dispatch_token", b"dispatch_token", "end_of_body", b"end_of_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseBodyChunk: _TypeAlias = ResponseBodyChunk  # noqa: Y015
 
 @_typing.final
 class WorkProgress(_message.Message):
@@ -532,12 +636,12 @@ class WorkProgress(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     COMPLETED_PPM_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     USAGE_SO_FAR_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit."""
+    dispatch_token: _builtins.str
+    """The dispatch this is about."""
     completed_ppm: _builtins.int
     """Completed fraction in parts per million (0 when unknown)."""
     message: _builtins.str
@@ -549,14 +653,14 @@ class WorkProgress(_message.Message):
     def __init__(
         self,
         *,
-        work_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
         completed_ppm: _builtins.int = ...,
         message: _builtins.str = ...,
         usage_so_far: _resources_pb2.ResourceUsage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage_so_far", b"usage_so_far"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_ppm", b"completed_ppm", "message", b"message", "usage_so_far", b"usage_so_far", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_ppm", b"completed_ppm", "dispatch_token", b"dispatch_token", "message", b"message", "usage_so_far", b"usage_so_far"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,13 +672,13 @@ class WorkResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     BODY_COMPLETE_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit."""
+    dispatch_token: _builtins.str
+    """The dispatch this is about."""
     body: _builtins.bytes
     """The response body, or its first part."""
     body_complete: _builtins.bool
@@ -590,7 +694,7 @@ class WorkResponse(_message.Message):
     def __init__(
         self,
         *,
-        work_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
         head: _http_pb2.HttpResponseHead | None = ...,
         body: _builtins.bytes = ...,
         body_complete: _builtins.bool = ...,
@@ -598,7 +702,7 @@ class WorkResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "head", b"head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_complete", b"body_complete", "completion", b"completion", "head", b"head", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_complete", b"body_complete", "completion", b"completion", "dispatch_token", b"dispatch_token", "head", b"head"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -630,12 +734,12 @@ class WorkCompletion(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     DSERVICE_FIELDS_FIELD_NUMBER: _builtins.int
     RESULT_DIGEST_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit."""
+    dispatch_token: _builtins.str
+    """The dispatch this is about."""
     result_digest: _builtins.bytes
     """SHA-256 of the response body, for verification and redundant-run comparison."""
     @_builtins.property
@@ -649,14 +753,14 @@ class WorkCompletion(_message.Message):
     def __init__(
         self,
         *,
-        work_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
         usage: _resources_pb2.ResourceUsage | None = ...,
         dservice_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         result_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservice_fields", b"dservice_fields", "result_digest", b"result_digest", "usage", b"usage", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_token", b"dispatch_token", "dservice_fields", b"dservice_fields", "result_digest", b"result_digest", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,14 +768,16 @@ Global___WorkCompletion: _TypeAlias = WorkCompletion  # noqa: Y015
 
 @_typing.final
 class WorkFailure(_message.Message):
-    """The miner could not run the work (a DService's own HTTP error is not a failure)."""
+    """The DService failed or answered something the miner cannot pass on (a DService's own HTTP
+    error is not a failure). The node answers the DApp 502; nothing is replayed.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit."""
+    dispatch_token: _builtins.str
+    """The dispatch this is about."""
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """Why it failed."""
@@ -679,12 +785,12 @@ class WorkFailure(_message.Message):
     def __init__(
         self,
         *,
-        work_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_token", b"dispatch_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,21 +802,21 @@ class WorkCancel(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WORK_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
-    work_id: _builtins.str
-    """The work unit."""
+    dispatch_token: _builtins.str
+    """The dispatch this is about."""
     reason: _builtins.str
     """Why, for logs."""
     def __init__(
         self,
         *,
-        work_id: _builtins.str = ...,
+        dispatch_token: _builtins.str = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_token", b"dispatch_token", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -844,16 +950,22 @@ class Drain(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Why, for logs."""
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """How long work in flight may still run; past it the miner stops it (WorkFailure)."""
+
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
+        grace: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,14 +31,17 @@ class MinerLinkServiceStub(object):
     bidirectional stream for as long as it is willing to work; the broker pushes work down it.
 
     The stream follows Envoy's ADS pattern: every node message carries a fresh `nonce`, and
-    every miner message that answers one echoes it as `response_nonce`. A refusal carries a
-    google.rpc.Status. The miner's first message must be a MinerHello; a rejected hello ends the
-    stream with UNAUTHENTICATED or PERMISSION_DENIED.
+    every miner message that answers one echoes it as `response_nonce`; a miner that rejects a
+    node message answers it with an Ack whose envelope carries `error_detail` (a NACK). The
+    miner's first message must be a MinerHello; a rejected hello ends the stream with
+    UNAUTHENTICATED or PERMISSION_DENIED. docs/miner-protocol.md gives every exchange and its
+    states; a miner can be written from it and these protos alone.
 
-    One work unit: node WorkAssignment (body inline, or followed by BodyChunk messages) ->
-    miner WorkAck within the ack deadline -> miner WorkProgress (optional, for long work) ->
-    miner WorkResponse (head and inline body with completion, or followed by BodyChunk
-    messages and a WorkCompletion). A miner that misses the ack deadline is declared down.
+    One work unit: node WorkAssignment (with a `dispatch_token` naming this dispatch) -> miner
+    Ack (or NACK) within the ack deadline -> miner WorkProgress at least once per lease ->
+    miner WorkResponse (head and inline body with completion, or followed by
+    ResponseBodyChunk messages and a WorkCompletion), or a WorkFailure. Every miner message
+    about the unit carries the dispatch token and echoes the assignment's nonce.
     """
 
     def __init__(self, channel):
@@ -59,14 +62,17 @@ class MinerLinkServiceServicer(object):
     bidirectional stream for as long as it is willing to work; the broker pushes work down it.
 
     The stream follows Envoy's ADS pattern: every node message carries a fresh `nonce`, and
-    every miner message that answers one echoes it as `response_nonce`. A refusal carries a
-    google.rpc.Status. The miner's first message must be a MinerHello; a rejected hello ends the
-    stream with UNAUTHENTICATED or PERMISSION_DENIED.
+    every miner message that answers one echoes it as `response_nonce`; a miner that rejects a
+    node message answers it with an Ack whose envelope carries `error_detail` (a NACK). The
+    miner's first message must be a MinerHello; a rejected hello ends the stream with
+    UNAUTHENTICATED or PERMISSION_DENIED. docs/miner-protocol.md gives every exchange and its
+    states; a miner can be written from it and these protos alone.
 
-    One work unit: node WorkAssignment (body inline, or followed by BodyChunk messages) ->
-    miner WorkAck within the ack deadline -> miner WorkProgress (optional, for long work) ->
-    miner WorkResponse (head and inline body with completion, or followed by BodyChunk
-    messages and a WorkCompletion). A miner that misses the ack deadline is declared down.
+    One work unit: node WorkAssignment (with a `dispatch_token` naming this dispatch) -> miner
+    Ack (or NACK) within the ack deadline -> miner WorkProgress at least once per lease ->
+    miner WorkResponse (head and inline body with completion, or followed by
+    ResponseBodyChunk messages and a WorkCompletion), or a WorkFailure. Every miner message
+    about the unit carries the dispatch token and echoes the assignment's nonce.
     """
 
     def Connect(self, request_iterator, context):
@@ -97,14 +103,17 @@ class MinerLinkService(object):
     bidirectional stream for as long as it is willing to work; the broker pushes work down it.
 
     The stream follows Envoy's ADS pattern: every node message carries a fresh `nonce`, and
-    every miner message that answers one echoes it as `response_nonce`. A refusal carries a
-    google.rpc.Status. The miner's first message must be a MinerHello; a rejected hello ends the
-    stream with UNAUTHENTICATED or PERMISSION_DENIED.
+    every miner message that answers one echoes it as `response_nonce`; a miner that rejects a
+    node message answers it with an Ack whose envelope carries `error_detail` (a NACK). The
+    miner's first message must be a MinerHello; a rejected hello ends the stream with
+    UNAUTHENTICATED or PERMISSION_DENIED. docs/miner-protocol.md gives every exchange and its
+    states; a miner can be written from it and these protos alone.
 
-    One work unit: node WorkAssignment (body inline, or followed by BodyChunk messages) ->
-    miner WorkAck within the ack deadline -> miner WorkProgress (optional, for long work) ->
-    miner WorkResponse (head and inline body with completion, or followed by BodyChunk
-    messages and a WorkCompletion). A miner that misses the ack deadline is declared down.
+    One work unit: node WorkAssignment (with a `dispatch_token` naming this dispatch) -> miner
+    Ack (or NACK) within the ack deadline -> miner WorkProgress at least once per lease ->
+    miner WorkResponse (head and inline body with completion, or followed by
+    ResponseBodyChunk messages and a WorkCompletion), or a WorkFailure. Every miner message
+    about the unit carries the dispatch token and echoes the assignment's nonce.
     """
 
     @staticmethod
