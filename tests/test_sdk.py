@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,62 @@ def test_typescript_sdk_type_checks(sdk: Path, tmp_path: Path) -> None:
     done = _run([str(TSC), "-p", "tsconfig.json"], project)
     assert done.returncode != 0
     assert "check.ts" in done.stdout
+
+
+GO_STAND_IN = """\
+#!{python}
+# Stands in for protoc-gen-go / protoc-gen-go-grpc: lists the files it was asked to generate
+# with the go_package managed mode gave them. buf runs it once per directory (Go's strategy).
+import os, sys
+from google.protobuf.compiler import plugin_pb2
+
+request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
+files = {{f.name: f for f in request.proto_file}}
+response = plugin_pb2.CodeGeneratorResponse(
+    supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
+)
+directory = os.path.dirname(request.file_to_generate[0])
+out = response.file.add(name=f"{{directory}}/{{os.path.basename(sys.argv[0])}}.txt")
+out.content = "".join(
+    f"{{name}} {{files[name].options.go_package}}\\n" for name in request.file_to_generate
+)
+sys.stdout.buffer.write(response.SerializeToString())
+"""
+
+
+def test_go_template_sets_go_package_and_skips_google_rpc(tmp_path: Path) -> None:
+    """No Go toolchain here: stand-in plugins check what buf.gen.go.yaml hands protoc-gen-go."""
+    _require_file(BUF, BOOTSTRAP_HINT)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for plugin in ("protoc-gen-go", "protoc-gen-go-grpc"):
+        script = bin_dir / plugin
+        script.write_text(GO_STAND_IN.format(python=sys.executable))
+        script.chmod(0o755)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(BUF), "generate", "--template", "buf.gen.go.yaml", "-o", str(out)],
+        cwd=PROTOS,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # cgn/node/v1/x.proto -> "github.com/cgn/sdk/go/cgn/node/v1;nodev1"; google/rpc is not asked.
+    expected = {
+        name: f"github.com/cgn/sdk/go/{Path(name).parent};{''.join(Path(name).parts[1:3])}"
+        for name in _proto_files()
+        if name.startswith("cgn/")
+    }
+    for plugin in ("protoc-gen-go", "protoc-gen-go-grpc"):
+        lines = [
+            line
+            for listing in (out / "gen" / "go").rglob(f"{plugin}.txt")
+            for line in listing.read_text().splitlines()
+        ]
+        assert dict(line.split(" ", 1) for line in lines) == expected
 
 
 def _first_field(proto_text: str) -> tuple[str, str, re.Match[str]]:
