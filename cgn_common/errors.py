@@ -92,6 +92,12 @@ class DServiceFailedError(CgnError):
     reason = "DSERVICE_FAILED"
 
 
+class AbortedError(CgnError):
+    """The operation or stream was ended on purpose (e.g. a miner dropped)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class UnavailableError(CgnError, ConnectionError):
     """A dependency cannot be reached now; retrying later may work."""
 
@@ -124,6 +130,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
         UnavailableError,
         DeadlineExceededError,
         UnimplementedError,
+        AbortedError,
     )
 }
 

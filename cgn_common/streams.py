@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from cgn_common.errors import InvalidArgumentError
+
 
 class StreamWriter:
     """Serializes writes to one stream (a servicer context or a client call)."""
@@ -25,8 +27,9 @@ class StreamWriter:
 
 async def read_hello(context: Any, kind: str, what: str) -> Any:
     """Reads a link's first message, which must be of oneof ``kind``; otherwise aborts the
-    stream with INVALID_ARGUMENT naming ``what`` was expected. Returns that oneof field."""
+    stream with INVALID_ARGUMENT naming ``what`` was expected (the error interceptor turns
+    the error into the status). Returns that oneof field."""
     first = await context.read()
     if first is grpc.aio.EOF or first.WhichOneof("kind") != kind:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"expected {what} first")
+        raise InvalidArgumentError(f"expected {what} first", reason="HELLO_EXPECTED")
     return getattr(first, kind)

@@ -28,7 +28,13 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from cgn_common.errors import CgnError, DeadlineExceededError, DServiceFailedError
+from cgn_common.errors import (
+    AbortedError,
+    CgnError,
+    DeadlineExceededError,
+    DServiceFailedError,
+    PermissionDeniedError,
+)
 from cgn_common.ids import new_id
 from cgn_common.logs import log_event
 from cgn_common.streams import StreamWriter, read_hello
@@ -342,8 +348,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         info = await self._central.verify_miner(hello.miner_id, hello.api_key)
         tier = info.account.tier
         if tier is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "miner account has no tier")
-            return
+            raise PermissionDeniedError("miner account has no tier", reason="MINER_WITHOUT_TIER")
         miner = MinerConnection(
             StreamWriter(context.write),
             miner_id=hello.miner_id,
@@ -389,7 +394,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             if exc is not None and not isinstance(exc, grpc.aio.AioRpcError):
                 log_event(_log, "miner_reader_failed", logging.ERROR, exc=exc)
         if miner.close_reason:
-            await context.abort(grpc.StatusCode.ABORTED, miner.close_reason)
+            raise AbortedError(miner.close_reason, reason="MINER_DROPPED")
 
     @staticmethod
     async def _read(context: Context, miner: MinerConnection) -> None:
