@@ -91,6 +91,7 @@ class MinerConnection:
         lease_s: float,
         supervisor: Supervisor,
         on_slots: Callable[[int], None] = lambda free: None,
+        on_given_up: Callable[[], None] = lambda: None,
     ) -> None:
         self.miner_id = miner_id
         self.tier = tier
@@ -111,6 +112,7 @@ class MinerConnection:
         #: sequence numbers of assignments sent, for WorkSlots arithmetic.
         self._assigned: collections.deque[int] = collections.deque()
         self._on_slots = on_slots
+        self._on_given_up = on_given_up
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.cancels_sent = 0
@@ -140,6 +142,8 @@ class MinerConnection:
         if self.closed.is_set():
             return
         self.cancels_sent += 1
+        if pending.ack.done() and not pending.ack.exception():
+            self._on_given_up()  # it may still run until the miner's next WorkSlots
         message = pb.ConnectResponse(
             nonce=self.next_nonce(),
             cancel=pb.WorkCancel(dispatch_token=pending.token, reason=reason),
@@ -362,6 +366,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         )
         miner_ref = miner
         miner._on_slots = lambda free: self._broker.set_free(miner_ref, free)
+        miner._on_given_up = lambda: self._broker.hold_slot(miner_ref)
         welcome = pb.Welcome(
             node_id=self._node_id,
             tier=int(miner.tier),  # type: ignore[arg-type]

@@ -206,6 +206,13 @@ class Broker:
             for pool in slot.pools:
                 self._free[pool].pop(slot, None)
 
+    def hold_slot(self, miner: MinerHandle) -> None:
+        """A unit the node gave up on may still run on the miner: keep its slot taken until
+        the miner's next WorkSlots says otherwise."""
+        slot = self._slots.get(miner)
+        if slot is not None:
+            self.set_free(miner, slot.capacity - slot.busy - 1)
+
     def miners(self) -> list[MinerHandle]:
         """Every miner in the pool."""
         return list(self._slots)

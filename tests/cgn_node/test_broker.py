@@ -275,3 +275,21 @@ async def test_affinity_keeps_a_key_on_its_miner_and_falls_back_when_it_leaves()
     for key in ("x", "y", "z"):  # the table keeps at most 2 keys
         await broker.submit(_unit(f"fill-{key}", affinity=key))
     assert len(broker._affinity) == 2
+
+
+async def test_work_slots_bound_what_the_broker_pushes() -> None:
+    broker = Broker()
+    miner = ScriptedMiner("m", capacity=2)
+    miner.release.clear()
+    broker.add_miner(miner)
+    broker.set_free(miner, 1)  # the miner says only one more fits
+    first = asyncio.create_task(broker.submit(_unit("first")))
+    await miner.started["first"].wait()
+    second = asyncio.create_task(broker.submit(_unit("second")))
+    await until(lambda: _waiting(broker) == 1, "the second unit to wait")
+    broker.hold_slot(miner)  # a unit given up on may still run: nothing more fits
+    broker.set_free(miner, 1)  # the miner's next WorkSlots: one fits again
+    await miner.started["second"].wait()
+    miner.release.set()
+    await asyncio.gather(first, second)
+    assert miner.ran == ["first", "second"]
