@@ -112,17 +112,37 @@ class NodeLink:
             self.linked.set()
             log_event(_log, "node_linked", node_id=self.node.node_id)
             writer = StreamWriter(call.write)
-            while (message := await call.read()) is not grpc.aio.EOF:
-                self._handle(writer, message)
+            answering: dict[str, asyncio.Task[Any]] = {}
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    self._handle(writer, message, answering)
+            finally:
+                for task in answering.values():
+                    task.cancel()
 
-    def _handle(self, writer: StreamWriter, message: pb.ConnectResponse) -> None:
-        if message.WhichOneof("kind") == "question":
-            self._supervisor.spawn(
+    def _handle(
+        self,
+        writer: StreamWriter,
+        message: pb.ConnectResponse,
+        answering: dict[str, asyncio.Task[Any]],
+    ) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "question":
+            question_id = message.question.question_id
+            task = self._supervisor.spawn(
                 f"answer-{self.node.node_id}", self._answer(writer, message.question)
             )
+            answering[question_id] = task
+            task.add_done_callback(lambda _: answering.pop(question_id, None))
+        elif kind == "cancel_question":
+            # The node stopped waiting: drop the work (a queued Argon2 check never runs).
+            withdrawn = answering.pop(message.cancel_question.question_id, None)
+            if withdrawn is not None:
+                withdrawn.cancel()
 
     async def _answer(self, writer: StreamWriter, question: pb.Question) -> None:
-        """Always answers: with the result, or with an error status."""
+        """Always answers, with the result or an error status, unless the node withdrew the
+        question (the task is then cancelled and nobody waits for an answer)."""
         answer = pb.Answer(question_id=question.question_id)
         try:
             await self._fill(question, answer)

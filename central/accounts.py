@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -94,10 +96,31 @@ class AccountStore:
     is checked against a dummy hash, so it costs the same time as a wrong key.
     """
 
-    def __init__(self, engine: AsyncEngine, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        hasher: PasswordHasher | None = None,
+        memory_budget_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self._engine = engine
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash = self._hasher.hash(new_secret("dummy"))
+        # Each Argon2 check holds memory_cost KiB: bound the checks running at once by the
+        # memory budget and the cores, so a login flood queues instead of exhausting memory.
+        per_check = self._hasher.memory_cost * 1024
+        workers = max(1, min(os.cpu_count() or 1, memory_budget_bytes // per_check))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self.argon2_workers = workers
+        #: Argon2 checks run so far (queued checks cancelled by the node are not counted).
+        self.hash_checks = 0
+
+    def _check(self, stored: str, api_key: str) -> bool:
+        self.hash_checks += 1
+        return bool(self._hasher.verify(stored, api_key))
+
+    def close(self) -> None:
+        """Stops the Argon2 pool (queued checks are dropped)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def create(
         self,
@@ -168,7 +191,9 @@ class AccountStore:
         row = await self._row(account_id) if account_id else None
         stored = row.api_key_hash if row is not None else self._dummy_hash
         try:
-            await asyncio.to_thread(self._hasher.verify, stored, api_key)
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check, stored, api_key
+            )
         except (VerificationError, InvalidHashError):
             raise BadCredentialsError() from None
         if row is None or row.banned:

@@ -53,6 +53,7 @@ class Central:
         await self.linker.close()
         await self.admin.stop()
         await self.supervisor.close()
+        self.accounts.close()
         await self.engine.dispose()
 
 

@@ -11,7 +11,9 @@ least busy one and moves to another if its link drops, so link order never decid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
@@ -24,6 +26,7 @@ from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
 from cgn_common.rpc import error_from_status
 from cgn_common.streams import StreamWriter, read_hello
+from cgn_common.tasks import Supervisor
 from cgn_common.types import AccountKind, Tier, WorkGrade
 from cgn_node.central_client import AccountInfo, MinerInfo
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as pb
@@ -69,9 +72,12 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
     is added or lost, so the node can re-check what earlier answers admitted.
     """
 
-    def __init__(self, node_id: str, timeout_s: float) -> None:
+    def __init__(
+        self, node_id: str, timeout_s: float, supervisor: Supervisor | None = None
+    ) -> None:
         self._node_id = node_id
         self._timeout_s = timeout_s
+        self._supervisor = supervisor or Supervisor("central-link")
         self._links: dict[str, _Link] = {}
         self._changed = asyncio.Condition()
         self.on_links_changed: Callable[[], None] = lambda: None
@@ -161,7 +167,10 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
             try:
                 await link.send(pb.ConnectResponse(question=question))
                 answer = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
+            except (TimeoutError, asyncio.CancelledError):
+                self._withdraw(link, question.question_id)
+                if not isinstance(sys.exc_info()[1], TimeoutError):
+                    raise
                 raise UnavailableError(
                     "central service did not answer in time", reason="CENTRAL_UNAVAILABLE"
                 ) from None
@@ -173,6 +182,16 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
             if answer.HasField("error"):
                 raise error_from_status(answer.error)
             return answer
+
+    def _withdraw(self, link: _Link, question_id: str) -> None:
+        """Tells Central the answer is no longer awaited, so it stops working on it."""
+        withdraw = pb.ConnectResponse(cancel_question=pb.CancelQuestion(question_id=question_id))
+
+        async def send() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+                await link.send(withdraw)
+
+        self._supervisor.spawn(f"withdraw-{question_id}", send())
 
     async def verify_credential(
         self, account_id: str, api_key: str, kinds: Sequence[AccountKind]

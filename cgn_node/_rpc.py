@@ -8,7 +8,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
-from cgn_common.errors import InvalidArgumentError
+from cgn_common.certs import Role
+from cgn_common.errors import InvalidArgumentError, UnauthenticatedError
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.types import Tier
@@ -18,6 +19,7 @@ from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
+from cgn_node.throttle import LoginThrottle
 from cgn_node.work import WorkUnit
 from generated.cgn.common.v1 import types_pb2
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
@@ -34,21 +36,52 @@ Context: TypeAlias = Any
 _DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
-class Sessions(session_grpc.SessionServiceServicer):
-    """Exchanges an API key (checked by Central) for a locally verifiable session token."""
+#: Metadata in which a gateway names the DApp's address; trusted only from a gateway's
+#: certificate (anyone else's is ignored and the connection's own address is used).
+CLIENT_ADDRESS_METADATA = "x-cgn-client-address"
 
-    def __init__(self, issuer: SessionIssuer, central: CentralClient) -> None:
+
+def client_address(context: Context) -> str:
+    """The address a login comes from: the gateway's word for its DApp, else the peer's."""
+    identity = current_caller().identity
+    if identity is not None and identity.role is Role.GATEWAY:
+        for key, value in context.invocation_metadata() or ():
+            if key == CLIENT_ADDRESS_METADATA and isinstance(value, str) and value:
+                return value[:64]
+    peer: str = context.peer() or ""
+    # "ipv4:127.0.0.1:5555" / "ipv6:[::1]:5555": the address without the port.
+    return peer.split(":", 1)[-1].rsplit(":", 1)[0]
+
+
+class Sessions(session_grpc.SessionServiceServicer):
+    """Exchanges an API key (checked by Central) for a locally verifiable session token;
+    failed logins are throttled before they cost Central an Argon2 check."""
+
+    def __init__(
+        self, issuer: SessionIssuer, central: CentralClient, throttle: LoginThrottle | None = None
+    ) -> None:
         self._issuer = issuer
         self._central = central
+        self._throttle = throttle or LoginThrottle()
 
     async def CreateSession(  # noqa: N802
         self, request: session_pb.CreateSessionRequest, context: Context
     ) -> session_pb.CreateSessionResponse:
         if not request.account_id or not request.api_key:
             raise InvalidArgumentError("account_id and api_key are required")
-        account = await self._central.verify_credential(
-            request.account_id, request.api_key, SESSION_KINDS
-        )
+        address = client_address(context)
+        self._throttle.begin(request.account_id, address)
+        try:
+            account = await self._central.verify_credential(
+                request.account_id, request.api_key, SESSION_KINDS
+            )
+        except UnauthenticatedError:
+            self._throttle.failed(request.account_id, address)
+            raise
+        except BaseException:
+            self._throttle.abandoned(request.account_id, address)
+            raise
+        self._throttle.succeeded(request.account_id, address)
         token, claims = self._issuer.issue(account.account_id, account.allowed_tiers)
         response = session_pb.CreateSessionResponse(
             token=token,

@@ -90,7 +90,7 @@ class Node:
         self.config = config
         self.supervisor = Supervisor("node")
         self.broker = broker
-        self.central = CentralLink(config.node_id, config.central_timeout_s)
+        self.central = CentralLink(config.node_id, config.central_timeout_s, self.supervisor)
         self.issuer = issuer
         self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
         self.central.on_links_changed = self.standing.schedule

@@ -31,13 +31,15 @@ class NodeClient:
             self._work = work_grpc.WorkServiceStub(channel)
 
     async def create_session(
-        self, account_id: str, api_key: str, timeout_s: float
+        self, account_id: str, api_key: str, timeout_s: float, client_address: str = ""
     ) -> tuple[str, float]:
-        """Opens a session; returns (token, expires_at as Unix seconds)."""
+        """Opens a session for a DApp at ``client_address``; returns (token, expires_at as
+        Unix seconds). The node throttles failed logins per address."""
         self._stubs()
         response: session_pb.CreateSessionResponse = await self._sessions.CreateSession(
             session_pb.CreateSessionRequest(account_id=account_id, api_key=api_key),
             timeout=timeout_s,
+            metadata=(("x-cgn-client-address", client_address),) if client_address else None,
         )
         return response.token, response.expires_at.ToMicroseconds() / 1e6
 

@@ -126,7 +126,7 @@ async def create_session(request: web.Request) -> web.Response:
             'body must be {"account_id": "<string>", "api_key": "<string>"}',
         )
     token, expires_at = await request.app[NODE_KEY].create_session(
-        data["account_id"], data["api_key"], timeout_s=30.0
+        data["account_id"], data["api_key"], timeout_s=30.0, client_address=request.remote or ""
     )
     expires = datetime.fromtimestamp(expires_at, UTC).isoformat().replace("+00:00", "Z")
     return web.json_response(

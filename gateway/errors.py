@@ -32,6 +32,8 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 HTTP_STATUS_BY_REASON: dict[str, int] = {
     # One account over its in-flight limit: a per-client limit, not node overload.
     "ACCOUNT_IN_FLIGHT_LIMIT": 429,
+    # Too many failed logins from this address: a per-client limit.
+    "LOGIN_THROTTLED": 429,
     # The DService answered badly or failed: the gateway's upstream is at fault.
     "DSERVICE_FAILED": 502,
     # Every dispatch failed and the retry budget ran out: the DApp waited in vain.

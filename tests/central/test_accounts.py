@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -68,3 +70,29 @@ async def test_miner_accounts_need_a_tier_and_keep_their_owner(store: AccountSto
     account = await store.verify_key(miner.account.account_id, miner.api_key, [AccountKind.MINER])
     assert account.tier is Tier.TIER_1_PRIVATE
     assert account.parent_account_id == owner.account.account_id
+
+
+async def test_a_wrong_key_and_an_unknown_account_cost_the_same(tmp_path: Path) -> None:
+    # The production parameters: the comparison is about Argon2's cost, not the test's.
+    engine = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'timing.db'}")
+    store = AccountStore(engine)
+    try:
+        created = await store.create(AccountKind.ENTERPRISE, "acme")
+        account_id = created.account.account_id
+
+        async def timed(account: str) -> tuple[float, str]:
+            started = time.perf_counter()
+            with pytest.raises(BadCredentialsError) as refused:
+                await store.verify_key(account, "cgnk_wrong")
+            return time.perf_counter() - started, refused.value.message
+
+        wrong = [await timed(account_id) for _ in range(50)]
+        unknown = [await timed("acct_" + "0" * 32) for _ in range(50)]
+        assert {m for _, m in wrong} == {m for _, m in unknown} == {BAD_CREDENTIALS}
+        median_wrong = statistics.median(t for t, _ in wrong)
+        median_unknown = statistics.median(t for t, _ in unknown)
+        assert abs(median_wrong - median_unknown) / median_wrong < 0.2
+        assert store.hash_checks == 100
+    finally:
+        store.close()
+        await engine.dispose()

@@ -333,3 +333,26 @@ async def test_a_change_of_links_rechecks_sessions_and_miners(tmp_path: Path, pk
         assert not miners["good miner"].closed
     finally:
         await stop_cluster(cluster)
+
+
+async def test_a_question_the_node_abandons_is_withdrawn_at_central(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = await start_cluster(tmp_path, pki, central_timeout_s=1)
+    withdrawn = asyncio.Event()
+    try:
+        await until(lambda: cluster.node.central.connected, "the link")
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            try:
+                await asyncio.Event().wait()  # an Argon2 check stuck in the queue
+            except asyncio.CancelledError:
+                withdrawn.set()
+                raise
+
+        monkeypatch.setattr(cluster.central.accounts, "verify_key", slow)
+        with pytest.raises(UnavailableError):
+            await cluster.node.central.verify_credential("acct_x", "k", ENTERPRISE_KINDS)
+        await asyncio.wait_for(withdrawn.wait(), 5)
+    finally:
+        await stop_cluster(cluster)

@@ -71,6 +71,7 @@ class ConnectResponse(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     QUESTION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    CANCEL_QUESTION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___NodeHello:
         """The node's introduction; the answer to CentralHello."""
@@ -83,22 +84,51 @@ class ConnectResponse(_message.Message):
     def status(self) -> _status_service_pb2.NodeStatus:
         """The node's periodic status, for fleet health."""
 
+    @_builtins.property
+    def cancel_question(self) -> Global___CancelQuestion:
+        """The node no longer waits for the answer to a question (its caller went away or its
+        time ran out): Central stops working on it, e.g. drops a queued Argon2 check.
+        """
+
     def __init__(
         self,
         *,
         hello: Global___NodeHello | None = ...,
         question: Global___Question | None = ...,
         status: _status_service_pb2.NodeStatus | None = ...,
+        cancel_question: Global___CancelQuestion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "question", "status"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "question", "status", "cancel_question"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class CancelQuestion(_message.Message):
+    """Withdraws a question."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    question_id: _builtins.str
+    """The question withdrawn."""
+    def __init__(
+        self,
+        *,
+        question_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["question_id", b"question_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelQuestion: _TypeAlias = CancelQuestion  # noqa: Y015
 
 @_typing.final
 class CentralHello(_message.Message):
