@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -63,6 +64,22 @@ class NodeLink:
         self._tls = tls
         self._supervisor = supervisor
         self._task: asyncio.Task[None] | None = None
+        self._writer: StreamWriter | None = None
+        #: directive id -> when it was sent; removed when the node acknowledges it.
+        self.unacknowledged: dict[str, float] = {}
+
+    async def direct(self, directive: pb.Directive) -> bool:
+        """Sends ``directive`` on the live link; False when the node is not linked."""
+        writer = self._writer
+        if writer is None or not self.linked.is_set():
+            return False
+        self.unacknowledged[directive.directive_id] = time.monotonic()
+        try:
+            await writer.send(pb.ConnectRequest(directive=directive))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            log_event(_log, "directive_undelivered", node_id=self.node.node_id, error=repr(exc))
+            return False
+        return True
 
     def start(self) -> None:
         """Starts dialing."""
@@ -111,12 +128,13 @@ class NodeLink:
             self.sessions += 1
             self.linked.set()
             log_event(_log, "node_linked", node_id=self.node.node_id)
-            writer = StreamWriter(call.write)
+            writer = self._writer = StreamWriter(call.write)
             answering: dict[str, asyncio.Task[Any]] = {}
             try:
                 while (message := await call.read()) is not grpc.aio.EOF:
                     self._handle(writer, message, answering)
             finally:
+                self._writer = None
                 for task in answering.values():
                     task.cancel()
 
@@ -134,6 +152,16 @@ class NodeLink:
             )
             answering[question_id] = task
             task.add_done_callback(lambda _: answering.pop(question_id, None))
+        elif kind == "directive_ack":
+            sent = self.unacknowledged.pop(message.directive_ack.directive_id, None)
+            if sent is not None:
+                log_event(
+                    _log,
+                    "directive_acknowledged",
+                    node_id=self.node.node_id,
+                    directive_id=message.directive_ack.directive_id,
+                    after_ms=int((time.monotonic() - sent) * 1000),
+                )
         elif kind == "cancel_question":
             # The node stopped waiting: drop the work (a queued Argon2 check never runs).
             withdrawn = answering.pop(message.cancel_question.question_id, None)
@@ -209,6 +237,11 @@ class Linker:
         self._tls = tls
         self._supervisor = supervisor
         self._links: dict[str, NodeLink] = {}
+
+    async def broadcast(self, directive: pb.Directive) -> int:
+        """Sends ``directive`` to every linked node; returns how many it reached."""
+        results = await asyncio.gather(*(link.direct(directive) for link in self._links.values()))
+        return sum(results)
 
     def link(self, node_id: str) -> NodeLink | None:
         """The link to ``node_id``, if it is registered."""

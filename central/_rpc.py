@@ -9,6 +9,7 @@ from central.accounts import Account, AccountStore
 from central.registry import NodeRecord, NodeRegistry
 from cgn_common.certs import Role
 from cgn_common.errors import InvalidArgumentError
+from cgn_common.ids import new_id
 from cgn_common.interceptors import Rule, Rules, rules_for
 from cgn_common.rpc import GrpcServer
 from cgn_common.types import AccountKind, Tier
@@ -16,6 +17,7 @@ from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
 from generated.cgn.admin.v1 import registry_service_pb2 as reg_pb
 from generated.cgn.admin.v1 import registry_service_pb2_grpc as reg_grpc
+from generated.cgn.centrallink.v1 import central_link_service_pb2 as link_pb
 from generated.cgn.common.v1 import types_pb2
 
 #: grpc ships no type stubs, so the servicer context is untyped.
@@ -42,8 +44,9 @@ def _account_proto(account: Account) -> acct_pb.Account:
 class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
     """Operator API over the account store."""
 
-    def __init__(self, accounts: AccountStore) -> None:
+    def __init__(self, accounts: AccountStore, linker: Linker) -> None:
         self._accounts = accounts
+        self._linker = linker
 
     async def CreateAccount(  # noqa: N802 - gRPC method name
         self, request: acct_pb.CreateAccountRequest, context: Context
@@ -91,6 +94,13 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
         self, request: acct_pb.BanAccountRequest, context: Context
     ) -> acct_pb.BanAccountResponse:
         account = await self._accounts.set_banned(request.account_id, True)
+        directive = link_pb.Directive(directive_id=new_id("dir"))
+        if account.kind is AccountKind.MINER:
+            directive.ban_miner.miner_id = account.account_id
+            directive.ban_miner.reason = "banned by an operator"
+        else:
+            directive.revoke_account_sessions.account_id = account.account_id
+        await self._linker.broadcast(directive)
         return acct_pb.BanAccountResponse(account=_account_proto(account))
 
     async def UnbanAccount(  # noqa: N802
@@ -202,7 +212,7 @@ def add_admin_services(
     server.add(
         acct_grpc.add_AccountAdminServiceServicer_to_server,
         # RPCs not implemented yet answer UNIMPLEMENTED from the generated base class.
-        AccountAdmin(accounts),  # type: ignore[abstract]
+        AccountAdmin(accounts, linker),  # type: ignore[abstract]
         ACCOUNT_ADMIN_SERVICE,
     )
     server.add(

@@ -81,6 +81,10 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self._links: dict[str, _Link] = {}
         self._changed = asyncio.Condition()
         self.on_links_changed: Callable[[], None] = lambda: None
+        #: Called for a BanMiner directive with (miner id, reason).
+        self.on_ban_miner: Callable[[str, str], object] = lambda miner_id, reason: None
+        #: Called for a RevokeAccountSessions directive with the account id.
+        self.on_revoke_sessions: Callable[[str], None] = lambda account_id: None
 
     @property
     def connected(self) -> bool:
@@ -122,10 +126,7 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
                     if future is not None and not future.done():
                         future.set_result(message.answer)
                 elif kind == "directive":
-                    # Directives (bans, revocations) are obeyed from the bans issue on.
-                    log_event(
-                        _log, "central_directive_ignored", kind=message.directive.WhichOneof("kind")
-                    )
+                    self._obey(link, message.directive)
         finally:
             del self._links[link.link_id]
             for future in link.pending.values():
@@ -135,6 +136,22 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
                 _log, "central_unlinked", logging.WARNING, replica=replica, links=len(self._links)
             )
             self.on_links_changed()
+
+    def _obey(self, link: _Link, directive: pb.Directive) -> None:
+        """Carries out a directive at once, then acknowledges it."""
+        kind = directive.WhichOneof("kind")
+        if kind == "ban_miner":
+            self.on_ban_miner(directive.ban_miner.miner_id, directive.ban_miner.reason)
+        elif kind == "revoke_account_sessions":
+            self.on_revoke_sessions(directive.revoke_account_sessions.account_id)
+        log_event(_log, "central_directive_obeyed", kind=kind, directive_id=directive.directive_id)
+        ack = pb.ConnectResponse(directive_ack=pb.DirectiveAck(directive_id=directive.directive_id))
+
+        async def send() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+                await link.send(ack)
+
+        self._supervisor.spawn(f"directive-ack-{directive.directive_id}", send())
 
     async def _pick(self, deadline: float, avoid: set[str]) -> _Link:
         """The least busy live link not in ``avoid``, waiting for one until ``deadline``."""

@@ -329,6 +329,16 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         self._supervisor = supervisor
         self._miners: set[MinerConnection] = set()
 
+    def ban(self, miner_id: str, reason: str) -> int:
+        """Disconnects every connection of ``miner_id`` at once (Central refuses it from now
+        on); returns how many were cut."""
+        cut = [m for m in self._miners if m.miner_id == miner_id]
+        for miner in cut:
+            self._broker.remove_miner(miner)
+            miner.close(f"banned: {reason}")
+        log_event(_log, "miner_banned", logging.WARNING, miner_id=miner_id, connections=len(cut))
+        return len(cut)
+
     async def drain(self, grace_s: float) -> None:
         """Stops giving work to every miner and asks each to finish within ``grace_s`` and
         leave; returns once they left or the grace (plus an ack deadline) passed."""

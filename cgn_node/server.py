@@ -94,6 +94,7 @@ class Node:
         self.issuer = issuer
         self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
         self.central.on_links_changed = self.standing.schedule
+        self.central.on_revoke_sessions = self.issuer.revoke_account
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
         work = Work(  # type: ignore[abstract]
             self.broker, recorder, config.node_id, config.max_timeout_ms / 1000
@@ -120,6 +121,7 @@ class Node:
         self.miner_server.add(
             link_grpc.add_MinerLinkServiceServicer_to_server, self.miner_link, MINER_LINK_SERVICE
         )
+        self.central.on_ban_miner = self.miner_link.ban
         self.status_server = GrpcServer("node-status", tls, ClientAuth.NONE, STATUS_RULES)
         self.status_server.add(
             status_grpc.add_NodeStatusServiceServicer_to_server,

@@ -13,10 +13,13 @@ from typing import Any
 import grpc
 import pytest
 
-from cgn_common.errors import DeadlineExceededError, DServiceFailedError
+from cgn_common.certs import Role
+from cgn_common.errors import DeadlineExceededError, DServiceFailedError, UnauthenticatedError
 from cgn_common.rpc import open_channel
 from cgn_common.types import AccountKind, Tier
 from cgn_node.work import HttpRequest, WorkUnit
+from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
+from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
 from generated.cgn.common.v1 import dservice_pb2, http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -39,6 +42,7 @@ class ScriptedMiner:
     welcomed: asyncio.Event = field(default_factory=asyncio.Event)
     assigned: asyncio.Event = field(default_factory=asyncio.Event)
     _work_ids: dict[str, str] = field(default_factory=dict)
+    api_key: str = ""
 
     async def run(self, address: str, pki: Pki, api_key: str) -> None:
         async with open_channel(address, pki.client_only()) as channel:
@@ -126,7 +130,7 @@ async def _connect(cluster: Cluster, behaviour: str) -> tuple[ScriptedMiner, asy
     created = await cluster.central.accounts.create(
         AccountKind.MINER, behaviour, tier=Tier.TIER_2_DATACENTER
     )
-    miner = ScriptedMiner(created.account.account_id, behaviour)
+    miner = ScriptedMiner(created.account.account_id, behaviour, api_key=created.api_key)
     task = asyncio.create_task(
         miner.run(cluster.endpoints["miner_link"], cluster.pki, created.api_key)
     )
@@ -213,3 +217,47 @@ async def test_a_chunked_answer_is_reassembled_in_order(cluster: Cluster) -> Non
     assert outcome.result.usage.wall_time_us == 1234
     assert outcome.miner_id == chunky.miner_id
     task.cancel()
+
+
+async def _ban(cluster: Cluster, account_id: str) -> None:
+    operator = cluster.pki.issue(Role.OPERATOR, "ops")
+    address = cluster.central.admin.address
+    async with open_channel(address, operator) as channel:
+        await acct_grpc.AccountAdminServiceStub(channel).BanAccount(
+            acct_pb.BanAccountRequest(account_id=account_id), timeout=10
+        )
+
+
+async def test_a_banned_miner_is_cut_off_at_once_and_refused_on_reconnect(
+    cluster: Cluster,
+) -> None:
+    miner, task = await _connect(cluster, "answer")
+    started = time.monotonic()
+    await _ban(cluster, miner.miner_id)
+    await until(lambda: miner.ended != "", "the banned miner's stream to end", timeout_s=5)
+    assert time.monotonic() - started < 1
+    assert miner.ended == "ABORTED"
+    assert cluster.node.broker.miners() == []
+    again = ScriptedMiner(miner.miner_id, "answer")
+    await again.run(cluster.endpoints["miner_link"], cluster.pki, miner.api_key)  # right key
+    assert again.ended == "UNAUTHENTICATED"
+    task.cancel()
+
+
+async def test_a_banned_accounts_sessions_stop_working_at_once(cluster: Cluster) -> None:
+    enterprise = await cluster.central.accounts.create(AccountKind.ENTERPRISE, "e")
+    account_id = enterprise.account.account_id
+    token, _ = cluster.node.issuer.issue(account_id, (Tier.TIER_2_DATACENTER,))
+    assert cluster.node.issuer.verify(token).account_id == account_id
+    started = time.monotonic()
+    await _ban(cluster, account_id)
+
+    def refused() -> bool:
+        try:
+            cluster.node.issuer.verify(token)
+        except UnauthenticatedError:
+            return True
+        return False
+
+    await until(refused, "the session to be refused", timeout_s=5)
+    assert time.monotonic() - started < 1

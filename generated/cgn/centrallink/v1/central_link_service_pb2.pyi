@@ -72,6 +72,7 @@ class ConnectResponse(_message.Message):
     QUESTION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     CANCEL_QUESTION_FIELD_NUMBER: _builtins.int
+    DIRECTIVE_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___NodeHello:
         """The node's introduction; the answer to CentralHello."""
@@ -90,6 +91,10 @@ class ConnectResponse(_message.Message):
         time ran out): Central stops working on it, e.g. drops a queued Argon2 check.
         """
 
+    @_builtins.property
+    def directive_ack(self) -> Global___DirectiveAck:
+        """The node carried out a Directive."""
+
     def __init__(
         self,
         *,
@@ -97,16 +102,39 @@ class ConnectResponse(_message.Message):
         question: Global___Question | None = ...,
         status: _status_service_pb2.NodeStatus | None = ...,
         cancel_question: Global___CancelQuestion | None = ...,
+        directive_ack: Global___DirectiveAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "directive_ack", b"directive_ack", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_question", b"cancel_question", "directive_ack", b"directive_ack", "hello", b"hello", "kind", b"kind", "question", b"question", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "question", "status", "cancel_question"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "question", "status", "cancel_question", "directive_ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class DirectiveAck(_message.Message):
+    """Acknowledges a Directive once the node has carried it out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTIVE_ID_FIELD_NUMBER: _builtins.int
+    directive_id: _builtins.str
+    """The directive carried out."""
+    def __init__(
+        self,
+        *,
+        directive_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directive_id", b"directive_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectiveAck: _TypeAlias = DirectiveAck  # noqa: Y015
 
 @_typing.final
 class CancelQuestion(_message.Message):
@@ -580,9 +608,12 @@ class Directive(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    DIRECTIVE_ID_FIELD_NUMBER: _builtins.int
     BAN_MINER_FIELD_NUMBER: _builtins.int
     REVOKE_ACCOUNT_SESSIONS_FIELD_NUMBER: _builtins.int
     DSERVICE_CHANGED_FIELD_NUMBER: _builtins.int
+    directive_id: _builtins.str
+    """Names the directive; the node acknowledges it with a DirectiveAck carrying this id."""
     @_builtins.property
     def ban_miner(self) -> Global___BanMiner:
         """Disconnect a miner and refuse it from now on."""
@@ -598,13 +629,14 @@ class Directive(_message.Message):
     def __init__(
         self,
         *,
+        directive_id: _builtins.str = ...,
         ban_miner: Global___BanMiner | None = ...,
         revoke_account_sessions: Global___RevokeAccountSessions | None = ...,
         dservice_changed: _dservice_pb2.DServiceDescriptor | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "directive_id", b"directive_id", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ban_miner", "revoke_account_sessions", "dservice_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
