@@ -74,9 +74,7 @@ class NodeLink:
         if writer is None or not self.linked.is_set():
             return False
         self.unacknowledged[directive.directive_id] = time.monotonic()
-        try:
-            await writer.send(pb.ConnectRequest(directive=directive))
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+        if (exc := await writer.send_quietly(pb.ConnectRequest(directive=directive))) is not None:
             log_event(_log, "directive_undelivered", node_id=self.node.node_id, error=repr(exc))
             return False
         return True
@@ -188,15 +186,14 @@ class NodeLink:
             )
             answer.ClearField("kind")
             answer.error.CopyFrom(status_proto(CgnError("Central failed to answer")))
-        try:
-            await writer.send(pb.ConnectRequest(answer=answer))
-        except (grpc.aio.AioRpcError, RuntimeError, asyncio.InvalidStateError) as exc:
+        gone = await writer.send_quietly(pb.ConnectRequest(answer=answer))
+        if gone is not None:
             log_event(
                 _log,
                 "answer_undelivered",
                 logging.WARNING,
                 node_id=self.node.node_id,
-                error=str(exc),
+                error=str(gone),
             )
 
     async def _fill(self, question: pb.Question, answer: pb.Answer) -> None:

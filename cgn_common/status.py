@@ -66,14 +66,9 @@ def rpc_details(exc: grpc.aio.AioRpcError) -> tuple[str, float | None]:
     return reason_of(status), retry_after_of(status)
 
 
-def rpc_reason(exc: grpc.aio.AioRpcError) -> str:
-    """The CGN reason a failed call carries, or ''."""
-    return rpc_details(exc)[0]
-
-
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> CgnError:
     """The CgnError a failed call stands for; the message is the server's, already safe."""
-    return error_for_code(exc.code(), exc.details() or exc.code().name, rpc_reason(exc))
+    return error_for_code(exc.code(), exc.details() or exc.code().name, rpc_details(exc)[0])
 
 
 def grpc_status(error: CgnError) -> Any:

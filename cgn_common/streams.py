@@ -11,6 +11,14 @@ import grpc
 
 from cgn_common.errors import InvalidArgumentError
 
+#: What writing to a stream that has already ended raises.
+STREAM_GONE: tuple[type[Exception], ...] = (
+    grpc.aio.AioRpcError,
+    grpc.aio.UsageError,
+    RuntimeError,
+    asyncio.InvalidStateError,
+)
+
 
 class StreamWriter:
     """Serializes writes to one stream (a servicer context or a client call)."""
@@ -23,6 +31,15 @@ class StreamWriter:
         """Writes ``message`` once the previous write finished."""
         async with self._lock:
             await self._write(message)
+
+    async def send_quietly(self, message: Any) -> Exception | None:
+        """Writes ``message`` when the stream is still there; returns the error when it is
+        gone (the peer learns of that on its own), for the caller to log."""
+        try:
+            await self.send(message)
+        except STREAM_GONE as exc:
+            return exc
+        return None
 
 
 async def read_hello(context: Any, kind: str, what: str) -> Any:

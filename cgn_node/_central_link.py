@@ -11,7 +11,6 @@ least busy one and moves to another if its link drops, so link order never decid
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -146,12 +145,9 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
             self.on_revoke_sessions(directive.revoke_account_sessions.account_id)
         log_event(_log, "central_directive_obeyed", kind=kind, directive_id=directive.directive_id)
         ack = pb.ConnectResponse(directive_ack=pb.DirectiveAck(directive_id=directive.directive_id))
-
-        async def send() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                await link.send(ack)
-
-        self._supervisor.spawn(f"directive-ack-{directive.directive_id}", send())
+        self._supervisor.spawn(
+            f"directive-ack-{directive.directive_id}", link.writer.send_quietly(ack)
+        )
 
     async def _pick(self, deadline: float, avoid: set[str]) -> _Link:
         """The least busy live link not in ``avoid``, waiting for one until ``deadline``."""
@@ -203,12 +199,7 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
     def _withdraw(self, link: _Link, question_id: str) -> None:
         """Tells Central the answer is no longer awaited, so it stops working on it."""
         withdraw = pb.ConnectResponse(cancel_question=pb.CancelQuestion(question_id=question_id))
-
-        async def send() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                await link.send(withdraw)
-
-        self._supervisor.spawn(f"withdraw-{question_id}", send())
+        self._supervisor.spawn(f"withdraw-{question_id}", link.writer.send_quietly(withdraw))
 
     async def verify_credential(
         self, account_id: str, api_key: str, kinds: Sequence[AccountKind]

@@ -30,7 +30,6 @@ import grpc
 
 from cgn_common.errors import (
     AbortedError,
-    CgnError,
     DeadlineExceededError,
     DServiceFailedError,
     PermissionDeniedError,
@@ -115,7 +114,6 @@ class MinerConnection:
         self._on_given_up = on_given_up
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self.cancels_sent = 0
 
     def next_nonce(self) -> str:
         """A fresh nonce for the next node message: ``<connection>-<sequence number>``."""
@@ -141,7 +139,6 @@ class MinerConnection:
         """Tells the miner to stop a dispatch (best effort, in the background)."""
         if self.closed.is_set():
             return
-        self.cancels_sent += 1
         if pending.ack.done() and not pending.ack.exception():
             self._on_given_up()  # it may still run until the miner's next WorkSlots
         message = pb.ConnectResponse(
@@ -151,9 +148,7 @@ class MinerConnection:
         self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
 
     async def _send_quietly(self, message: pb.ConnectResponse) -> None:
-        try:
-            await self.send(message)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, CgnError) as exc:
+        if (exc := await self._writer.send_quietly(message)) is not None:
             log_event(_log, "miner_send_failed", miner_id=self.miner_id, error=repr(exc))
 
     async def run(self, unit: WorkUnit) -> WorkResult:
@@ -196,6 +191,7 @@ class MinerConnection:
         try:
             async with asyncio.timeout(max(0.0, ack_wait)):
                 await asyncio.shield(pending.ack)
+            pending.heard = time.monotonic()  # the lease runs from the ack
         except TimeoutError:
             if unit.remaining_s() <= 0:
                 raise DeadlineExceededError("the deadline passed waiting for the ack") from None
@@ -254,9 +250,6 @@ class MinerConnection:
                     _settle(acked, MinerRefusedError(f"NACK: {message.error_detail.message}"))
                 else:
                     acked.set_result(None)
-                    p = next((p for p in self._pending.values() if p.nonce == nonce), None)
-                    if p is not None:
-                        p.heard = time.monotonic()
         elif kind == "slots":
             self._on_work_slots(nonce, message.slots.free)
         elif kind == "progress":

@@ -21,7 +21,7 @@ from cgn_common.errors import (
 )
 from cgn_common.logs import log_event
 from cgn_common.rpc import status_proto
-from cgn_common.streams import StreamWriter
+from cgn_common.streams import STREAM_GONE, StreamWriter
 from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -85,9 +85,9 @@ class LinkSession:
 
     async def _send_quietly(self, call: Any, message: pb.ConnectRequest) -> None:
         """Sends, and only logs a failure: the stream is gone and the node knows it."""
-        try:
-            await self._send(call, message)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+        if self._writer is None:
+            self._writer = StreamWriter(call.write)
+        if (exc := await self._writer.send_quietly(message)) is not None:
             log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
 
     async def run(self, channel: grpc.aio.Channel, connected: asyncio.Event) -> None:
@@ -179,7 +179,7 @@ class LinkSession:
             for task in late:
                 task.cancel()
         await self._send_quietly(call, pb.ConnectRequest(goodbye=pb.Goodbye(reason="drained")))
-        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+        with contextlib.suppress(*STREAM_GONE):
             await call.done_writing()
         self._drained.set()
         log_event(_log, "miner_drained", stopped=sum(not t.done() for t in running))
