@@ -15,12 +15,12 @@ import aiohttp
 
 from cgn_common.ids import new_id
 from cgn_common.rpc import open_channel
-from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
 from generated.cgn.node.v1 import status_service_pb2_grpc as status_grpc
 from tests.helpers import journal
 from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
+from tests.helpers.wait import until
 from tests.test_work_faults import _admin, _call, _demo_token, _token
 
 
@@ -104,34 +104,30 @@ def test_overload_is_503_at_once_and_an_account_limit_429_spares_the_others(
 
 async def _until_started(sb: RunningSandbox, n: int) -> None:
     directory = sb.state_dir.parent / "journal"
-    deadline = time.monotonic() + 15
-    while sum(len(v) for v in journal.by_request(directory, "start").values()) < n:
-        assert time.monotonic() < deadline, f"{n} requests did not start"
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: sum(len(v) for v in journal.by_request(directory, "start").values()) >= n,
+        f"{n} requests to start",
+    )
+
+
+async def _node_status(sb: RunningSandbox) -> Any:
+    """The node's NodeStatus, from its public status port."""
+    status_address = sb.info["processes"]["node"]["endpoints"]["status"]
+    async with open_channel(status_address, sb.tls()) as channel:
+        stub = status_grpc.NodeStatusServiceStub(channel)
+        return (await stub.GetStatus(status_pb.GetStatusRequest(), timeout=5)).status
 
 
 async def _connected_miners(sb: RunningSandbox) -> int:
-    status_address = sb.info["processes"]["node"]["endpoints"]["status"]
-    tls = TlsConfig(ca_file=str(sb.state_dir / "certs" / "ca.pem"))
-    async with open_channel(status_address, tls) as channel:
-        stub = status_grpc.NodeStatusServiceStub(channel)
-        status = (await stub.GetStatus(status_pb.GetStatusRequest(), timeout=5)).status
+    status = await _node_status(sb)
     return sum(p.connected for p in status.miner_pools if p.dservice == "echo")
 
 
 async def _until_waiting(sb: RunningSandbox, n: int) -> None:
-    status_address = sb.info["processes"]["node"]["endpoints"]["status"]
-
-    tls = TlsConfig(ca_file=str(sb.state_dir / "certs" / "ca.pem"))
     deadline = time.monotonic() + 15
-    async with open_channel(status_address, tls) as channel:
-        stub = status_grpc.NodeStatusServiceStub(channel)
-        while True:
-            status = (await stub.GetStatus(status_pb.GetStatusRequest(), timeout=5)).status
-            if sum(q.depth for q in status.queues) >= n:
-                return
-            assert time.monotonic() < deadline, f"{n} requests did not queue"
-            await asyncio.sleep(0.01)
+    while sum(q.depth for q in (await _node_status(sb)).queues) < n:
+        assert time.monotonic() < deadline, f"{n} requests did not queue"
+        await asyncio.sleep(0.01)
 
 
 def test_chaos_every_request_answered_once_while_miners_die(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import psutil
 import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,14 +32,6 @@ from tests.helpers.wait import until
 
 def _certs(sb: RunningSandbox) -> Path:
     return sb.state_dir / "certs"
-
-
-def _tls(sb: RunningSandbox, identity: Identity | None) -> TlsConfig:
-    certs = _certs(sb)
-    if identity is None:
-        return TlsConfig(ca_file=str(certs / "ca.pem"))
-    stem = certs / f"{identity.role.value}-{identity.name}"
-    return TlsConfig(f"{stem}.pem", f"{stem}.key", str(certs / "ca.pem"))
 
 
 def _grpc_ports(sb: RunningSandbox) -> dict[str, str]:
@@ -68,7 +61,7 @@ def test_plaintext_is_refused_on_every_grpc_port(sandbox: RunningSandbox) -> Non
         for name, address in ports.items():
             assert await _health(address, TlsConfig(insecure_plaintext=True)) == "UNAVAILABLE", name
         # The refusals are about plaintext: the public status port answers over TLS.
-        assert await _health(ports["node status"], _tls(sandbox, None)) == "OK"
+        assert await _health(ports["node status"], sandbox.tls(None)) == "OK"
 
     asyncio.run(check())
 
@@ -92,12 +85,12 @@ def test_mutual_tls_ports_refuse_wrong_certificates(
     admin = sandbox.info["processes"]["central"]["endpoints"]["admin"]
     central_link = sandbox.info["processes"]["node"]["endpoints"]["central_link"]
     internal = sandbox.info["processes"]["node"]["endpoints"]["internal"]
-    gateway = _tls(sandbox, Identity(Role.GATEWAY, "sandbox-gateway"))
-    operator = _tls(sandbox, Identity(Role.OPERATOR, "sandbox-operator"))
+    gateway = sandbox.tls(Identity(Role.GATEWAY, "sandbox-gateway"))
+    operator = sandbox.tls(Identity(Role.OPERATOR, "sandbox-operator"))
 
     async def check() -> None:
         for address in (admin, central_link, internal):
-            assert await _health(address, _tls(sandbox, None)) == "UNAVAILABLE"
+            assert await _health(address, sandbox.tls(None)) == "UNAVAILABLE"
             other_ca = foreign.issue(Role.OPERATOR, "sandbox-operator")
             assert await _health(address, other_ca) == "UNAVAILABLE"
         assert await _list_accounts(admin, gateway) == "PERMISSION_DENIED"
@@ -202,20 +195,30 @@ async def _token(http: aiohttp.ClientSession, sb: RunningSandbox) -> str:
     return str(data["token"])
 
 
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+def _environ(pid: int) -> dict[str, str] | None:
+    """The process's environment (from /proc/PID/environ), or None once it has exited."""
+    try:
+        environ: dict[str, str] = psutil.Process(pid).environ()
+    except psutil.NoSuchProcess:
+        return None
+    return environ
 
 
 def test_dservice_processes_hold_none_of_the_miners_variables(sandbox: RunningSandbox) -> None:
     miner_pid = sandbox.info["processes"]["miner-1"]["pid"]
     miner_env = _environ(miner_pid)
+    assert miner_env is not None
     assert "CGN_MINER_MINER_KEY" in miner_env  # the secret the DService must not see
+    dservices = {p.pid for p in psutil.Process(miner_pid).children()}
     children = sorted(descendants(miner_pid))
     assert children, "the miner runs its DServices as child processes"
     for pid in children:
         env = _environ(pid)
+        if env is None:
+            # A DService's own helper may come and go (MediaGen replaces a worker it killed);
+            # the DService processes themselves must be there.
+            assert pid not in dservices, f"DService process {pid} vanished"
+            continue
         dservice_own = {k for k in env if k.startswith("CGN_DSERVICE_")}
         assert set(env) - dservice_own <= {*ENV_ALLOW_LIST, "CGN_LISTEN"}, sorted(env)
         assert miner_env["CGN_MINER_MINER_KEY"] not in "".join(env.values())

@@ -16,7 +16,6 @@ from multidict import CIMultiDict
 from cgn_cli._admin import AdminClient
 from cgn_common.certs import Identity, Role
 from cgn_common.ids import new_id
-from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier
 from tests.helpers import journal
 from tests.helpers.sandbox import RunningSandbox
@@ -41,10 +40,7 @@ async def _demo_token(http: aiohttp.ClientSession, sb: RunningSandbox) -> str:
 
 
 def _admin(sb: RunningSandbox) -> AdminClient:
-    certs = sb.state_dir / "certs"
-    stem = certs / "operator-sandbox-operator"
-    tls = TlsConfig(f"{stem}.pem", f"{stem}.key", str(certs / "ca.pem"))
-    assert Identity(Role.OPERATOR, "sandbox-operator")
+    tls = sb.tls(Identity(Role.OPERATOR, "sandbox-operator"))
     return AdminClient(sb.info["processes"]["central"]["endpoints"]["admin"], tls)
 
 

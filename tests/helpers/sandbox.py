@@ -13,6 +13,9 @@ from typing import Any
 
 import psutil
 
+from cgn_common.certs import Identity
+from cgn_common.tls import TlsConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -30,6 +33,15 @@ class RunningSandbox:
     def url(self) -> str:
         """The gateway's base URL."""
         return str(self.info["gateway_url"])
+
+    def tls(self, identity: Identity | None = None) -> TlsConfig:
+        """TLS for talking to the sandbox: its CA, and ``identity``'s certificate from the
+        sandbox's certs directory (None: a client without a certificate)."""
+        certs = self.state_dir / "certs"
+        if identity is None:
+            return TlsConfig(ca_file=str(certs / "ca.pem"))
+        stem = certs / f"{identity.role.value}-{identity.name}"
+        return TlsConfig(f"{stem}.pem", f"{stem}.key", str(certs / "ca.pem"))
 
     def current(self) -> dict[str, Any]:
         """sandbox.json as it is now (pids change when the sandbox restarts a miner)."""
