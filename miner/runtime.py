@@ -68,10 +68,12 @@ def _free_port() -> int:
         return port
 
 
-def _cpu_time_us(pid: int) -> int:
-    """User + system CPU time of ``pid`` so far (the kernel counts in ticks of 10 ms)."""
+def _cpu_time_us(process: psutil.Process | None) -> int:
+    """User + system CPU time of ``process`` so far (the kernel counts in ticks of 10 ms)."""
+    if process is None:
+        return 0
     try:
-        times = psutil.Process(pid).cpu_times()
+        times = process.cpu_times()
     except psutil.Error:
         return 0
     return int((times.user + times.system) * 1_000_000)
@@ -95,6 +97,8 @@ class DServiceProcess:
         self.name = name
         self._command = list(command)
         self._process: asyncio.subprocess.Process | None = None
+        #: The same child for psutil, made once per spawn (not per request: the hot path).
+        self._meter: psutil.Process | None = None
         self._port = 0
         self._session: aiohttp.ClientSession | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -124,6 +128,10 @@ class DServiceProcess:
         self._process = await asyncio.create_subprocess_exec(
             *self._command, env=env, preexec_fn=die_with_parent
         )
+        try:
+            self._meter = psutil.Process(self._process.pid)
+        except psutil.Error:
+            self._meter = None  # exited already: the loop below reports it
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
@@ -183,7 +191,8 @@ class DServiceProcess:
             for name, value in headers
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
         ]
-        cpu_before = _cpu_time_us(pid)
+        meter = self._meter
+        cpu_before = _cpu_time_us(meter)
         started = time.perf_counter_ns()
         try:
             async with self._session.request(
@@ -205,7 +214,7 @@ class DServiceProcess:
             status=status,
             headers=kept,
             body=payload,
-            cpu_time_us=max(0, _cpu_time_us(pid) - cpu_before),
+            cpu_time_us=max(0, _cpu_time_us(meter) - cpu_before),
             wall_time_us=wall_us,
             peak_memory_bytes=_peak_memory_bytes(pid),
         )
