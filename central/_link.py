@@ -8,14 +8,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC
 from typing import Any
 
 import grpc
 
 from central.accounts import Account, AccountStore
 from central.registry import NodeRecord
+from central.revocations import AccountRevocation, RevocationStore, SessionRevocation
 from cgn_common.certs import node_dns_name
-from cgn_common.errors import CgnError, UnauthenticatedError, UnimplementedError
+from cgn_common.errors import (
+    CgnError,
+    InvalidArgumentError,
+    UnauthenticatedError,
+    UnimplementedError,
+)
+from cgn_common.ids import new_id
 from cgn_common.logs import log_event
 from cgn_common.rpc import open_channel, status_proto
 from cgn_common.streams import StreamWriter
@@ -28,7 +36,7 @@ from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as pb_grp
 _log = logging.getLogger(__name__)
 
 
-def account_info(account: Account) -> pb.AccountInfo:
+def account_info(account: Account, session_epoch: int = 0) -> pb.AccountInfo:
     """The AccountInfo message for ``account``."""
     return pb.AccountInfo(
         account_id=account.account_id,
@@ -37,7 +45,30 @@ def account_info(account: Account) -> pb.AccountInfo:
         pseudonym=account.pseudonym,
         tier=int(account.tier) if account.tier else None,  # type: ignore[arg-type]
         banned=account.banned,
+        session_epoch=session_epoch,
     )
+
+
+def revocation_directive(revocation: AccountRevocation | SessionRevocation) -> pb.Directive:
+    """The directive announcing ``revocation`` to the nodes."""
+    directive = pb.Directive(directive_id=new_id("dir"))
+    if isinstance(revocation, AccountRevocation):
+        directive.revoke_account_sessions.CopyFrom(_account_revocation(revocation))
+    else:
+        directive.revoke_session.CopyFrom(_session_revocation(revocation))
+    return directive
+
+
+def _account_revocation(revocation: AccountRevocation) -> pb.RevokeAccountSessions:
+    return pb.RevokeAccountSessions(
+        account_id=revocation.account_id, session_epoch=revocation.epoch
+    )
+
+
+def _session_revocation(revocation: SessionRevocation) -> pb.RevokeSession:
+    message = pb.RevokeSession(account_id=revocation.account_id, session_id=revocation.session_id)
+    message.expires_at.FromDatetime(revocation.expires_at)
+    return message
 
 
 class NodeLink:
@@ -48,21 +79,13 @@ class NodeLink:
     no credential of the node travels on the stream. Only then are questions answered.
     """
 
-    def __init__(
-        self,
-        node: NodeRecord,
-        accounts: AccountStore,
-        replica_id: str,
-        tls: TlsConfig,
-        supervisor: Supervisor,
-    ) -> None:
+    def __init__(self, node: NodeRecord, linker: Linker) -> None:
         self.node = node
         self.linked = asyncio.Event()
         self.sessions = 0
-        self._accounts = accounts
-        self._replica_id = replica_id
-        self._tls = tls
-        self._supervisor = supervisor
+        self._linker = linker
+        self._accounts = linker.accounts
+        self._supervisor = linker.supervisor
         self._task: asyncio.Task[None] | None = None
         self._writer: StreamWriter | None = None
         #: directive id -> when it was sent; removed when the node acknowledges it.
@@ -109,12 +132,15 @@ class NodeLink:
             self.linked.clear()
 
     async def _session(self) -> None:
-        server_name = "" if self._tls.insecure_plaintext else node_dns_name(self.node.node_id)
-        channel = open_channel(self.node.central_link_address, self._tls, server_name=server_name)
+        tls = self._linker.tls
+        server_name = "" if tls.insecure_plaintext else node_dns_name(self.node.node_id)
+        channel = open_channel(self.node.central_link_address, tls, server_name=server_name)
         async with channel:
             stub = pb_grpc.CentralLinkServiceStub(channel)
             call: Any = stub.Connect()
-            await call.write(pb.ConnectRequest(hello=pb.CentralHello(replica_id=self._replica_id)))
+            await call.write(
+                pb.ConnectRequest(hello=pb.CentralHello(replica_id=self._linker.replica_id))
+            )
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
                 raise UnauthenticatedError("node did not answer with NodeHello")
@@ -202,7 +228,8 @@ class NodeLink:
             q = question.verify_credential
             kinds = [AccountKind(k) for k in q.allowed_kinds]
             account = await self._accounts.verify_key(q.account_id, q.api_key, kinds)
-            answer.account.CopyFrom(account_info(account))
+            epoch = await self._linker.revocations.epoch(account.account_id)
+            answer.account.CopyFrom(account_info(account, epoch))
         elif kind == "verify_miner":
             m = question.verify_miner
             account = await self._accounts.verify_key(m.miner_id, m.api_key, [AccountKind.MINER])
@@ -218,7 +245,33 @@ class NodeLink:
             )
         elif kind == "get_account_standing":
             account = await self._accounts.get(question.get_account_standing.account_id)
-            answer.standing.CopyFrom(account_info(account))
+            epoch = await self._linker.revocations.epoch(account.account_id)
+            answer.standing.CopyFrom(account_info(account, epoch))
+        elif kind == "revoke_session":
+            message = question.revoke_session
+            if not message.session_id or not message.account_id:
+                raise InvalidArgumentError("account_id and session_id are required")
+            revocation = SessionRevocation(
+                message.account_id,
+                message.session_id,
+                message.expires_at.ToDatetime(tzinfo=UTC),
+            )
+            await self._linker.revocations.revoke_session(revocation)
+            told = await self._linker.broadcast(revocation_directive(revocation))
+            log_event(_log, "session_revoked", node_id=self.node.node_id, nodes_told=told)
+            answer.session_revoked.CopyFrom(message)
+        elif kind == "list_session_revocations":
+            ask = question.list_session_revocations
+            page = await self._linker.revocations.recent(
+                ask.lookback.ToTimedelta(), ask.page_size, ask.page_token
+            )
+            answer.session_revocations.CopyFrom(
+                pb.SessionRevocations(
+                    accounts=[_account_revocation(r) for r in page.accounts],
+                    sessions=[_session_revocation(r) for r in page.sessions],
+                    next_page_token=page.next_page_token,
+                )
+            )
         else:
             raise UnimplementedError(f"question {kind!r} is not answered by this Central version")
 
@@ -227,12 +280,18 @@ class Linker:
     """Keeps one NodeLink per registered node."""
 
     def __init__(
-        self, accounts: AccountStore, replica_id: str, tls: TlsConfig, supervisor: Supervisor
+        self,
+        accounts: AccountStore,
+        revocations: RevocationStore,
+        replica_id: str,
+        tls: TlsConfig,
+        supervisor: Supervisor,
     ) -> None:
-        self._accounts = accounts
-        self._replica_id = replica_id
-        self._tls = tls
-        self._supervisor = supervisor
+        self.accounts = accounts
+        self.revocations = revocations
+        self.replica_id = replica_id
+        self.tls = tls
+        self.supervisor = supervisor
         self._links: dict[str, NodeLink] = {}
 
     async def broadcast(self, directive: pb.Directive) -> int:
@@ -255,7 +314,7 @@ class Linker:
         if current is not None and current.node == node:
             return
         await self.drop(node.node_id)
-        link = NodeLink(node, self._accounts, self._replica_id, self._tls, self._supervisor)
+        link = NodeLink(node, self)
         self._links[node.node_id] = link
         link.start()
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeAlias
 
-from central._link import Linker
+from central._link import Linker, revocation_directive
 from central.accounts import Account, AccountStore
 from central.registry import NodeRecord, NodeRegistry
+from central.revocations import AccountRevocation
 from cgn_common.certs import Role
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.ids import new_id
 from cgn_common.interceptors import Rule, Rules, rules_for
+from cgn_common.logs import log_event
 from cgn_common.rpc import GrpcServer
 from cgn_common.types import AccountKind, Tier
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
@@ -19,6 +22,8 @@ from generated.cgn.admin.v1 import registry_service_pb2 as reg_pb
 from generated.cgn.admin.v1 import registry_service_pb2_grpc as reg_grpc
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as link_pb
 from generated.cgn.common.v1 import types_pb2
+
+_log = logging.getLogger(__name__)
 
 #: grpc ships no type stubs, so the servicer context is untyped.
 Context: TypeAlias = Any
@@ -94,14 +99,32 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
         self, request: acct_pb.BanAccountRequest, context: Context
     ) -> acct_pb.BanAccountResponse:
         account = await self._accounts.set_banned(request.account_id, True)
-        directive = link_pb.Directive(directive_id=new_id("dir"))
         if account.kind is AccountKind.MINER:
+            directive = link_pb.Directive(directive_id=new_id("dir"))
             directive.ban_miner.miner_id = account.account_id
             directive.ban_miner.reason = "banned by an operator"
-        else:
-            directive.revoke_account_sessions.account_id = account.account_id
-        await self._linker.broadcast(directive)
+            await self._linker.broadcast(directive)
+        await self._revoke_sessions(account.account_id)
         return acct_pb.BanAccountResponse(account=_account_proto(account))
+
+    async def RevokeAccountSessions(  # noqa: N802
+        self, request: acct_pb.RevokeAccountSessionsRequest, context: Context
+    ) -> acct_pb.RevokeAccountSessionsResponse:
+        await self._accounts.get(request.account_id)
+        epoch, told = await self._revoke_sessions(request.account_id)
+        return acct_pb.RevokeAccountSessionsResponse(session_epoch=epoch, nodes_told=told)
+
+    async def _revoke_sessions(self, account_id: str) -> tuple[int, int]:
+        """Raises the account's session epoch and tells every linked node at once; nodes
+        not linked now learn it when they next link. Returns (epoch, nodes told)."""
+        epoch = await self._linker.revocations.revoke_account(account_id)
+        told = await self._linker.broadcast(
+            revocation_directive(AccountRevocation(account_id, epoch))
+        )
+        log_event(
+            _log, "account_sessions_revoked", account_id=account_id, epoch=epoch, nodes_told=told
+        )
+        return epoch, told
 
     async def UnbanAccount(  # noqa: N802
         self, request: acct_pb.UnbanAccountRequest, context: Context
@@ -186,6 +209,7 @@ ADMIN_RULES: Rules = {
             "ResetPassword",
             "BanAccount",
             "UnbanAccount",
+            "RevokeAccountSessions",
         ],
         Rule.peer(Role.OPERATOR),
     ),

@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 
 import central.accounts
 import central.registry
+import central.revocations
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -27,5 +28,5 @@ async def open_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     async with engine.begin() as conn:
         await conn.run_sync(SQLModel.metadata.create_all)
-    _ = central.accounts.AccountRow
+    _ = (central.accounts.AccountRow, central.revocations.SessionEpochRow)
     return engine

@@ -13,6 +13,7 @@ from central.accounts import AccountStore
 from central.config import CentralConfig
 from central.db import open_engine
 from central.registry import NodeRegistry
+from central.revocations import RevocationStore
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
 from cgn_common.rpc import GrpcServer
@@ -41,7 +42,10 @@ class Central:
         self.engine = await open_engine(self.config.database_url)
         self.accounts = AccountStore(self.engine)
         self.nodes = NodeRegistry(self.engine)
-        self.linker = Linker(self.accounts, self.config.replica_id, self.tls, self.supervisor)
+        self.revocations = RevocationStore(self.engine)
+        self.linker = Linker(
+            self.accounts, self.revocations, self.config.replica_id, self.tls, self.supervisor
+        )
         add_admin_services(self.admin, self.accounts, self.nodes, self.linker)
         await self.admin.start(self.config.admin_listen)
         for node in await self.nodes.list():

@@ -27,7 +27,7 @@ from cgn_common.rpc import error_from_status
 from cgn_common.streams import StreamWriter, read_hello
 from cgn_common.tasks import Supervisor
 from cgn_common.types import AccountKind, Tier, WorkGrade
-from cgn_node.central_client import AccountInfo, MinerInfo
+from cgn_node.central_client import AccountInfo, MinerInfo, SessionRevocations
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as pb_grpc
 
@@ -45,6 +45,7 @@ def _account(info: pb.AccountInfo) -> AccountInfo:
         pseudonym=info.pseudonym,
         tier=Tier(info.tier) if info.HasField("tier") else None,
         banned=info.banned,
+        session_epoch=info.session_epoch,
     )
 
 
@@ -82,8 +83,10 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self.on_links_changed: Callable[[], None] = lambda: None
         #: Called for a BanMiner directive with (miner id, reason).
         self.on_ban_miner: Callable[[str, str], object] = lambda miner_id, reason: None
-        #: Called for a RevokeAccountSessions directive with the account id.
-        self.on_revoke_sessions: Callable[[str], None] = lambda account_id: None
+        #: Called for a RevokeAccountSessions directive with (account id, new epoch).
+        self.on_revoke_sessions: Callable[[str, int], None] = lambda account_id, epoch: None
+        #: Called for a RevokeSession directive with (session id, expiry as a Unix time).
+        self.on_revoke_session: Callable[[str, float], None] = lambda session_id, expiry: None
 
     @property
     def connected(self) -> bool:
@@ -142,7 +145,11 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         if kind == "ban_miner":
             self.on_ban_miner(directive.ban_miner.miner_id, directive.ban_miner.reason)
         elif kind == "revoke_account_sessions":
-            self.on_revoke_sessions(directive.revoke_account_sessions.account_id)
+            revoked = directive.revoke_account_sessions
+            self.on_revoke_sessions(revoked.account_id, revoked.session_epoch)
+        elif kind == "revoke_session":
+            session = directive.revoke_session
+            self.on_revoke_session(session.session_id, session.expires_at.ToSeconds())
         log_event(_log, "central_directive_obeyed", kind=kind, directive_id=directive.directive_id)
         ack = pb.ConnectResponse(directive_ack=pb.DirectiveAck(directive_id=directive.directive_id))
         self._supervisor.spawn(
@@ -228,3 +235,25 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         """Asks Central for an account's current standing (no secret involved)."""
         question = pb.Question(get_account_standing=pb.GetAccountStanding(account_id=account_id))
         return _account((await self._ask(question)).standing)
+
+    async def revoke_session(self, account_id: str, session_id: str, expires_at: float) -> None:
+        """Asks Central to record a revoked session and announce it to every node."""
+        revoke = pb.RevokeSession(account_id=account_id, session_id=session_id)
+        revoke.expires_at.FromSeconds(int(expires_at))
+        await self._ask(pb.Question(revoke_session=revoke))
+
+    async def session_revocations(self, lookback_s: float) -> SessionRevocations:
+        """Every revocation Central recorded within ``lookback_s`` (all pages)."""
+        result = SessionRevocations()
+        page_token = ""
+        while True:
+            ask = pb.ListSessionRevocations(page_token=page_token)
+            ask.lookback.FromMilliseconds(int(lookback_s * 1000))
+            page = (await self._ask(pb.Question(list_session_revocations=ask))).session_revocations
+            result.accounts.extend((a.account_id, a.session_epoch) for a in page.accounts)
+            result.sessions.extend(
+                (s.session_id, float(s.expires_at.ToSeconds())) for s in page.sessions
+            )
+            if not page.next_page_token:
+                return result
+            page_token = page.next_page_token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -12,12 +13,13 @@ from cgn_common.certs import Role
 from cgn_common.errors import InvalidArgumentError, UnauthenticatedError
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
+from cgn_common.logs import log_event
 from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
 from cgn_node.broker import Broker
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
-from cgn_node.sessions import SessionClaims, SessionIssuer
+from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
 from cgn_node.throttle import LoginThrottle
 from cgn_node.work import WorkUnit
@@ -29,6 +31,8 @@ from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
 from generated.cgn.work.v1 import work_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+
+_log = logging.getLogger(__name__)
 
 #: grpc ships no type stubs, so the servicer context is untyped.
 Context: TypeAlias = Any
@@ -82,7 +86,9 @@ class Sessions(session_grpc.SessionServiceServicer):
             self._throttle.abandoned(request.account_id, address)
             raise
         self._throttle.succeeded(request.account_id, address)
-        token, claims = self._issuer.issue(account.account_id, account.allowed_tiers)
+        token, claims = self._issuer.issue(
+            account.account_id, account.allowed_tiers, account.session_epoch
+        )
         response = session_pb.CreateSessionResponse(
             token=token,
             allowed_tiers=[int(t) for t in claims.allowed_tiers],  # type: ignore[misc]
@@ -93,7 +99,16 @@ class Sessions(session_grpc.SessionServiceServicer):
     async def RevokeSession(  # noqa: N802
         self, request: session_pb.RevokeSessionRequest, context: Context
     ) -> session_pb.RevokeSessionResponse:
-        return session_pb.RevokeSessionResponse(revoked=self._issuer.revoke(request.token))
+        """Revokes the caller's own session on every node: Central records it and announces
+        it; only then is it refused here too (so a retry after an error can finish it)."""
+        try:
+            claims = self._issuer.verify(request.token)
+        except SessionInvalidError:
+            return session_pb.RevokeSessionResponse(revoked=False)
+        await self._central.revoke_session(claims.account_id, claims.session_id, claims.expires_at)
+        self._issuer.revocations.session_revoked(claims.session_id, claims.expires_at)
+        log_event(_log, "session_revoked", account_id=claims.account_id)
+        return session_pb.RevokeSessionResponse(revoked=True)
 
 
 class Work(work_grpc.WorkServiceServicer):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cgn_common.types import AccountKind, Tier, WorkGrade
@@ -19,6 +19,8 @@ class AccountInfo:
     pseudonym: str
     tier: Tier | None
     banned: bool = False
+    #: The account's session epoch, written into the session tokens issued for it.
+    session_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,14 @@ class MinerInfo:
     account: AccountInfo
     max_grade: WorkGrade
     owner_account_id: str
+
+
+@dataclass
+class SessionRevocations:
+    """Revocations Central recorded lately: (account, epoch) and (session id, expiry)."""
+
+    accounts: list[tuple[str, int]] = field(default_factory=list)
+    sessions: list[tuple[str, float]] = field(default_factory=list)
 
 
 class CentralClient(Protocol):
@@ -43,3 +53,9 @@ class CentralClient(Protocol):
 
     async def account_standing(self, account_id: str) -> AccountInfo:
         """An account's current standing; NotFoundError when it does not exist."""
+
+    async def revoke_session(self, account_id: str, session_id: str, expires_at: float) -> None:
+        """Records a revoked session at Central, which announces it to every node."""
+
+    async def session_revocations(self, lookback_s: float) -> SessionRevocations:
+        """The revocations Central recorded within ``lookback_s`` seconds before now."""

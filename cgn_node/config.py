@@ -37,10 +37,23 @@ class NodeConfig:
     )
     session_secret: Secret = option(
         Secret(""),
-        "HMAC key for session tokens; every process of one node must share it. "
-        "Empty: a random key per start (sessions end with the process).",
+        "HMAC key for session tokens, inline (prefer session_key_file: a variable is readable "
+        "wherever the process environment is). Every process of one node must share it.",
+    )
+    session_key_file: str = option(
+        "",
+        "File holding the HMAC key for session tokens (mode 0600; made with 32 random bytes "
+        "when missing), shared by every process of the node so sessions survive a restart. "
+        "Neither this nor session_secret: a random key per start (sessions end with it).",
     )
     session_ttl_s: int = option(3600, "How long a session token is accepted, in seconds.")
+    sessions_max_stale_ms: int = option(
+        5000,
+        "After the node loses its last link to Central, how long session tokens are still "
+        "accepted; then, and after a start until the first revocation sync, they are "
+        "refused with 503 SESSIONS_UNCONFIRMED. This bounds how late a revocation can "
+        "take effect.",
+    )
     ack_deadline_ms: int = option(500, "How long a miner has to acknowledge an assignment.")
     lease_ms: int = option(
         3000,

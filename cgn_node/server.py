@@ -22,7 +22,7 @@ from cgn_node._rpc import Sessions, Status, Work
 from cgn_node.broker import Broker
 from cgn_node.config import NodeConfig
 from cgn_node.recorder import LogRecorder, WorkRecorder
-from cgn_node.sessions import SessionIssuer
+from cgn_node.sessions import RevocationView, SessionIssuer, session_key
 from cgn_node.standing import StandingChecker
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as central_pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as central_grpc
@@ -92,9 +92,17 @@ class Node:
         self.broker = broker
         self.central = CentralLink(config.node_id, config.central_timeout_s, self.supervisor)
         self.issuer = issuer
-        self.standing = StandingChecker(self.central, self.broker, self.issuer, self.supervisor)
-        self.central.on_links_changed = self.standing.schedule
-        self.central.on_revoke_sessions = self.issuer.revoke_account
+        self.standing = StandingChecker(
+            self.central,
+            self.broker,
+            issuer.revocations,
+            issuer.ttl_s,
+            self.supervisor,
+            lambda: self.central.connected,
+        )
+        self.central.on_links_changed = self.standing.links_changed
+        self.central.on_revoke_sessions = issuer.revocations.account_revoked
+        self.central.on_revoke_session = issuer.revocations.session_revoked
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
         work = Work(  # type: ignore[abstract]
             self.broker, recorder, config.node_id, config.max_timeout_ms / 1000
@@ -148,7 +156,10 @@ class Node:
             static_dservices=config.dservices,
         )
         issuer = SessionIssuer(
-            config.session_secret.reveal().encode(), config.session_ttl_s, config.node_id
+            session_key(config),
+            config.session_ttl_s,
+            config.node_id,
+            RevocationView(config.sessions_max_stale_ms / 1000),
         )
         return cls(config, broker=broker, issuer=issuer, recorder=recorder or LogRecorder())
 

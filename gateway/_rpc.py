@@ -43,6 +43,14 @@ class NodeClient:
         )
         return response.token, response.expires_at.ToMicroseconds() / 1e6
 
+    async def revoke_session(self, token: str, timeout_s: float) -> bool:
+        """Revokes the session ``token`` on every node; False when it was not valid."""
+        self._stubs()
+        response: session_pb.RevokeSessionResponse = await self._sessions.RevokeSession(
+            session_pb.RevokeSessionRequest(token=token), timeout=timeout_s
+        )
+        return response.revoked
+
     async def call(
         self,
         token: str,

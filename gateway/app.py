@@ -1,6 +1,8 @@
 """The gateway's HTTP routes.
 
 - ``POST /v1/sessions`` ``{"account_id", "api_key"}`` -> ``{"token", "expires_at"}``
+- ``DELETE /v1/sessions`` (with the token) -> ``{"revoked": true}``: the session ends on
+  every node
 - ``ANY /v1/dservices/{name}/{path}`` -> the DService's status, headers and body
 - ``GET /healthz`` -> 200 while the gateway runs
 Errors are ``{"error": {"code": <gRPC status name>, "message": ...}}`` with ``X-CGN-Error: 1``.
@@ -134,6 +136,35 @@ async def create_session(request: web.Request) -> web.Response:
     )
 
 
+def _bearer_token(request: web.Request) -> str:
+    """The session token in ``Authorization: Bearer <token>`` (scheme case-insensitive)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _session_missing(request_id: str = "") -> web.Response:
+    return error_response(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "a session token is required (Authorization: Bearer)",
+        reason="SESSION_MISSING",
+        request_id=request_id,
+    )
+
+
+async def revoke_session(request: web.Request) -> web.Response:
+    """``DELETE /v1/sessions``: ends the caller's own session on every node."""
+    token = _bearer_token(request)
+    if not token:
+        return _session_missing()
+    if not await request.app[NODE_KEY].revoke_session(token, timeout_s=30.0):
+        return error_response(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "invalid or expired session token",
+            reason="SESSION_INVALID",
+        )
+    return web.json_response({"revoked": True}, headers={"Server": SERVER_NAME})
+
+
 def _request_id(request: web.Request) -> str:
     """The DApp's X-Request-Id when it is valid, else a new one."""
     given = request.headers.get("X-Request-Id", "")
@@ -155,14 +186,9 @@ async def call_dservice(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     request_id = request[_REQUEST_ID] = _request_id(request)
     timeout_s = _timeout_s(request, float(config.request_timeout_s))
-    authorization = request.headers.get("Authorization", "")
-    if not authorization.startswith("Bearer ") or not authorization[7:].strip():
-        return error_response(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "a session token is required (Authorization: Bearer)",
-            reason="SESSION_MISSING",
-            request_id=request_id,
-        )
+    token = _bearer_token(request)
+    if not token:
+        return _session_missing(request_id)
     name = request.match_info["name"]
     raw_path = request.raw_path.split("?", 1)[0]
     prefix = f"/v1/dservices/{name}"
@@ -178,7 +204,7 @@ async def call_dservice(request: web.Request) -> web.Response:
         if n.decode("latin-1").lower() not in STRIPPED_REQUEST_HEADERS
     ]
     status, response_headers, response_body = await request.app[NODE_KEY].call(
-        authorization[7:].strip(),
+        token,
         name,
         request.method,
         path,
@@ -215,6 +241,7 @@ def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
     app[CONFIG_KEY] = config
     app[NODE_KEY] = node
     app.router.add_post("/v1/sessions", create_session)
+    app.router.add_delete("/v1/sessions", revoke_session)
     app.router.add_route("*", "/v1/dservices/{name}/{path:.*}", call_dservice)
     app.router.add_route("*", "/v1/dservices/{name}", call_dservice)
     app.router.add_get("/healthz", healthz)

@@ -8,7 +8,12 @@ import pytest
 
 from cgn_common.errors import UnauthenticatedError
 from cgn_common.types import Tier
-from cgn_node.sessions import SessionIssuer
+from cgn_node.sessions import (
+    RevocationView,
+    SessionInvalidError,
+    SessionIssuer,
+    SessionsUnconfirmedError,
+)
 
 
 def test_issued_token_verifies_with_its_claims() -> None:
@@ -34,11 +39,48 @@ def test_other_key_tampering_and_garbage_are_rejected() -> None:
 
 def test_expired_and_revoked_tokens_are_rejected() -> None:
     expired, _ = SessionIssuer(b"k" * 32, -1, "node-1").issue("acct_1", [Tier.TIER_1_PRIVATE])
-    with pytest.raises(UnauthenticatedError):
+    with pytest.raises(SessionInvalidError):
         SessionIssuer(b"k" * 32, 60, "node-1").verify(expired)
     issuer = SessionIssuer(b"k" * 32, 60, "node-1")
-    token, _ = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
-    assert issuer.revoke(token) is True
-    with pytest.raises(UnauthenticatedError):
+    token, claims = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
+    other, _ = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
+    issuer.revocations.session_revoked(claims.session_id, claims.expires_at)
+    with pytest.raises(SessionInvalidError):
         issuer.verify(token)
-    assert issuer.revoke(token) is False
+    assert issuer.verify(other).account_id == "acct_1"
+
+
+def test_an_epoch_revokes_older_tokens_of_that_account_only() -> None:
+    issuer = SessionIssuer(b"k" * 32, 60, "node-1")
+    old, _ = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE], epoch=2)
+    bystander, _ = issuer.issue("acct_2", [Tier.TIER_1_PRIVATE], epoch=0)
+    issuer.revocations.account_revoked("acct_1", 3)
+    issuer.revocations.account_revoked("acct_1", 1)  # a late, older announcement changes nothing
+    with pytest.raises(SessionInvalidError):
+        issuer.verify(old)
+    fresh, _ = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE], epoch=3)
+    assert issuer.verify(fresh).epoch == 3
+    assert issuer.verify(bystander).account_id == "acct_2"
+
+
+def test_a_view_cut_off_from_central_refuses_tokens_after_its_bound() -> None:
+    view = RevocationView(max_stale_s=0.2)
+    issuer = SessionIssuer(b"k" * 32, 60, "node-1", view)
+    token, _ = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
+    with pytest.raises(SessionsUnconfirmedError):  # started: nothing synced yet
+        issuer.verify(token)
+    assert view.synced(view.sync_started())
+    assert issuer.verify(token).account_id == "acct_1"
+    view.unlinked()
+    assert issuer.verify(token).account_id == "acct_1"  # within the bound
+    deadline = time.monotonic() + 5
+    while view.current and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(SessionsUnconfirmedError) as refused:
+        issuer.verify(token)
+    assert refused.value.reason == "SESSIONS_UNCONFIRMED"
+    started = view.sync_started()
+    view.unlinked()  # a link lost during the sync: that sync does not make the view current
+    assert not view.synced(started)
+    assert view.synced(view.sync_started())
+    assert issuer.verify(token).account_id == "acct_1"

@@ -539,3 +539,51 @@ class UnbanAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnbanAccountResponse: _TypeAlias = UnbanAccountResponse  # noqa: Y015
+
+@_typing.final
+class RevokeAccountSessionsRequest(_message.Message):
+    """Whose sessions to end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account id."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAccountSessionsRequest: _TypeAlias = RevokeAccountSessionsRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAccountSessionsResponse(_message.Message):
+    """The revocation recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_EPOCH_FIELD_NUMBER: _builtins.int
+    NODES_TOLD_FIELD_NUMBER: _builtins.int
+    session_epoch: _builtins.int
+    """The account's new session epoch: tokens issued before it are refused by every node."""
+    nodes_told: _builtins.int
+    """How many nodes were linked and told at once; the others learn it when they next link."""
+    def __init__(
+        self,
+        *,
+        session_epoch: _builtins.int = ...,
+        nodes_told: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes_told", b"nodes_told", "session_epoch", b"session_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAccountSessionsResponse: _TypeAlias = RevokeAccountSessionsResponse  # noqa: Y015

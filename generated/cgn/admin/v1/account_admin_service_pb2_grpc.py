@@ -28,7 +28,7 @@ if _version_not_supported:
 
 class AccountAdminServiceStub(object):
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -79,11 +79,16 @@ class AccountAdminServiceStub(object):
                 request_serializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountRequest.SerializeToString,
                 response_deserializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountResponse.FromString,
                 _registered_method=True)
+        self.RevokeAccountSessions = channel.unary_unary(
+                '/cgn.admin.v1.AccountAdminService/RevokeAccountSessions',
+                request_serializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsRequest.SerializeToString,
+                response_deserializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class AccountAdminServiceServicer(object):
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -144,6 +149,13 @@ class AccountAdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAccountSessions(self, request, context):
+        """Ends every session of an account on every node ("log out everywhere"), without a ban.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +199,11 @@ def add_AccountAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountRequest.FromString,
                     response_serializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountResponse.SerializeToString,
             ),
+            'RevokeAccountSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAccountSessions,
+                    request_deserializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsRequest.FromString,
+                    response_serializer=cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cgn.admin.v1.AccountAdminService', rpc_method_handlers)
@@ -197,7 +214,7 @@ def add_AccountAdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AccountAdminService(object):
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -408,6 +425,33 @@ class AccountAdminService(object):
             '/cgn.admin.v1.AccountAdminService/UnbanAccount',
             cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountRequest.SerializeToString,
             cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.UnbanAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAccountSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cgn.admin.v1.AccountAdminService/RevokeAccountSessions',
+            cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsRequest.SerializeToString,
+            cgn_dot_admin_dot_v1_dot_account__admin__service__pb2.RevokeAccountSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

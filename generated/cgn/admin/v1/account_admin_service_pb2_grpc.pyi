@@ -29,7 +29,7 @@ GRPC_VERSION: str
 
 class AccountAdminServiceStub:
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -54,11 +54,13 @@ class AccountAdminServiceStub:
     """Bans an account (miners: disconnected everywhere and refused)."""
     UnbanAccount: _grpc.UnaryUnaryMultiCallable[_account_admin_service_pb2.UnbanAccountRequest, _account_admin_service_pb2.UnbanAccountResponse]
     """Lifts a ban."""
+    RevokeAccountSessions: _grpc.UnaryUnaryMultiCallable[_account_admin_service_pb2.RevokeAccountSessionsRequest, _account_admin_service_pb2.RevokeAccountSessionsResponse]
+    """Ends every session of an account on every node ("log out everywhere"), without a ban."""
 
 @_typing.type_check_only
 class AccountAdminServiceAsyncStub(AccountAdminServiceStub):
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -80,10 +82,12 @@ class AccountAdminServiceAsyncStub(AccountAdminServiceStub):
     """Bans an account (miners: disconnected everywhere and refused)."""
     UnbanAccount: _aio.UnaryUnaryMultiCallable[_account_admin_service_pb2.UnbanAccountRequest, _account_admin_service_pb2.UnbanAccountResponse]  # type: ignore[assignment]
     """Lifts a ban."""
+    RevokeAccountSessions: _aio.UnaryUnaryMultiCallable[_account_admin_service_pb2.RevokeAccountSessionsRequest, _account_admin_service_pb2.RevokeAccountSessionsResponse]  # type: ignore[assignment]
+    """Ends every session of an account on every node ("log out everywhere"), without a ban."""
 
 class AccountAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountAdminService manages accounts at Central. It listens on loopback by default and
-    requires operator credentials in the metadata "authorization: Bearer <operator token>".
+    requires mutual TLS with an operator certificate of the operator CA.
     Secrets are shown once, in the response that creates or resets them; Central stores only
     Argon2id hashes and never logs secrets.
     """
@@ -151,5 +155,13 @@ class AccountAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_admin_service_pb2.UnbanAccountResponse, _abc.Awaitable[_account_admin_service_pb2.UnbanAccountResponse]]:
         """Lifts a ban."""
+
+    @_abc_1.abstractmethod
+    def RevokeAccountSessions(
+        self,
+        request: _account_admin_service_pb2.RevokeAccountSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_admin_service_pb2.RevokeAccountSessionsResponse, _abc.Awaitable[_account_admin_service_pb2.RevokeAccountSessionsResponse]]:
+        """Ends every session of an account on every node ("log out everywhere"), without a ban."""
 
 def add_AccountAdminServiceServicer_to_server(servicer: AccountAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,57 +26,64 @@ _sym_db = _symbol_database.Default()
 from generated.cgn.common.v1 import dservice_pb2 as cgn_dot_common_dot_v1_dot_dservice__pb2
 from generated.cgn.common.v1 import types_pb2 as cgn_dot_common_dot_v1_dot_types__pb2
 from generated.cgn.node.v1 import status_service_pb2 as cgn_dot_node_dot_v1_dot_status__service__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-cgn/centrallink/v1/central_link_service.proto\x12\x12\x63gn.centrallink.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x19\x63gn/common/v1/types.proto\x1a cgn/node/v1/status_service.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xad\x01\n\x0e\x43onnectRequest\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .cgn.centrallink.v1.CentralHelloH\x00\x12,\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1a.cgn.centrallink.v1.AnswerH\x00\x12\x32\n\tdirective\x18\x03 \x01(\x0b\x32\x1d.cgn.centrallink.v1.DirectiveH\x00\x42\x06\n\x04kind\"\xa0\x02\n\x0f\x43onnectResponse\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.cgn.centrallink.v1.NodeHelloH\x00\x12\x30\n\x08question\x18\x02 \x01(\x0b\x32\x1c.cgn.centrallink.v1.QuestionH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.cgn.node.v1.NodeStatusH\x00\x12=\n\x0f\x63\x61ncel_question\x18\x04 \x01(\x0b\x32\".cgn.centrallink.v1.CancelQuestionH\x00\x12\x39\n\rdirective_ack\x18\x05 \x01(\x0b\x32 .cgn.centrallink.v1.DirectiveAckH\x00\x42\x06\n\x04kind\"$\n\x0c\x44irectiveAck\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\"%\n\x0e\x43\x61ncelQuestion\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\"3\n\x0c\x43\x65ntralHello\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"+\n\tNodeHello\x12\x0f\n\x07node_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03R\x07\x61pi_key\"\xe9\x02\n\x08Question\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x41\n\x11verify_credential\x18\n \x01(\x0b\x32$.cgn.centrallink.v1.VerifyCredentialH\x00\x12\x37\n\x0cverify_miner\x18\x0b \x01(\x0b\x32\x1f.cgn.centrallink.v1.VerifyMinerH\x00\x12\x37\n\x0cget_dservice\x18\x0c \x01(\x0b\x32\x1f.cgn.centrallink.v1.GetDServiceH\x00\x12\x43\n\x12report_misbehavior\x18\r \x01(\x0b\x32%.cgn.centrallink.v1.ReportMisbehaviorH\x00\x12\x46\n\x14get_account_standing\x18\x0e \x01(\x0b\x32&.cgn.centrallink.v1.GetAccountStandingH\x00\x42\x06\n\x04kind\"\xe0\x02\n\x06\x41nswer\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x32\n\x07\x61\x63\x63ount\x18\n \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfoH\x00\x12.\n\x05miner\x18\x0b \x01(\x0b\x32\x1d.cgn.centrallink.v1.MinerInfoH\x00\x12\x34\n\x08\x64service\x18\x0c \x01(\x0b\x32 .cgn.centrallink.v1.DServiceInfoH\x00\x12G\n\x14misbehavior_recorded\x18\r \x01(\x0b\x32\'.cgn.centrallink.v1.MisbehaviorRecordedH\x00\x12\x33\n\x08standing\x18\x0e \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfoH\x00\x42\x06\n\x04kind\"(\n\x12GetAccountStanding\x12\x12\n\naccount_id\x18\x01 \x01(\t\"j\n\x10VerifyCredential\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x31\n\rallowed_kinds\x18\x03 \x03(\x0e\x32\x1a.cgn.common.v1.AccountKind\"\xcb\x01\n\x0b\x41\x63\x63ountInfo\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12\x11\n\tpseudonym\x18\x04 \x01(\t\x12&\n\x04tier\x18\x05 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x0e\n\x06\x62\x61nned\x18\x06 \x01(\x08\x42\x07\n\x05_tier\"W\n\x0bVerifyMiner\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x13\n\x0bmeasurement\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttestor\x18\x04 \x01(\t\"\xa1\x01\n\tMinerInfo\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfo\x12+\n\tmax_grade\x18\x02 \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12\x1b\n\x13measurement_trusted\x18\x03 \x01(\x08\x12\x18\n\x10owner_account_id\x18\x04 \x01(\t\"\x1b\n\x0bGetDService\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x7f\n\x0c\x44ServiceInfo\x12\x33\n\x08\x64service\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"H\n\x11ReportMisbehavior\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07work_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\"V\n\x13MisbehaviorRecorded\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12-\n\tbanned_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\tDirective\x12\x14\n\x0c\x64irective_id\x18\n \x01(\t\x12\x31\n\tban_miner\x18\x01 \x01(\x0b\x32\x1c.cgn.centrallink.v1.BanMinerH\x00\x12L\n\x17revoke_account_sessions\x18\x02 \x01(\x0b\x32).cgn.centrallink.v1.RevokeAccountSessionsH\x00\x12=\n\x10\x64service_changed\x18\x03 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptorH\x00\x42\x06\n\x04kind\",\n\x08\x42\x61nMiner\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\x15RevokeAccountSessions\x12\x12\n\naccount_id\x18\x01 \x01(\t2l\n\x12\x43\x65ntralLinkService\x12V\n\x07\x43onnect\x12\".cgn.centrallink.v1.ConnectRequest\x1a#.cgn.centrallink.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-cgn/centrallink/v1/central_link_service.proto\x12\x12\x63gn.centrallink.v1\x1a\x1c\x63gn/common/v1/dservice.proto\x1a\x19\x63gn/common/v1/types.proto\x1a cgn/node/v1/status_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xad\x01\n\x0e\x43onnectRequest\x12\x31\n\x05hello\x18\x01 \x01(\x0b\x32 .cgn.centrallink.v1.CentralHelloH\x00\x12,\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1a.cgn.centrallink.v1.AnswerH\x00\x12\x32\n\tdirective\x18\x03 \x01(\x0b\x32\x1d.cgn.centrallink.v1.DirectiveH\x00\x42\x06\n\x04kind\"\xa0\x02\n\x0f\x43onnectResponse\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.cgn.centrallink.v1.NodeHelloH\x00\x12\x30\n\x08question\x18\x02 \x01(\x0b\x32\x1c.cgn.centrallink.v1.QuestionH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.cgn.node.v1.NodeStatusH\x00\x12=\n\x0f\x63\x61ncel_question\x18\x04 \x01(\x0b\x32\".cgn.centrallink.v1.CancelQuestionH\x00\x12\x39\n\rdirective_ack\x18\x05 \x01(\x0b\x32 .cgn.centrallink.v1.DirectiveAckH\x00\x42\x06\n\x04kind\"$\n\x0c\x44irectiveAck\x12\x14\n\x0c\x64irective_id\x18\x01 \x01(\t\"%\n\x0e\x43\x61ncelQuestion\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\"3\n\x0c\x43\x65ntralHello\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"+\n\tNodeHello\x12\x0f\n\x07node_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03R\x07\x61pi_key\"\xf6\x03\n\x08Question\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x41\n\x11verify_credential\x18\n \x01(\x0b\x32$.cgn.centrallink.v1.VerifyCredentialH\x00\x12\x37\n\x0cverify_miner\x18\x0b \x01(\x0b\x32\x1f.cgn.centrallink.v1.VerifyMinerH\x00\x12\x37\n\x0cget_dservice\x18\x0c \x01(\x0b\x32\x1f.cgn.centrallink.v1.GetDServiceH\x00\x12\x43\n\x12report_misbehavior\x18\r \x01(\x0b\x32%.cgn.centrallink.v1.ReportMisbehaviorH\x00\x12\x46\n\x14get_account_standing\x18\x0e \x01(\x0b\x32&.cgn.centrallink.v1.GetAccountStandingH\x00\x12;\n\x0erevoke_session\x18\x0f \x01(\x0b\x32!.cgn.centrallink.v1.RevokeSessionH\x00\x12N\n\x18list_session_revocations\x18\x10 \x01(\x0b\x32*.cgn.centrallink.v1.ListSessionRevocationsH\x00\x42\x06\n\x04kind\"\xe5\x03\n\x06\x41nswer\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x32\n\x07\x61\x63\x63ount\x18\n \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfoH\x00\x12.\n\x05miner\x18\x0b \x01(\x0b\x32\x1d.cgn.centrallink.v1.MinerInfoH\x00\x12\x34\n\x08\x64service\x18\x0c \x01(\x0b\x32 .cgn.centrallink.v1.DServiceInfoH\x00\x12G\n\x14misbehavior_recorded\x18\r \x01(\x0b\x32\'.cgn.centrallink.v1.MisbehaviorRecordedH\x00\x12\x33\n\x08standing\x18\x0e \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfoH\x00\x12<\n\x0fsession_revoked\x18\x0f \x01(\x0b\x32!.cgn.centrallink.v1.RevokeSessionH\x00\x12\x45\n\x13session_revocations\x18\x10 \x01(\x0b\x32&.cgn.centrallink.v1.SessionRevocationsH\x00\x42\x06\n\x04kind\"l\n\x16ListSessionRevocations\x12+\n\x08lookback\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x9f\x01\n\x12SessionRevocations\x12;\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32).cgn.centrallink.v1.RevokeAccountSessions\x12\x33\n\x08sessions\x18\x02 \x03(\x0b\x32!.cgn.centrallink.v1.RevokeSession\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"(\n\x12GetAccountStanding\x12\x12\n\naccount_id\x18\x01 \x01(\t\"j\n\x10VerifyCredential\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x31\n\rallowed_kinds\x18\x03 \x03(\x0e\x32\x1a.cgn.common.v1.AccountKind\"\xe2\x01\n\x0b\x41\x63\x63ountInfo\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12\x11\n\tpseudonym\x18\x04 \x01(\t\x12&\n\x04tier\x18\x05 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x0e\n\x06\x62\x61nned\x18\x06 \x01(\x08\x12\x15\n\rsession_epoch\x18\x07 \x01(\x04\x42\x07\n\x05_tier\"W\n\x0bVerifyMiner\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x13\n\x0bmeasurement\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttestor\x18\x04 \x01(\t\"\xa1\x01\n\tMinerInfo\x12\x30\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1f.cgn.centrallink.v1.AccountInfo\x12+\n\tmax_grade\x18\x02 \x01(\x0e\x32\x18.cgn.common.v1.WorkGrade\x12\x1b\n\x13measurement_trusted\x18\x03 \x01(\x08\x12\x18\n\x10owner_account_id\x18\x04 \x01(\t\"\x1b\n\x0bGetDService\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x7f\n\x0c\x44ServiceInfo\x12\x33\n\x08\x64service\x18\x01 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptor\x12\x1d\n\x15\x63ontributor_share_ppm\x18\x02 \x01(\r\x12\x1b\n\x13\x64\x65veloper_share_ppm\x18\x03 \x01(\r\"H\n\x11ReportMisbehavior\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0f\n\x07work_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\"V\n\x13MisbehaviorRecorded\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12-\n\tbanned_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x02\n\tDirective\x12\x14\n\x0c\x64irective_id\x18\n \x01(\t\x12\x31\n\tban_miner\x18\x01 \x01(\x0b\x32\x1c.cgn.centrallink.v1.BanMinerH\x00\x12L\n\x17revoke_account_sessions\x18\x02 \x01(\x0b\x32).cgn.centrallink.v1.RevokeAccountSessionsH\x00\x12=\n\x10\x64service_changed\x18\x03 \x01(\x0b\x32!.cgn.common.v1.DServiceDescriptorH\x00\x12;\n\x0erevoke_session\x18\x04 \x01(\x0b\x32!.cgn.centrallink.v1.RevokeSessionH\x00\x42\x06\n\x04kind\",\n\x08\x42\x61nMiner\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"B\n\x15RevokeAccountSessions\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rsession_epoch\x18\x02 \x01(\x04\"g\n\rRevokeSession\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2l\n\x12\x43\x65ntralLinkService\x12V\n\x07\x43onnect\x12\".cgn.centrallink.v1.ConnectRequest\x1a#.cgn.centrallink.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.centrallink.v1.central_link_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTREQUEST']._serialized_start=219
-  _globals['_CONNECTREQUEST']._serialized_end=392
-  _globals['_CONNECTRESPONSE']._serialized_start=395
-  _globals['_CONNECTRESPONSE']._serialized_end=683
-  _globals['_DIRECTIVEACK']._serialized_start=685
-  _globals['_DIRECTIVEACK']._serialized_end=721
-  _globals['_CANCELQUESTION']._serialized_start=723
-  _globals['_CANCELQUESTION']._serialized_end=760
-  _globals['_CENTRALHELLO']._serialized_start=762
-  _globals['_CENTRALHELLO']._serialized_end=813
-  _globals['_NODEHELLO']._serialized_start=815
-  _globals['_NODEHELLO']._serialized_end=858
-  _globals['_QUESTION']._serialized_start=861
-  _globals['_QUESTION']._serialized_end=1222
-  _globals['_ANSWER']._serialized_start=1225
-  _globals['_ANSWER']._serialized_end=1577
-  _globals['_GETACCOUNTSTANDING']._serialized_start=1579
-  _globals['_GETACCOUNTSTANDING']._serialized_end=1619
-  _globals['_VERIFYCREDENTIAL']._serialized_start=1621
-  _globals['_VERIFYCREDENTIAL']._serialized_end=1727
-  _globals['_ACCOUNTINFO']._serialized_start=1730
-  _globals['_ACCOUNTINFO']._serialized_end=1933
-  _globals['_VERIFYMINER']._serialized_start=1935
-  _globals['_VERIFYMINER']._serialized_end=2022
-  _globals['_MINERINFO']._serialized_start=2025
-  _globals['_MINERINFO']._serialized_end=2186
-  _globals['_GETDSERVICE']._serialized_start=2188
-  _globals['_GETDSERVICE']._serialized_end=2215
-  _globals['_DSERVICEINFO']._serialized_start=2217
-  _globals['_DSERVICEINFO']._serialized_end=2344
-  _globals['_REPORTMISBEHAVIOR']._serialized_start=2346
-  _globals['_REPORTMISBEHAVIOR']._serialized_end=2418
-  _globals['_MISBEHAVIORRECORDED']._serialized_start=2420
-  _globals['_MISBEHAVIORRECORDED']._serialized_end=2506
-  _globals['_DIRECTIVE']._serialized_start=2509
-  _globals['_DIRECTIVE']._serialized_end=2742
-  _globals['_BANMINER']._serialized_start=2744
-  _globals['_BANMINER']._serialized_end=2788
-  _globals['_REVOKEACCOUNTSESSIONS']._serialized_start=2790
-  _globals['_REVOKEACCOUNTSESSIONS']._serialized_end=2833
-  _globals['_CENTRALLINKSERVICE']._serialized_start=2835
-  _globals['_CENTRALLINKSERVICE']._serialized_end=2943
+  _globals['_CONNECTREQUEST']._serialized_start=251
+  _globals['_CONNECTREQUEST']._serialized_end=424
+  _globals['_CONNECTRESPONSE']._serialized_start=427
+  _globals['_CONNECTRESPONSE']._serialized_end=715
+  _globals['_DIRECTIVEACK']._serialized_start=717
+  _globals['_DIRECTIVEACK']._serialized_end=753
+  _globals['_CANCELQUESTION']._serialized_start=755
+  _globals['_CANCELQUESTION']._serialized_end=792
+  _globals['_CENTRALHELLO']._serialized_start=794
+  _globals['_CENTRALHELLO']._serialized_end=845
+  _globals['_NODEHELLO']._serialized_start=847
+  _globals['_NODEHELLO']._serialized_end=890
+  _globals['_QUESTION']._serialized_start=893
+  _globals['_QUESTION']._serialized_end=1395
+  _globals['_ANSWER']._serialized_start=1398
+  _globals['_ANSWER']._serialized_end=1883
+  _globals['_LISTSESSIONREVOCATIONS']._serialized_start=1885
+  _globals['_LISTSESSIONREVOCATIONS']._serialized_end=1993
+  _globals['_SESSIONREVOCATIONS']._serialized_start=1996
+  _globals['_SESSIONREVOCATIONS']._serialized_end=2155
+  _globals['_GETACCOUNTSTANDING']._serialized_start=2157
+  _globals['_GETACCOUNTSTANDING']._serialized_end=2197
+  _globals['_VERIFYCREDENTIAL']._serialized_start=2199
+  _globals['_VERIFYCREDENTIAL']._serialized_end=2305
+  _globals['_ACCOUNTINFO']._serialized_start=2308
+  _globals['_ACCOUNTINFO']._serialized_end=2534
+  _globals['_VERIFYMINER']._serialized_start=2536
+  _globals['_VERIFYMINER']._serialized_end=2623
+  _globals['_MINERINFO']._serialized_start=2626
+  _globals['_MINERINFO']._serialized_end=2787
+  _globals['_GETDSERVICE']._serialized_start=2789
+  _globals['_GETDSERVICE']._serialized_end=2816
+  _globals['_DSERVICEINFO']._serialized_start=2818
+  _globals['_DSERVICEINFO']._serialized_end=2945
+  _globals['_REPORTMISBEHAVIOR']._serialized_start=2947
+  _globals['_REPORTMISBEHAVIOR']._serialized_end=3019
+  _globals['_MISBEHAVIORRECORDED']._serialized_start=3021
+  _globals['_MISBEHAVIORRECORDED']._serialized_end=3107
+  _globals['_DIRECTIVE']._serialized_start=3110
+  _globals['_DIRECTIVE']._serialized_end=3404
+  _globals['_BANMINER']._serialized_start=3406
+  _globals['_BANMINER']._serialized_end=3450
+  _globals['_REVOKEACCOUNTSESSIONS']._serialized_start=3452
+  _globals['_REVOKEACCOUNTSESSIONS']._serialized_end=3518
+  _globals['_REVOKESESSION']._serialized_start=3520
+  _globals['_REVOKESESSION']._serialized_end=3623
+  _globals['_CENTRALLINKSERVICE']._serialized_start=3625
+  _globals['_CENTRALLINKSERVICE']._serialized_end=3733
 # @@protoc_insertion_point(module_scope)

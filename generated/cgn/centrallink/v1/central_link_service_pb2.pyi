@@ -9,6 +9,7 @@ from generated.cgn.common.v1 import types_pb2 as _types_pb2
 from generated.cgn.node.v1 import status_service_pb2 as _status_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -218,6 +219,8 @@ class Question(_message.Message):
     GET_DSERVICE_FIELD_NUMBER: _builtins.int
     REPORT_MISBEHAVIOR_FIELD_NUMBER: _builtins.int
     GET_ACCOUNT_STANDING_FIELD_NUMBER: _builtins.int
+    REVOKE_SESSION_FIELD_NUMBER: _builtins.int
+    LIST_SESSION_REVOCATIONS_FIELD_NUMBER: _builtins.int
     question_id: _builtins.str
     """Unique per stream; echoed in the answer."""
     @_builtins.property
@@ -240,6 +243,18 @@ class Question(_message.Message):
     def get_account_standing(self) -> Global___GetAccountStanding:
         """Re-check an account's standing without its secret (after the set of links changed)."""
 
+    @_builtins.property
+    def revoke_session(self) -> Global___RevokeSession:
+        """Revoke one session everywhere (its holder logged out): Central records it and sends
+        every node a RevokeSession directive.
+        """
+
+    @_builtins.property
+    def list_session_revocations(self) -> Global___ListSessionRevocations:
+        """The session revocations Central recorded lately, asked on every new link so a node
+        learns what it missed while it was unlinked or down.
+        """
+
     def __init__(
         self,
         *,
@@ -249,12 +264,14 @@ class Question(_message.Message):
         get_dservice: Global___GetDService | None = ...,
         report_misbehavior: Global___ReportMisbehavior | None = ...,
         get_account_standing: Global___GetAccountStanding | None = ...,
+        revoke_session: Global___RevokeSession | None = ...,
+        list_session_revocations: Global___ListSessionRevocations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "list_session_revocations", b"list_session_revocations", "report_misbehavior", b"report_misbehavior", "revoke_session", b"revoke_session", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "question_id", b"question_id", "report_misbehavior", b"report_misbehavior", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["get_account_standing", b"get_account_standing", "get_dservice", b"get_dservice", "kind", b"kind", "list_session_revocations", b"list_session_revocations", "question_id", b"question_id", "report_misbehavior", b"report_misbehavior", "revoke_session", b"revoke_session", "verify_credential", b"verify_credential", "verify_miner", b"verify_miner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["verify_credential", "verify_miner", "get_dservice", "report_misbehavior", "get_account_standing"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["verify_credential", "verify_miner", "get_dservice", "report_misbehavior", "get_account_standing", "revoke_session", "list_session_revocations"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -273,6 +290,8 @@ class Answer(_message.Message):
     DSERVICE_FIELD_NUMBER: _builtins.int
     MISBEHAVIOR_RECORDED_FIELD_NUMBER: _builtins.int
     STANDING_FIELD_NUMBER: _builtins.int
+    SESSION_REVOKED_FIELD_NUMBER: _builtins.int
+    SESSION_REVOCATIONS_FIELD_NUMBER: _builtins.int
     question_id: _builtins.str
     """The question answered."""
     @_builtins.property
@@ -299,6 +318,14 @@ class Answer(_message.Message):
     def standing(self) -> Global___AccountInfo:
         """The account's standing (an unknown account answers NOT_FOUND)."""
 
+    @_builtins.property
+    def session_revoked(self) -> Global___RevokeSession:
+        """The recorded revocation, echoed."""
+
+    @_builtins.property
+    def session_revocations(self) -> Global___SessionRevocations:
+        """One page of revocations."""
+
     def __init__(
         self,
         *,
@@ -309,16 +336,87 @@ class Answer(_message.Message):
         dservice: Global___DServiceInfo | None = ...,
         misbehavior_recorded: Global___MisbehaviorRecorded | None = ...,
         standing: Global___AccountInfo | None = ...,
+        session_revoked: Global___RevokeSession | None = ...,
+        session_revocations: Global___SessionRevocations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "standing", b"standing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "session_revocations", b"session_revocations", "session_revoked", b"session_revoked", "standing", b"standing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "question_id", b"question_id", "standing", b"standing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "dservice", b"dservice", "error", b"error", "kind", b"kind", "miner", b"miner", "misbehavior_recorded", b"misbehavior_recorded", "question_id", b"question_id", "session_revocations", b"session_revocations", "session_revoked", b"session_revoked", "standing", b"standing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account", "miner", "dservice", "misbehavior_recorded", "standing"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["account", "miner", "dservice", "misbehavior_recorded", "standing", "session_revoked", "session_revocations"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Answer: _TypeAlias = Answer  # noqa: Y015
+
+@_typing.final
+class ListSessionRevocations(_message.Message):
+    """Asks for the revocations recorded within `lookback` before Central's now. A node asks
+    with its token lifetime plus a margin on its first link, and with the time since its last
+    complete answer plus a margin afterwards; older revocations only concern expired tokens.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOKBACK_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most revocations per page (Central caps it; 0: Central's default)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, empty for the first."""
+    @_builtins.property
+    def lookback(self) -> _duration_pb2.Duration:
+        """How far back to look."""
+
+    def __init__(
+        self,
+        *,
+        lookback: _duration_pb2.Duration | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lookback", b"lookback", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionRevocations: _TypeAlias = ListSessionRevocations  # noqa: Y015
+
+@_typing.final
+class SessionRevocations(_message.Message):
+    """A page of session revocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more pages follow."""
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokeAccountSessions]:
+        """Accounts whose sessions were all revoked, with the epoch that revoked them."""
+
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokeSession]:
+        """Single sessions revoked."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___RevokeAccountSessions] | None = ...,
+        sessions: _abc.Iterable[Global___RevokeSession] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRevocations: _TypeAlias = SessionRevocations  # noqa: Y015
 
 @_typing.final
 class GetAccountStanding(_message.Message):
@@ -386,6 +484,7 @@ class AccountInfo(_message.Message):
     PSEUDONYM_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     BANNED_FIELD_NUMBER: _builtins.int
+    SESSION_EPOCH_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     kind: _types_pb2.AccountKind.ValueType
@@ -396,6 +495,10 @@ class AccountInfo(_message.Message):
     """For miner accounts, the assigned tier."""
     banned: _builtins.bool
     """True when the account is banned."""
+    session_epoch: _builtins.int
+    """The account's session epoch: a node writes it into the session tokens it issues and
+    refuses tokens whose epoch is below the latest one Central announced (RevokeAccountSessions).
+    """
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """The tiers this account's work may run on."""
@@ -409,10 +512,11 @@ class AccountInfo(_message.Message):
         pseudonym: _builtins.str = ...,
         tier: _types_pb2.Tier.ValueType | None = ...,
         banned: _builtins.bool = ...,
+        session_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "kind", b"kind", "pseudonym", b"pseudonym", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "kind", b"kind", "pseudonym", b"pseudonym", "session_epoch", b"session_epoch", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
@@ -612,6 +716,7 @@ class Directive(_message.Message):
     BAN_MINER_FIELD_NUMBER: _builtins.int
     REVOKE_ACCOUNT_SESSIONS_FIELD_NUMBER: _builtins.int
     DSERVICE_CHANGED_FIELD_NUMBER: _builtins.int
+    REVOKE_SESSION_FIELD_NUMBER: _builtins.int
     directive_id: _builtins.str
     """Names the directive; the node acknowledges it with a DirectiveAck carrying this id."""
     @_builtins.property
@@ -626,6 +731,10 @@ class Directive(_message.Message):
     def dservice_changed(self) -> _dservice_pb2.DServiceDescriptor:
         """A DService registration changed."""
 
+    @_builtins.property
+    def revoke_session(self) -> Global___RevokeSession:
+        """Revoke one session (its holder logged out)."""
+
     def __init__(
         self,
         *,
@@ -633,12 +742,13 @@ class Directive(_message.Message):
         ban_miner: Global___BanMiner | None = ...,
         revoke_account_sessions: Global___RevokeAccountSessions | None = ...,
         dservice_changed: _dservice_pb2.DServiceDescriptor | None = ...,
+        revoke_session: Global___RevokeSession | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions", "revoke_session", b"revoke_session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "directive_id", b"directive_id", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ban_miner", b"ban_miner", "directive_id", b"directive_id", "dservice_changed", b"dservice_changed", "kind", b"kind", "revoke_account_sessions", b"revoke_account_sessions", "revoke_session", b"revoke_session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ban_miner", "revoke_account_sessions", "dservice_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ban_miner", "revoke_account_sessions", "dservice_changed", "revoke_session"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -672,22 +782,58 @@ Global___BanMiner: _TypeAlias = BanMiner  # noqa: Y015
 
 @_typing.final
 class RevokeAccountSessions(_message.Message):
-    """Revoke an account's sessions."""
+    """Revoke an account's sessions: every token carrying an epoch below session_epoch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_EPOCH_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
+    session_epoch: _builtins.int
+    """The account's new session epoch (tokens issued from now on carry it)."""
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        session_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "session_epoch", b"session_epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeAccountSessions: _TypeAlias = RevokeAccountSessions  # noqa: Y015
+
+@_typing.final
+class RevokeSession(_message.Message):
+    """Revoke one session token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account the session belongs to."""
+    session_id: _builtins.str
+    """The session id inside the token (not the token, which is a credential)."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token expires anyway; the revocation is kept until then."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expires_at", b"expires_at", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSession: _TypeAlias = RevokeSession  # noqa: Y015
