@@ -32,6 +32,12 @@ class CentralConfig:
     tls_ca_file: str = option(
         "", "The operator CA bundle: node and operator certificates must chain to it."
     )
+    tls_crl_file: str = option(
+        "",
+        "The operator CA's revocation list (`crl.pem` from `cgn certs`): operator certificates "
+        "it lists are refused on the admin port from their next call. Re-read when it changes; "
+        "must be signed by a CA of tls_ca_file. Empty: no revocation checking.",
+    )
     insecure_plaintext: bool = option(
         False, "DEVELOPMENT ONLY: no TLS, peers unauthenticated. Logged loudly when on."
     )

@@ -30,7 +30,11 @@ class Central:
     def __init__(self, config: CentralConfig) -> None:
         self.config = config
         self.tls = TlsConfig(
-            config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.insecure_plaintext
+            config.tls_cert_file,
+            config.tls_key_file,
+            config.tls_ca_file,
+            config.insecure_plaintext,
+            crl_file=config.tls_crl_file,
         )
         self.tls.check(need_cert=True)
         warn_if_plaintext(self.tls, "central")

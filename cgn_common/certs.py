@@ -8,6 +8,9 @@ the TLS handshake itself proves it reached the node it meant to. Miners hold no 
 ours (SPEC section 15): they verify the node with the CA bundle and prove themselves with their
 API key.
 
+Revoked certificates are listed in a CRL the CA signs (``crl.pem`` beside the CA): processes
+re-read it and refuse a listed certificate on its next call (``cgn_common/tls.py``).
+
 Keys are ECDSA P-256 (cheap handshakes); everything is made with the ``cryptography`` package.
 """
 
@@ -17,11 +20,12 @@ import datetime
 import enum
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,6 +36,11 @@ TRUST_DOMAIN = "cgn"
 _URI_PREFIX = f"spiffe://{TRUST_DOMAIN}/"
 _LOOPBACK_NAMES = ("localhost",)
 _LOOPBACK_IPS = ("127.0.0.1", "::1")
+
+#: How long a signed CRL says it is current (its nextUpdate). Processes keep enforcing a CRL
+#: past it and log ``crl_past_next_update``: re-sign it (``cgn certs revoke`` with nothing new
+#: to revoke does) before then.
+CRL_VALID_DAYS = 30
 
 
 class Role(enum.StrEnum):
@@ -207,6 +216,88 @@ class Authority:
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Whether this CA signed ``cert``."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    def update_crl(
+        self, crl_file: Path, revoke: Iterable[int] = (), *, valid_days: int = CRL_VALID_DAYS
+    ) -> x509.CertificateRevocationList:
+        """Signs and writes the CRL: the serials ``crl_file`` lists already, plus ``revoke``.
+
+        The CRL number goes up by one and the next update is ``valid_days`` away. A serial
+        listed already keeps its revocation date. The file is replaced atomically, mode 0644 (a
+        CRL is public). An existing ``crl_file`` this CA did not sign is an error.
+        """
+        listed: dict[int, datetime.datetime] = {}
+        number = 0
+        if crl_file.exists():
+            old = load_crl(crl_file.read_bytes(), self.cert_pem)
+            listed = {entry.serial_number: entry.revocation_date_utc for entry in old}
+            number = crl_number(old)
+        now = _now()
+        for serial in revoke:
+            listed.setdefault(serial, now)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now)
+            .next_update(now + datetime.timedelta(days=valid_days))
+            .add_extension(x509.CRLNumber(number + 1), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+        )
+        for serial, revoked_at in sorted(listed.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(revoked_at)
+                .build()
+            )
+        crl = builder.sign(self.key, hashes.SHA256())
+        _write(crl_file, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        return crl
+
+
+def load_crl(crl_pem: bytes, ca_bundle_pem: bytes) -> x509.CertificateRevocationList:
+    """Reads a PEM CRL and checks that a CA of ``ca_bundle_pem`` signed it.
+
+    Raises InvalidArgumentError otherwise: a CRL nobody we trust signed could leave out a
+    revoked certificate, so it is never taken for an empty list.
+    """
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem)
+        cas = x509.load_pem_x509_certificates(ca_bundle_pem)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"not a PEM CRL and CA bundle: {exc}") from exc
+    for ca in cas:
+        key = ca.public_key()
+        if (
+            ca.subject == crl.issuer
+            and isinstance(key, ec.EllipticCurvePublicKey)
+            and crl.is_signature_valid(key)
+        ):
+            return crl
+    raise InvalidArgumentError("the CRL is not signed by a CA of the bundle")
+
+
+def revoked_serials(crl: x509.CertificateRevocationList) -> frozenset[int]:
+    """The serial numbers a CRL lists."""
+    return frozenset(entry.serial_number for entry in crl)
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRL's sequence number (0 when it has none)."""
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

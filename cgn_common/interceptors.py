@@ -5,7 +5,8 @@
   ``INTERNAL`` with no internals.
 * :class:`AuthorizationInterceptor` decides who may call which method from a declared table
   (:data:`Rules`). A method without an entry is refused, never open: adding an RPC means
-  saying who may call it.
+  saying who may call it. A client certificate the operator revoked is refused on every
+  method, before the table is read.
 
 The caller an interceptor established (peer certificate identity, session claims) is handed
 to the servicer through :func:`current_caller`.
@@ -26,7 +27,7 @@ from cgn_common.certs import Identity, Role
 from cgn_common.errors import CgnError, PermissionDeniedError, UnauthenticatedError
 from cgn_common.logs import log_event
 from cgn_common.status import grpc_status
-from cgn_common.tls import peer_identity
+from cgn_common.tls import AuthContext, RevocationList, peer_certificate, peer_identity
 
 _log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
     ``verify_session`` checks a bearer token and returns its claims (raising
     UnauthenticatedError); servers with no session methods pass None. ``trust_plaintext``
     (the development flag) accepts a caller without a certificate for a role rule.
+    ``revocations``, when given, refuses a client certificate it lists (a call without one is
+    not affected).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
         server: str,
         verify_session: Callable[[str], Any] | None = None,
         trust_plaintext: bool = False,
+        revocations: RevocationList | None = None,
     ) -> None:
         for name in STANDARD_PUBLIC_METHODS:
             rules = {name: Rule.open_to_all(), **rules}
@@ -131,8 +135,34 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
         self._server = server
         self._verify_session = verify_session
         self._trust_plaintext = trust_plaintext
+        self._revocations = revocations
+
+    def _refuse_revoked(
+        self, revocations: RevocationList, auth: AuthContext, method_name: str
+    ) -> None:
+        cert = peer_certificate(auth)
+        if cert is None:
+            return
+        serial = revocations.revoked_serial(cert)
+        if serial is None:
+            return
+        log_event(
+            _log,
+            "rpc_refused_revoked",
+            logging.WARNING,
+            server=self._server,
+            method=method_name,
+            peer=str(peer_identity(auth)),
+            serial=format(serial, "x"),
+        )
+        raise UnauthenticatedError(
+            "the client certificate has been revoked", reason="CERTIFICATE_REVOKED"
+        )
 
     def _authorize(self, context: Any, method_name: str) -> Caller:
+        auth = context.auth_context()
+        if self._revocations is not None:
+            self._refuse_revoked(self._revocations, auth, method_name)
         rule = self._rules.get(method_name)
         if rule is None:
             log_event(
@@ -145,7 +175,7 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
             raise PermissionDeniedError(
                 f"{method_name} is not open to any caller", reason="NO_AUTHORIZATION_RULE"
             )
-        identity = peer_identity(context)
+        identity = peer_identity(auth)
         if rule.roles and not (identity is None and self._trust_plaintext):
             if identity is None:
                 raise UnauthenticatedError(

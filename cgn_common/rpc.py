@@ -14,7 +14,13 @@ from grpc_reflection.v1alpha import reflection
 from cgn_common.interceptors import AuthorizationInterceptor, ErrorInterceptor, Rules
 from cgn_common.logs import log_event
 from cgn_common.status import error_from_rpc, error_from_status, status_proto
-from cgn_common.tls import ClientAuth, TlsConfig, channel_credentials, server_credentials
+from cgn_common.tls import (
+    ClientAuth,
+    RevocationList,
+    TlsConfig,
+    channel_credentials,
+    server_credentials,
+)
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -66,6 +72,8 @@ class GrpcServer:
 
     Register services with ``add(adder, servicer, service_full_name)``, then ``await
     start(address)``; the bound port is in ``port`` (bind port 0 to let the OS choose).
+    On a mutual-TLS port, client certificates listed in ``tls.crl_file`` are refused;
+    ``revocations`` replaces the list built from it (tests pass one with their own clock).
     """
 
     def __init__(
@@ -75,12 +83,21 @@ class GrpcServer:
         client_auth: ClientAuth,
         rules: Rules,
         verify_session: Callable[[str], Any] | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self.name = name
         self._tls = tls
         self._client_auth = client_auth
+        # A server-authenticated port never asks for a client certificate: nothing to check.
+        wants_list = tls.crl_file and client_auth is ClientAuth.REQUIRED
+        if revocations is None and wants_list and not tls.insecure_plaintext:
+            revocations = RevocationList(tls, name)
         authorization = AuthorizationInterceptor(
-            rules, name, verify_session, trust_plaintext=tls.insecure_plaintext
+            rules,
+            name,
+            verify_session,
+            trust_plaintext=tls.insecure_plaintext,
+            revocations=revocations,
         )
         self._server = grpc.aio.server(
             options=SERVER_OPTIONS, interceptors=[ErrorInterceptor(), authorization]

@@ -90,6 +90,12 @@ class NodeConfig:
     tls_ca_file: str = option(
         "", "The operator CA bundle that client certificates must chain to (mutual TLS)."
     )
+    tls_crl_file: str = option(
+        "",
+        "The operator CA's revocation list (`crl.pem` from `cgn certs`): Central and gateway "
+        "certificates it lists are refused from their next call. Re-read when it changes; "
+        "must be signed by a CA of tls_ca_file. Empty: no revocation checking.",
+    )
     insecure_plaintext: bool = option(
         False, "DEVELOPMENT ONLY: no TLS, peers unauthenticated. Logged loudly when on."
     )

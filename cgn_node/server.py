@@ -83,7 +83,11 @@ class Node:
         if not config.node_id:
             raise InvalidArgumentError("node_id is required")
         tls = TlsConfig(
-            config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.insecure_plaintext
+            config.tls_cert_file,
+            config.tls_key_file,
+            config.tls_ca_file,
+            config.insecure_plaintext,
+            crl_file=config.tls_crl_file,
         )
         tls.check(need_cert=True)
         warn_if_plaintext(tls, "node")

@@ -86,6 +86,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.code() is grpc.StatusCode.INTERNAL:
             log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
         reason, retry_after = rpc_details(exc)
+        if reason == "CERTIFICATE_REVOKED":
+            log_event(_log, "gateway_certificate_revoked", logging.ERROR, path=request.path)
         return error_response(
             exc.code(),
             exc.details() or exc.code().name,

@@ -38,6 +38,8 @@ HTTP_STATUS_BY_REASON: dict[str, int] = {
     "DSERVICE_FAILED": 502,
     # Every dispatch failed and the retry budget ran out: the DApp waited in vain.
     "RETRY_BUDGET_EXHAUSTED": 504,
+    # The node refused the gateway's own certificate: the gateway is at fault, not the DApp.
+    "CERTIFICATE_REVOKED": 502,
 }
 
 #: Marks an error made by the CGN, so a DService's own 404 stays distinguishable.
@@ -62,7 +64,7 @@ def error_response(
     headers = {CGN_ERROR_HEADER: "1", "Server": SERVER_NAME}
     if request_id:
         headers["X-Request-Id"] = request_id
-    if code is grpc.StatusCode.UNAUTHENTICATED:
+    if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="cgn"'
     if status in (429, 503):
         headers["Retry-After"] = str(retry_after_s)

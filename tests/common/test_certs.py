@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cgn_common.certs import Authority, Identity, Role, identity_of, node_dns_name, write_issued
+from cgn_common.certs import (
+    Authority,
+    Identity,
+    Role,
+    identity_of,
+    load_crl,
+    node_dns_name,
+    revoked_serials,
+    write_issued,
+)
 from cgn_common.errors import InvalidArgumentError
 
 
@@ -36,3 +45,16 @@ def test_uris_that_are_not_ours_name_nobody(uri: str) -> None:
 def test_a_name_with_a_slash_is_refused() -> None:
     with pytest.raises(InvalidArgumentError):
         Authority.create().issue(Identity(Role.GATEWAY, "a/b"))
+
+
+def test_a_crl_is_read_only_when_a_ca_of_the_bundle_signed_it(tmp_path: Path) -> None:
+    old, new = Authority.create("CGN CA"), Authority.create("CGN CA")  # a CA rotation
+    old.update_crl(tmp_path / "old.pem", [7])
+    new.update_crl(tmp_path / "new.pem", [9])
+    bundle = old.cert_pem + new.cert_pem
+    assert revoked_serials(load_crl((tmp_path / "old.pem").read_bytes(), bundle)) == {7}
+    assert revoked_serials(load_crl((tmp_path / "new.pem").read_bytes(), bundle)) == {9}
+    with pytest.raises(InvalidArgumentError, match="not signed by"):
+        load_crl((tmp_path / "new.pem").read_bytes(), old.cert_pem)
+    with pytest.raises(InvalidArgumentError, match="not signed by"):
+        new.update_crl(tmp_path / "old.pem", [10])

@@ -6,8 +6,10 @@ import io
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
+from gateway.errors import error_response
 from tests.helpers.sandbox import RunningSandbox
 
 
@@ -43,6 +45,14 @@ async def test_missing_and_wrong_session_tokens_are_401(sandbox: RunningSandbox)
                 await _json_error(response, 401, "UNAUTHENTICATED")
         async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
             assert response.status == 200
+
+
+def test_a_revoked_gateway_certificate_is_502_not_the_dapps_401() -> None:
+    response = error_response(
+        grpc.StatusCode.UNAUTHENTICATED, "revoked", reason="CERTIFICATE_REVOKED"
+    )
+    assert response.status == 502
+    assert "WWW-Authenticate" not in response.headers
 
 
 async def test_wrong_api_key_is_401_with_the_same_message_for_unknown_accounts(
