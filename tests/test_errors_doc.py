@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cgn_common", "cgn_node", "central", "gateway", "miner")
+PACKAGES = ("cgn_common", "cgn_node", "central", "gateway", "miner", "settlement")
 
 
 def test_every_reason_in_the_code_is_in_the_table() -> None:
