@@ -1,5 +1,5 @@
-"""A small client of Central's admin services, used by the sandbox (mutual TLS with an
-operator certificate)."""
+"""A small client of Central's admin services, used by the sandbox and ``cgn accounts``
+(mutual TLS with an operator certificate)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,27 @@ class AdminClient:
             reg_pb.ListNodesRequest(), metadata=self._metadata, timeout=10
         )
         return any(n.node_id == node_id and n.linked for n in response.nodes)
+
+    async def ban_account(self, account_id: str, reason: str = "") -> None:
+        """Bans an account; its sessions end and, for a miner, its connections close."""
+        await self._accounts.BanAccount(
+            acct_pb.BanAccountRequest(account_id=account_id, reason=reason), timeout=30
+        )
+
+    async def unban_account(self, account_id: str) -> None:
+        """Lifts a ban (sessions revoked by it stay revoked)."""
+        await self._accounts.UnbanAccount(
+            acct_pb.UnbanAccountRequest(account_id=account_id), timeout=30
+        )
+
+    async def revoke_account_sessions(self, account_id: str) -> tuple[int, int]:
+        """Ends every session of an account on every node; returns (new epoch, nodes told
+        at once)."""
+        request = acct_pb.RevokeAccountSessionsRequest(account_id=account_id)
+        response: acct_pb.RevokeAccountSessionsResponse = (
+            await self._accounts.RevokeAccountSessions(request, timeout=30)
+        )
+        return response.session_epoch, response.nodes_told
 
     async def close(self) -> None:
         """Closes the channel."""

@@ -1,4 +1,4 @@
-"""``cgn central | node | miner run | gateway | sandbox``.
+"""``cgn central | node | miner run | gateway | sandbox | certs | accounts``.
 
 Each process reads a TOML config file (``--config``), then environment variables
 (``CGN_<ROLE>_<OPTION>``), which win. ``--ready-file`` makes the process write its bound
@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from cgn_cli._accounts import accounts
 from cgn_cli._certs import certs
 from cgn_common.config import load_config
 from cgn_common.errors import CgnError
@@ -97,6 +98,7 @@ def gateway(config_path: Path | None, ready_file: Path | None) -> None:
 
 
 cli.add_command(certs)
+cli.add_command(accounts)
 
 
 @cli.command()
@@ -108,6 +110,13 @@ cli.add_command(certs)
     help="Where the sandbox keeps databases, logs and sandbox.json.",
 )
 @click.option("--miners", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 4),
+    default=1,
+    show_default=True,
+    help="Regional nodes, each with its own gateway; miners are dealt to them in turn.",
+)
 @click.option(
     "--miner-tier",
     type=click.IntRange(1, 2),
@@ -121,14 +130,14 @@ cli.add_command(certs)
     show_default=True,
     help="Built-in DServices the miners offer (comma-separated; echo is always needed).",
 )
-def sandbox(state_dir: Path, miners: int, miner_tier: int, dservices: str) -> None:
+def sandbox(state_dir: Path, miners: int, nodes: int, miner_tier: int, dservices: str) -> None:
     """Start a complete local CGN on loopback and keep it running until Ctrl-C."""
     from cgn_cli.sandbox import run_sandbox
 
     setup_logging("sandbox")
     from cgn_common.types import Tier
 
-    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier), dservices))
+    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier), dservices, nodes))
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-import secrets
 import shlex
 import sys
 import time
@@ -25,7 +25,7 @@ import aiohttp
 import grpc
 
 from cgn_cli._admin import AdminClient
-from cgn_common.certs import Authority, Identity, Role, write_issued
+from cgn_common.certs import Authority, Identity, Role, write_issued, write_key_file
 from cgn_common.errors import CgnError, FailedPreconditionError, UnavailableError
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
@@ -82,27 +82,53 @@ class Sandbox:
         miners: int = 2,
         miner_tier: Tier = Tier.TIER_1_PRIVATE,
         dservices: str = "echo,mediagen",
+        nodes: int = 1,
     ) -> None:
         self.state_dir = state_dir
+        self.nodes = nodes
         self.miners = miners
         self.miner_tier = miner_tier
         self.dservices = dservices
         self.children: list[Child] = []
         self.stopping = False
         self.miner_restarts = 0
-        self._miner_specs: dict[str, dict[str, str]] = {}
+        self.node_restarts = 0
+        #: Processes restarted when they exit: name -> (cgn arguments, environment).
+        self._restartable: dict[str, tuple[list[str], dict[str, str]]] = {}
         self._info: dict[str, Any] = {}
-        self._secrets_file = state_dir / "secrets.json"
+        self._state_file = state_dir / "state.json"
         self.certs_dir = state_dir / "certs"
 
-    def _load_secrets(self) -> dict[str, Any]:
-        if self._secrets_file.exists():
-            data: dict[str, Any] = json.loads(self._secrets_file.read_text())
+    def _load_state(self) -> dict[str, Any]:
+        """Account ids kept between runs (no secrets: keys live in their key files)."""
+        if self._state_file.exists():
+            data: dict[str, Any] = json.loads(self._state_file.read_text())
             return data
-        return {"session_secret": secrets.token_urlsafe(32)}
+        old = self.state_dir / "secrets.json"  # sandboxes before key files kept keys here
+        if not old.exists():
+            return {}
+        data = json.loads(old.read_text())
+        state: dict[str, Any] = {"miners": []}
+        if "enterprise_id" in data:
+            state["enterprise_id"] = data["enterprise_id"]
+        if "node_id" in data:
+            state["node_ids"] = [data["node_id"]]
+        for index, (miner_id, key) in enumerate(data.get("miners", []), start=1):
+            write_key_file(self._miner_key_file(index), key.encode())
+            state["miners"].append(miner_id)
+        self._save_state(state)
+        old.unlink()
+        return state
 
-    def _save_secrets(self, data: dict[str, Any]) -> None:
-        write_json_atomic(self._secrets_file, data, mode=0o600)
+    def _save_state(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self._state_file, data, mode=0o600)
+
+    def _miner_key_file(self, index: int) -> Path:
+        return self.state_dir / f"miner-{index}" / "miner.key"
+
+    @staticmethod
+    def _node_name(index: int) -> str:
+        return "node" if index == 1 else f"node-{index}"
 
     async def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
         ready_file = self.state_dir / "run" / f"{name}.ready.json"
@@ -149,6 +175,8 @@ class Sandbox:
         else:
             authority = Authority.create("CGN sandbox CA")
             authority.save(ca_cert, ca_key)
+        if not (self.certs_dir / "crl.pem").exists():
+            authority.update_crl(self.certs_dir / "crl.pem")
         for identity in (CENTRAL, OPERATOR, GATEWAY):
             write_issued(authority, identity, self.certs_dir)
         return authority
@@ -160,6 +188,8 @@ class Sandbox:
             stem = self.certs_dir / f"{identity.role.value}-{identity.name}"
             env[f"{prefix}TLS_CERT_FILE"] = f"{stem}.pem"
             env[f"{prefix}TLS_KEY_FILE"] = f"{stem}.key"
+            if identity.role in (Role.CENTRAL, Role.NODE):
+                env[f"{prefix}TLS_CRL_FILE"] = str(self.certs_dir / "crl.pem")
         return env
 
     def operator_tls(self) -> TlsConfig:
@@ -171,10 +201,8 @@ class Sandbox:
         """Starts everything and returns the sandbox.json content."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
-        state = self._load_secrets()
-        state.pop("operator_token", None)  # written by sandboxes before mutual TLS
-        state.pop("node_key", None)  # nodes prove themselves with their certificate now
-        self._save_secrets(state)
+        state = self._load_state()
+        self._save_state(state)
         authority = await asyncio.to_thread(self._certificates)
         db = self.state_dir / "central.db"
         central = await self._spawn(
@@ -189,13 +217,16 @@ class Sandbox:
         )
         admin_address = (await self._wait_ready(central))["endpoints"]["admin"]
         admin = AdminClient(admin_address, self.operator_tls())
+        node_endpoints: list[dict[str, str]] = []
         try:
             sandbox_json = self.state_dir / "sandbox.json"
             previous = json.loads(sandbox_json.read_text()) if sandbox_json.exists() else {}
-            if "node_id" not in state:
-                state["node_id"], _ = await admin.create_account(AccountKind.NODE, "sandbox node")
-            node_identity = Identity(Role.NODE, state["node_id"])
-            await asyncio.to_thread(write_issued, authority, node_identity, self.certs_dir)
+            node_ids: list[str] = state.setdefault("node_ids", [])
+            while len(node_ids) < self.nodes:
+                node_id, _ = await admin.create_account(
+                    AccountKind.NODE, f"sandbox node {len(node_ids) + 1}"
+                )
+                node_ids.append(node_id)
             if not previous.get("api_key") or previous.get("account_id") != state.get(
                 "enterprise_id"
             ):
@@ -205,80 +236,76 @@ class Sandbox:
                     allowed_tiers=[Tier.TIER_1_PRIVATE, Tier.TIER_2_DATACENTER, Tier.TIER_3_TEE],
                 )
                 state["enterprise_id"] = enterprise_id
-                state.pop("miners", None)  # tier-1 miners belong to the enterprise
+                state["miners"] = []  # tier-1 miners belong to the enterprise
             else:
                 api_key = previous["api_key"]
-            miners: list[list[str]] = state.setdefault("miners", [])
+            miners: list[str] = state.setdefault("miners", [])
             while len(miners) < self.miners:
-                miners.append(
-                    list(
-                        await admin.create_account(
-                            AccountKind.MINER,
-                            f"sandbox miner {len(miners) + 1}",
-                            tier=self.miner_tier,
-                            parent_account_id=state["enterprise_id"],
-                        )
-                    )
+                miner_id, miner_key = await admin.create_account(
+                    AccountKind.MINER,
+                    f"sandbox miner {len(miners) + 1}",
+                    tier=self.miner_tier,
+                    parent_account_id=state["enterprise_id"],
                 )
-            self._save_secrets(state)
-
-            node = await self._spawn(
-                "node",
-                ["node"],
-                {
-                    "CGN_NODE_NODE_ID": state["node_id"],
-                    "CGN_NODE_SESSION_SECRET": state["session_secret"],
-                    "CGN_NODE_WORK_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_INTERNAL_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
-                    "CGN_NODE_DSERVICES": self.dservices,
-                    **self.tls_env("CGN_NODE_", node_identity),
-                },
-            )
-            node_endpoints = (await self._wait_ready(node))["endpoints"]
-            await admin.register_node(state["node_id"], node_endpoints)
-            await _until(lambda: admin.node_linked(state["node_id"]), "Central to link the node")
+                write_key_file(self._miner_key_file(len(miners) + 1), miner_key.encode())
+                miners.append(miner_id)
+            self._save_state(state)
+            for index, node_id in enumerate(node_ids[: self.nodes], start=1):
+                endpoints = await self._start_node(authority, index, node_id)
+                await admin.register_node(node_id, endpoints)
+                await _until(
+                    functools.partial(admin.node_linked, node_id), "Central to link the node"
+                )
+                node_endpoints.append(endpoints)
         finally:
             await admin.close()
 
         miner_children = []
-        for index, (miner_id, miner_key) in enumerate(state["miners"][: self.miners], start=1):
+        for index, miner_id in enumerate(state["miners"][: self.miners], start=1):
             workdir = self.state_dir / f"miner-{index}"
             workdir.mkdir(exist_ok=True)
             name = f"miner-{index}"
-            self._miner_specs[name] = {
-                "CGN_MINER_NODE_ADDRESS": node_endpoints["miner_link"],
+            env = {
+                # Miners are dealt to the nodes in turn.
+                "CGN_MINER_NODE_ADDRESS": node_endpoints[(index - 1) % self.nodes]["miner_link"],
                 "CGN_MINER_MINER_ID": miner_id,
-                "CGN_MINER_MINER_KEY": miner_key,
+                "CGN_MINER_MINER_KEY_FILE": str(self._miner_key_file(index)),
                 "CGN_MINER_DSERVICES": self.dservices,
                 "CGN_MINER_STATE_DIR": str(workdir),
                 **self.tls_env("CGN_MINER_", None),
                 # The sandbox's scripts and images are served from 127.0.0.1.
                 "CGN_DSERVICE_MEDIAGEN_ALLOW_LOOPBACK": "1",
             }
-            miner_children.append(
-                await self._spawn(name, ["miner", "run"], self._miner_specs[name])
-            )
+            self._restartable[name] = (["miner", "run"], env)
+            miner_children.append(await self._spawn(name, ["miner", "run"], env))
         for child in miner_children:
             await self._wait_ready(child)
-        gateway = await self._spawn(
-            "gateway",
-            ["gateway"],
-            {
-                # The DApp-facing side stays plain HTTP: it listens on loopback only. The
-                # gateway -> node link is mutual TLS like every link between our processes.
-                "CGN_GATEWAY_LISTEN": "127.0.0.1:0",
-                "CGN_GATEWAY_NODE_ADDRESS": node_endpoints["internal"],
-                **self.tls_env("CGN_GATEWAY_", GATEWAY),
-            },
-        )
-        gateway_url = (await self._wait_ready(gateway))["endpoints"]["http"]
-        await self._smoke_test(gateway_url, state["enterprise_id"], api_key)
+        gateway_urls = []
+        for index, endpoints in enumerate(node_endpoints, start=1):
+            gateway = await self._spawn(
+                "gateway" if index == 1 else f"gateway-{index}",
+                ["gateway"],
+                {
+                    # The DApp-facing side stays plain HTTP: it listens on loopback only. The
+                    # gateway -> node link is mutual TLS like every link between our processes.
+                    "CGN_GATEWAY_LISTEN": "127.0.0.1:0",
+                    "CGN_GATEWAY_NODE_ADDRESS": endpoints["internal"],
+                    **self.tls_env("CGN_GATEWAY_", GATEWAY),
+                },
+            )
+            gateway_urls.append((await self._wait_ready(gateway))["endpoints"]["http"])
+        for url in gateway_urls:
+            await self._smoke_test(url, state["enterprise_id"], api_key)
 
+        gateway_url = gateway_urls[0]
         info = {
             "gateway_url": gateway_url,
+            "nodes": [
+                {"name": self._node_name(index), "node_id": node_id, "gateway_url": url}
+                for index, (node_id, url) in enumerate(
+                    zip(state["node_ids"], gateway_urls, strict=False), start=1
+                )
+            ],
             "account_id": state["enterprise_id"],
             "api_key": api_key,
             "state_dir": str(self.state_dir),
@@ -292,37 +319,69 @@ class Sandbox:
         self._info = info
         return info
 
-    async def keep_miners(self) -> None:
-        """Restarts every miner that exits while the sandbox runs (a crashed or killed
-        miner comes back, as a supervised fleet's would); sandbox.json follows the new pids."""
+    async def _start_node(self, authority: Authority, index: int, node_id: str) -> dict[str, str]:
+        """Starts node ``index``; returns its endpoints. Its session key lives in a key file
+        of its own directory, so its sessions survive a restart."""
+        name = self._node_name(index)
+        workdir = self.state_dir / name
+        workdir.mkdir(exist_ok=True)
+        identity = Identity(Role.NODE, node_id)
+        await asyncio.to_thread(write_issued, authority, identity, self.certs_dir)
+        env = {
+            "CGN_NODE_NODE_ID": node_id,
+            "CGN_NODE_SESSION_KEY_FILE": str(workdir / "session.key"),
+            "CGN_NODE_WORK_LISTEN": "127.0.0.1:0",
+            "CGN_NODE_INTERNAL_LISTEN": "127.0.0.1:0",
+            "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
+            "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
+            "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
+            "CGN_NODE_DSERVICES": self.dservices,
+            **self.tls_env("CGN_NODE_", identity),
+        }
+        child = await self._spawn(name, ["node"], env)
+        endpoints: dict[str, str] = (await self._wait_ready(child))["endpoints"]
+        # A restarted node binds the same ports: Central, miners and the gateway find it again.
+        for listener, address in endpoints.items():
+            env[f"CGN_NODE_{listener.upper()}_LISTEN"] = address
+        self._restartable[name] = (["node"], env)
+        return endpoints
+
+    async def keep_alive(self) -> None:
+        """Restarts every node and miner that exits while the sandbox runs (a crashed or
+        killed one comes back, as a supervised fleet's would; a node on the same ports);
+        sandbox.json follows the new pids."""
         while not self.stopping:
-            miners = {
+            watched = {
                 c: asyncio.ensure_future(c.process.wait())
                 for c in self.children
-                if c.name in self._miner_specs
+                if c.name in self._restartable
             }
             try:
-                await asyncio.wait(miners.values(), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(watched.values(), return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in miners.values():
+                for task in watched.values():
                     task.cancel()
-            for child, task in miners.items():
+            for child, task in watched.items():
                 if not task.done() or task.cancelled() or self.stopping:
                     continue
                 self.children.remove(child)
                 log_event(
                     _log,
-                    "sandbox_miner_restarting",
+                    "sandbox_process_restarting",
                     logging.WARNING,
                     name=child.name,
                     exit_code=child.process.returncode,
                 )
-                fresh = await self._spawn(
-                    child.name, ["miner", "run"], self._miner_specs[child.name]
-                )
-                self.miner_restarts += 1
-                self._info["processes"][child.name] = {"pid": fresh.process.pid, "endpoints": {}}
-                self._info["miner_restarts"] = self.miner_restarts
+                args, env = self._restartable[child.name]
+                fresh = await self._spawn(child.name, args, env)
+                entry = self._info["processes"].setdefault(child.name, {})
+                entry["pid"] = fresh.process.pid
+                if args[0] == "node":
+                    self.node_restarts += 1
+                    self._info["node_restarts"] = self.node_restarts
+                else:
+                    self.miner_restarts += 1
+                    self._info["miner_restarts"] = self.miner_restarts
                 write_json_atomic(self.state_dir / "sandbox.json", self._info, mode=0o600)
 
     @staticmethod
@@ -388,8 +447,8 @@ def curl_lines(info: dict[str, Any]) -> str:
     )
 
 
-async def _main(state_dir: Path, miners: int, miner_tier: Tier, dservices: str) -> int:
-    sandbox = Sandbox(state_dir, miners, miner_tier, dservices)
+async def _main(state_dir: Path, miners: int, miner_tier: Tier, dservices: str, nodes: int) -> int:
+    sandbox = Sandbox(state_dir, miners, miner_tier, dservices, nodes)
     supervisor = Supervisor("sandbox")
     stop = asyncio.create_task(wait_for_stop())
     start = asyncio.create_task(sandbox.start())
@@ -401,7 +460,7 @@ async def _main(state_dir: Path, miners: int, miner_tier: Tier, dservices: str) 
             print(f"State, logs and credentials: {state_dir} (sandbox.json)", flush=True)
             print("Try it:\n" + curl_lines(info), flush=True)
             print("Press Ctrl-C to stop.", flush=True)
-            supervisor.loop("keep-miners", sandbox.keep_miners)
+            supervisor.loop("keep-alive", sandbox.keep_alive)
             await stop
         return 0
     except CgnError as exc:
@@ -433,6 +492,7 @@ def run_sandbox(
     miners: int,
     miner_tier: Tier = Tier.TIER_1_PRIVATE,
     dservices: str = "echo,mediagen",
+    nodes: int = 1,
 ) -> int:
     """Blocking entry point for ``cgn sandbox``; returns the exit status."""
-    return asyncio.run(_main(state_dir, miners, miner_tier, dservices))
+    return asyncio.run(_main(state_dir, miners, miner_tier, dservices, nodes))

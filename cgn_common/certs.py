@@ -311,6 +311,11 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def write_key_file(path: Path, secret: bytes) -> None:
+    """Writes a secret (private key, API key) atomically, readable by its owner only."""
+    _write(path, secret, 0o600)
+
+
 @dataclass(frozen=True)
 class IssuedFiles:
     """Where one issued certificate was written."""

@@ -13,7 +13,12 @@ class MinerConfig:
 
     node_address: str = option("127.0.0.1:8080", "The node's miner link, host:port.")
     miner_id: str = option("", "This miner's account id at Central.")
-    miner_key: Secret = option(Secret(""), "This miner's API key.")
+    miner_key: Secret = option(
+        Secret(""),
+        "This miner's API key, inline (prefer miner_key_file: a variable is readable wherever "
+        "the process environment is).",
+    )
+    miner_key_file: str = option("", "File holding this miner's API key (mode 0600).")
     dservices: list[str] = option(["echo"], "Built-in DServices to offer.")
     max_concurrent_work_units: int = option(16, "Work units run at once.")
     runtime: str = option("process", "DService runtime: 'process' (docker comes later).")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
 import grpc
 
+from cgn_common.config import Secret
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
@@ -28,8 +30,11 @@ class MinerDaemon:
     """A miner built from its config."""
 
     def __init__(self, config: MinerConfig, runtime: Runtime) -> None:
+        if config.miner_key_file and not config.miner_key:
+            key = Path(config.miner_key_file).read_text().strip()
+            config = dataclasses.replace(config, miner_key=Secret(key))
         if not config.miner_id or not config.miner_key:
-            raise InvalidArgumentError("miner_id and miner_key are required")
+            raise InvalidArgumentError("miner_id and miner_key (or miner_key_file) are required")
         self.config = config
         self.runtime = runtime
         self.connected = asyncio.Event()

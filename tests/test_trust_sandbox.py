@@ -208,7 +208,10 @@ def test_dservice_processes_hold_none_of_the_miners_variables(sandbox: RunningSa
     miner_pid = sandbox.info["processes"]["miner-1"]["pid"]
     miner_env = _environ(miner_pid)
     assert miner_env is not None
-    assert "CGN_MINER_MINER_KEY" in miner_env  # the secret the DService must not see
+    # The miner's key is in its key file, not in its environment; it reaches no DService.
+    assert "CGN_MINER_MINER_KEY" not in miner_env
+    key = Path(miner_env["CGN_MINER_MINER_KEY_FILE"]).read_text().strip()
+    assert key
     dservices = {p.pid for p in psutil.Process(miner_pid).children()}
     children = sorted(descendants(miner_pid))
     assert children, "the miner runs its DServices as child processes"
@@ -221,7 +224,8 @@ def test_dservice_processes_hold_none_of_the_miners_variables(sandbox: RunningSa
             continue
         dservice_own = {k for k in env if k.startswith("CGN_DSERVICE_")}
         assert set(env) - dservice_own <= {*ENV_ALLOW_LIST, "CGN_LISTEN"}, sorted(env)
-        assert miner_env["CGN_MINER_MINER_KEY"] not in "".join(env.values())
+        assert key not in "".join(env.values())
+        assert "CGN_MINER_MINER_KEY_FILE" not in env
 
 
 @pytest.mark.parametrize("role", [Role.GATEWAY, Role.NODE])

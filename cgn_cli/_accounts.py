@@ -1,0 +1,100 @@
+"""``cgn accounts ban | unban | revoke-sessions``: operator actions at Central's admin port
+(mutual TLS with an operator certificate; ``--sandbox DIR`` takes all of it from a sandbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import grpc
+
+from cgn_cli._admin import AdminClient
+from cgn_common.tls import TlsConfig
+
+_T = TypeVar("_T")
+
+#: The sandbox's operator certificate (cgn_cli.sandbox.OPERATOR).
+_SANDBOX_OPERATOR = "operator-sandbox-operator"
+
+
+def _target(
+    sandbox: Path | None, central: str, cert: str, key: str, ca: str
+) -> tuple[str, TlsConfig]:
+    if sandbox is not None:
+        info = json.loads((sandbox / "sandbox.json").read_text())
+        certs = sandbox / "certs"
+        central = central or info["processes"]["central"]["endpoints"]["admin"]
+        cert = cert or str(certs / f"{_SANDBOX_OPERATOR}.pem")
+        key = key or str(certs / f"{_SANDBOX_OPERATOR}.key")
+        ca = ca or str(certs / "ca.pem")
+    if not (central and cert and key and ca):
+        raise click.UsageError("give --central, --cert, --key and --ca (or --sandbox DIR)")
+    return central, TlsConfig(cert, key, ca)
+
+
+def _run(ctx: click.Context, action: Callable[[AdminClient], Awaitable[_T]]) -> _T:
+    central, tls = _target(**ctx.obj)
+
+    async def main() -> _T:
+        client = AdminClient(central, tls)
+        try:
+            return await action(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except grpc.aio.AioRpcError as exc:
+        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+
+
+@click.group()
+@click.option(
+    "--sandbox",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="A sandbox state directory: its Central and operator certificate.",
+)
+@click.option("--central", default="", envvar="CGN_ADMIN_CENTRAL", help="Admin host:port.")
+@click.option("--cert", default="", envvar="CGN_ADMIN_TLS_CERT_FILE", help="Operator cert.")
+@click.option("--key", default="", envvar="CGN_ADMIN_TLS_KEY_FILE", help="Its private key.")
+@click.option("--ca", default="", envvar="CGN_ADMIN_TLS_CA_FILE", help="The operator CA.")
+@click.pass_context
+def accounts(ctx: click.Context, /, **target: Any) -> None:
+    """Operator actions on accounts at Central."""
+    ctx.obj = target
+
+
+@accounts.command()
+@click.argument("account_id")
+@click.option("--reason", default="", help="Recorded with the ban.")
+@click.pass_context
+def ban(ctx: click.Context, account_id: str, reason: str) -> None:
+    """Ban an account: its sessions end on every node; a miner is cut off everywhere."""
+    _run(ctx, lambda admin: admin.ban_account(account_id, reason))
+    click.echo(f"banned {account_id}")
+
+
+@accounts.command()
+@click.argument("account_id")
+@click.pass_context
+def unban(ctx: click.Context, account_id: str) -> None:
+    """Lift a ban (sessions it ended stay ended)."""
+    _run(ctx, lambda admin: admin.unban_account(account_id))
+    click.echo(f"unbanned {account_id}")
+
+
+@accounts.command("revoke-sessions")
+@click.argument("account_id")
+@click.pass_context
+def revoke_sessions(ctx: click.Context, account_id: str) -> None:
+    """End every session of an account on every node (log out everywhere)."""
+    epoch, told = _run(ctx, lambda admin: admin.revoke_account_sessions(account_id))
+    click.echo(
+        f"revoked the sessions of {account_id}: session epoch {epoch}; {told} linked node(s) "
+        "told now, the others when they next link"
+    )
