@@ -42,3 +42,12 @@ class WorkGrade(enum.IntEnum):
     LOW = 1
     STANDARD = 2
     HIGH = 3
+
+
+class Metering(enum.IntEnum):
+    """How a metered figure was obtained (docs/metering.md); values equal
+    ``cgn.common.v1.MeteringMethod``."""
+
+    NOT_MEASURED = 1
+    ISOLATED = 2
+    APPORTIONED = 3

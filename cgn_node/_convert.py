@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cgn_common.types import Metering
 from cgn_node.work import Headers, HttpRequest, Usage, WorkResult, WorkUnit
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
@@ -24,14 +25,32 @@ def request_from_call(call: work_pb.CallRequest) -> HttpRequest:
     )
 
 
+def _metering(value: int) -> Metering:
+    """A reported metering method; UNSPECIFIED (a miner that does not say how it measured) or
+    a number this node does not know counts as not measured."""
+    try:
+        return Metering(value)
+    except ValueError:
+        return Metering.NOT_MEASURED
+
+
 def usage_from_proto(usage: resources_pb2.ResourceUsage) -> Usage:
-    """Usage from its proto."""
+    """Usage from its proto. A figure whose method is not measured is zero, whatever the miner
+    put there (docs/metering.md)."""
+    cpu_metering = _metering(usage.cpu_time_metering)
+    memory_metering = _metering(usage.peak_memory_metering)
     return Usage(
-        cpu_time_us=usage.cpu_time.ToMicroseconds(),
+        cpu_time_us=(
+            0 if cpu_metering is Metering.NOT_MEASURED else usage.cpu_time.ToMicroseconds()
+        ),
         wall_time_us=usage.wall_time.ToMicroseconds(),
         bytes_in=usage.bytes_in,
         bytes_out=usage.bytes_out,
-        peak_memory_bytes=usage.peak_memory_bytes,
+        peak_memory_bytes=(
+            0 if memory_metering is Metering.NOT_MEASURED else usage.peak_memory_bytes
+        ),
+        cpu_metering=cpu_metering,
+        peak_memory_metering=memory_metering,
     )
 
 
@@ -41,6 +60,8 @@ def usage_to_proto(usage: Usage) -> resources_pb2.ResourceUsage:
         bytes_in=usage.bytes_in,
         bytes_out=usage.bytes_out,
         peak_memory_bytes=usage.peak_memory_bytes,
+        cpu_time_metering=int(usage.cpu_metering),  # type: ignore[arg-type]
+        peak_memory_metering=int(usage.peak_memory_metering),  # type: ignore[arg-type]
     )
     message.cpu_time.FromMicroseconds(usage.cpu_time_us)
     message.wall_time.FromMicroseconds(usage.wall_time_us)

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from cgn_common.types import Tier
+from cgn_common.types import Metering, Tier
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -25,13 +25,16 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class Usage:
-    """Resources a work unit used, as the miner measured them."""
+    """Resources a work unit used, as the miner measured them; what each figure means and how
+    exact it is: docs/metering.md. A figure whose metering is ``NOT_MEASURED`` is zero."""
 
     cpu_time_us: int = 0
     wall_time_us: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     peak_memory_bytes: int = 0
+    cpu_metering: Metering = Metering.NOT_MEASURED
+    peak_memory_metering: Metering = Metering.NOT_MEASURED
 
 
 @dataclass(frozen=True)

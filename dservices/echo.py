@@ -8,6 +8,9 @@ For tests and demos of the work path under faults, request headers ask for misbe
 
 - ``X-Echo-Hold-Ms: N`` holds the request N ms before answering (a slow or hanging DService);
   a caller that disconnects meanwhile is noticed within 10 ms.
+- ``X-Echo-Burn-Cpu-Ms: N`` burns N ms of CPU time (this thread's, not wall time) after the
+  hold and before answering. It burns on the event loop, as a CPU-bound asyncio service does:
+  requests still overlap, but a burn holds up the others (tests of metering use it).
 - ``X-Echo-Poison: huge-header`` answers with a 16 KiB header, which the miner's HTTP client
   refuses to parse (a DService answering badly).
 
@@ -55,12 +58,25 @@ async def _hold(request: web.Request, ms: int) -> bool:
     return True
 
 
+def _burn_cpu(ms: int) -> None:
+    """Uses ``ms`` of this thread's CPU time (``time.thread_time``: on the event loop's thread
+    that is the process's CPU for the request, whatever other threads do). The clock is read
+    between sums of a few thousand numbers, so the time goes to user code rather than to the
+    clock's system calls."""
+    deadline = time.thread_time() + ms / 1000
+    while time.thread_time() < deadline:
+        sum(range(2000))
+
+
 async def _echo(request: web.Request) -> web.StreamResponse:
     _journal(request, "start")
     hold = request.headers.get("X-Echo-Hold-Ms", "")
     if hold.isdigit() and not await _hold(request, int(hold)):
         _journal(request, "aborted")
         raise web.HTTPServiceUnavailable()  # nobody is listening any more
+    burn = request.headers.get("X-Echo-Burn-Cpu-Ms", "")
+    if burn.isdigit():
+        _burn_cpu(int(burn))
     response = await _answer(request)
     _journal(request, "done")
     return response

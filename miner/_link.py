@@ -202,7 +202,7 @@ class LinkSession:
 
     async def _heartbeat(self, call: Any, nonce: str, token: str, lease_s: float) -> None:
         """Renews the unit's lease while it runs: a WorkProgress every third of a lease, with
-        the wall time used so far (CPU is known only at the end: it is read per process)."""
+        the wall time used so far (a unit's CPU share is known only at its end)."""
         started = time.monotonic()
         while True:
             await asyncio.sleep(lease_s / 3)
@@ -283,6 +283,8 @@ class LinkSession:
             bytes_in=len(assignment.body),
             bytes_out=len(answer.body),
             peak_memory_bytes=answer.peak_memory_bytes,
+            cpu_time_metering=int(answer.cpu_metering),  # type: ignore[arg-type]
+            peak_memory_metering=int(answer.peak_memory_metering),  # type: ignore[arg-type]
         )
         usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
         usage.wall_time.FromMicroseconds(answer.wall_time_us)

@@ -1,5 +1,6 @@
 """The ``process`` DService runtime: each DService is a child process serving HTTP on a
-loopback port (``CGN_LISTEN``), restarted when it crashes, metered through /proc."""
+loopback port (``CGN_LISTEN``), restarted when it crashes, metered per request through /proc
+(``miner/metering.py``; what the figures mean: docs/metering.md)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-import psutil
 from yarl import URL
 
 from cgn_common.errors import FailedPreconditionError, UnavailableError
 from cgn_common.http import HOP_BY_HOP
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
+from cgn_common.types import Metering
+from miner.metering import ProcessMeter
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ _START_TIMEOUT_S = 15.0
 
 @dataclass(frozen=True)
 class DServiceResponse:
-    """A DService's answer and what it cost."""
+    """A DService's answer and what it cost (a figure that is not measured is zero)."""
 
     status: int
     headers: list[tuple[str, bytes]]
@@ -59,6 +61,8 @@ class DServiceResponse:
     cpu_time_us: int
     wall_time_us: int
     peak_memory_bytes: int
+    cpu_metering: Metering
+    peak_memory_metering: Metering
 
 
 def _free_port() -> int:
@@ -68,28 +72,6 @@ def _free_port() -> int:
         return port
 
 
-def _cpu_time_us(process: psutil.Process | None) -> int:
-    """User + system CPU time of ``process`` so far (the kernel counts in ticks of 10 ms)."""
-    if process is None:
-        return 0
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0
-    return int((times.user + times.system) * 1_000_000)
-
-
-def _peak_memory_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class DServiceProcess:
     """One running DService child process."""
 
@@ -97,8 +79,9 @@ class DServiceProcess:
         self.name = name
         self._command = list(command)
         self._process: asyncio.subprocess.Process | None = None
-        #: The same child for psutil, made once per spawn (not per request: the hot path).
-        self._meter: psutil.Process | None = None
+        #: Meters the requests to the current child, made once per spawn (its /proc files stay
+        #: open: the hot path reads them, never opens them).
+        self._meter: ProcessMeter | None = None
         self._port = 0
         self._session: aiohttp.ClientSession | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -110,6 +93,16 @@ class DServiceProcess:
     def running(self) -> bool:
         """True while the child serves."""
         return self._ready.is_set()
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's process id."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def meter(self) -> ProcessMeter | None:
+        """The meter of the current child."""
+        return self._meter
 
     async def start(self) -> None:
         """Starts the child and waits until it accepts connections."""
@@ -128,14 +121,23 @@ class DServiceProcess:
         self._process = await asyncio.create_subprocess_exec(
             *self._command, env=env, preexec_fn=die_with_parent
         )
+        if self._meter is not None:
+            self._meter.close()  # the previous child's; requests still in flight finish first
+        unmetered: OSError | None = None
         try:
-            self._meter = psutil.Process(self._process.pid)
-        except psutil.Error:
-            self._meter = None  # exited already: the loop below reports it
+            self._meter = ProcessMeter(self._process.pid)
+        except OSError as exc:
+            self._meter, unmetered = None, exc  # exited already, or no /proc
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
                 raise FailedPreconditionError(f"DService {self.name!r} exited at start")
+            if unmetered is not None:  # never serve work that cannot be metered
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                raise FailedPreconditionError(
+                    f"DService {self.name!r} cannot be metered: {unmetered}"
+                )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self._port)
             except OSError:
@@ -182,17 +184,16 @@ class DServiceProcess:
         self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
     ) -> DServiceResponse:
         """Sends one request to the DService and meters it."""
-        if not self._ready.is_set() or self._process is None or self._session is None:
+        meter = self._meter
+        if not self._ready.is_set() or meter is None or self._session is None:
             raise UnavailableError(f"DService {self.name!r} is not running")
-        pid = self._process.pid
         target = f"http://127.0.0.1:{self._port}{path}" + (f"?{query}" if query else "")
         send_headers = [
             (name, value.decode("latin-1"))
             for name, value in headers
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
         ]
-        meter = self._meter
-        cpu_before = _cpu_time_us(meter)
+        ticket = meter.begin()
         started = time.perf_counter_ns()
         try:
             async with self._session.request(
@@ -203,6 +204,10 @@ class DServiceProcess:
                 status = response.status
         except aiohttp.ClientError as exc:
             raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
+        finally:
+            # Also when the call fails or is cancelled: its share must not go to the others.
+            # (Billing abandoned work for its share is the ledger's part, SPEC section 15.)
+            metered = meter.end(ticket)
         wall_us = (time.perf_counter_ns() - started) // 1000
         kept = [
             (name.decode("latin-1"), value)
@@ -214,9 +219,11 @@ class DServiceProcess:
             status=status,
             headers=kept,
             body=payload,
-            cpu_time_us=max(0, _cpu_time_us(meter) - cpu_before),
+            cpu_time_us=metered.cpu_time_us,
             wall_time_us=wall_us,
-            peak_memory_bytes=_peak_memory_bytes(pid),
+            peak_memory_bytes=metered.peak_memory_bytes,
+            cpu_metering=metered.cpu_metering,
+            peak_memory_metering=metered.peak_memory_metering,
         )
 
     async def stop(self) -> None:
@@ -235,6 +242,8 @@ class DServiceProcess:
                 await self._process.wait()
         if self._session is not None:
             await self._session.close()
+        if self._meter is not None:
+            self._meter.close()
 
 
 class DService(Protocol):

@@ -6,8 +6,8 @@ import enum
 
 import pytest
 
-from cgn_common.types import AccountKind, Tier, WorkGrade
-from generated.cgn.common.v1 import types_pb2
+from cgn_common.types import AccountKind, Metering, Tier, WorkGrade
+from generated.cgn.common.v1 import resources_pb2, types_pb2
 
 #: The Python names say the SPEC's tier number; the proto names start with a word so that C#'s
 #: prefix stripping leaves valid identifiers.
@@ -40,6 +40,7 @@ def test_proto_enum_values_survive_prefix_stripping() -> None:
     [
         (AccountKind, types_pb2.AccountKind, "ACCOUNT_KIND_"),
         (WorkGrade, types_pb2.WorkGrade, "WORK_GRADE_"),
+        (Metering, resources_pb2.MeteringMethod, "METERING_METHOD_"),
     ],
 )
 def test_enum_mirrors_proto(

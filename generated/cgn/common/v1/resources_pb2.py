@@ -26,17 +26,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63gn/common/v1/resources.proto\x12\rcgn.common.v1\x1a\x1egoogle/protobuf/duration.proto\"\x91\x02\n\rResourceUsage\x12+\n\x08\x63pu_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\twall_time\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x62ytes_in\x18\x03 \x01(\x04\x12\x11\n\tbytes_out\x18\x04 \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\x05 \x01(\x04\x12+\n\x08gpu_time\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x06\x10\x07R\x0b\x63pu_time_usR\x0cwall_time_usR\x0bgpu_time_us\"\xa5\x01\n\x07\x46itness\x12\x11\n\tcpu_kmips\x18\x01 \x01(\x04\x12\x13\n\x0b\x63pu_threads\x18\x02 \x01(\r\x12\x12\n\ngpu_gflops\x18\x03 \x01(\x04\x12\x16\n\x0e\x62\x61ndwidth_kbps\x18\x04 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x30\n\rtest_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x81\x01\n\x0c\x41vailability\x12\x19\n\x11\x61\x63tive_work_units\x18\x01 \x01(\r\x12!\n\x19max_concurrent_work_units\x18\x02 \x01(\r\x12\x1d\n\x15\x63pu_load_basis_points\x18\x03 \x01(\r\x12\x14\n\x0cwork_allowed\x18\x04 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63gn/common/v1/resources.proto\x12\rcgn.common.v1\x1a\x1egoogle/protobuf/duration.proto\"\x88\x03\n\rResourceUsage\x12+\n\x08\x63pu_time\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\twall_time\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x62ytes_in\x18\x03 \x01(\x04\x12\x11\n\tbytes_out\x18\x04 \x01(\x04\x12\x19\n\x11peak_memory_bytes\x18\x05 \x01(\x04\x12+\n\x08gpu_time\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x11\x63pu_time_metering\x18\n \x01(\x0e\x32\x1d.cgn.common.v1.MeteringMethod\x12;\n\x14peak_memory_metering\x18\x0b \x01(\x0e\x32\x1d.cgn.common.v1.MeteringMethodJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x06\x10\x07R\x0b\x63pu_time_usR\x0cwall_time_usR\x0bgpu_time_us\"\xa5\x01\n\x07\x46itness\x12\x11\n\tcpu_kmips\x18\x01 \x01(\x04\x12\x13\n\x0b\x63pu_threads\x18\x02 \x01(\r\x12\x12\n\ngpu_gflops\x18\x03 \x01(\x04\x12\x16\n\x0e\x62\x61ndwidth_kbps\x18\x04 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x30\n\rtest_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x81\x01\n\x0c\x41vailability\x12\x19\n\x11\x61\x63tive_work_units\x18\x01 \x01(\r\x12!\n\x19max_concurrent_work_units\x18\x02 \x01(\r\x12\x1d\n\x15\x63pu_load_basis_points\x18\x03 \x01(\r\x12\x14\n\x0cwork_allowed\x18\x04 \x01(\x08*\x92\x01\n\x0eMeteringMethod\x12\x1f\n\x1bMETERING_METHOD_UNSPECIFIED\x10\x00\x12 \n\x1cMETERING_METHOD_NOT_MEASURED\x10\x01\x12\x1c\n\x18METERING_METHOD_ISOLATED\x10\x02\x12\x1f\n\x1bMETERING_METHOD_APPORTIONED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.common.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METERINGMETHOD']._serialized_start=776
+  _globals['_METERINGMETHOD']._serialized_end=922
   _globals['_RESOURCEUSAGE']._serialized_start=81
-  _globals['_RESOURCEUSAGE']._serialized_end=354
-  _globals['_FITNESS']._serialized_start=357
-  _globals['_FITNESS']._serialized_end=522
-  _globals['_AVAILABILITY']._serialized_start=525
-  _globals['_AVAILABILITY']._serialized_end=654
+  _globals['_RESOURCEUSAGE']._serialized_end=473
+  _globals['_FITNESS']._serialized_start=476
+  _globals['_FITNESS']._serialized_end=641
+  _globals['_AVAILABILITY']._serialized_start=644
+  _globals['_AVAILABILITY']._serialized_end=773
 # @@protoc_insertion_point(module_scope)

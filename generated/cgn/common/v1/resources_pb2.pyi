@@ -7,6 +7,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,50 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MeteringMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MeteringMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MeteringMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METERING_METHOD_UNSPECIFIED: _MeteringMethod.ValueType  # 0
+    """Not reported (a miner older than this field): the figure counts as not measured."""
+    METERING_METHOD_NOT_MEASURED: _MeteringMethod.ValueType  # 1
+    """Not measured: the figure is zero and means nothing. Peak memory is not measured for a
+    work unit that shared its DService process with others.
+    """
+    METERING_METHOD_ISOLATED: _MeteringMethod.ValueType  # 2
+    """The work unit had its DService process (or container) to itself from start to end, so
+    the figure is that process's own change over the unit's lifetime.
+    """
+    METERING_METHOD_APPORTIONED: _MeteringMethod.ValueType  # 3
+    """The work unit overlapped others in the same DService process: the figure is its share of
+    the CPU the process used, split equally among the units in flight in each interval. The
+    shares of overlapping units sum to what the process used while they ran.
+    """
+
+class MeteringMethod(_MeteringMethod, metaclass=_MeteringMethodEnumTypeWrapper):
+    """How a figure in ResourceUsage was measured. docs/metering.md says what each figure means
+    and how exact it is.
+    """
+
+METERING_METHOD_UNSPECIFIED: MeteringMethod.ValueType  # 0
+"""Not reported (a miner older than this field): the figure counts as not measured."""
+METERING_METHOD_NOT_MEASURED: MeteringMethod.ValueType  # 1
+"""Not measured: the figure is zero and means nothing. Peak memory is not measured for a
+work unit that shared its DService process with others.
+"""
+METERING_METHOD_ISOLATED: MeteringMethod.ValueType  # 2
+"""The work unit had its DService process (or container) to itself from start to end, so
+the figure is that process's own change over the unit's lifetime.
+"""
+METERING_METHOD_APPORTIONED: MeteringMethod.ValueType  # 3
+"""The work unit overlapped others in the same DService process: the figure is its share of
+the CPU the process used, split equally among the units in flight in each interval. The
+shares of overlapping units sum to what the process used while they ran.
+"""
+Global___MeteringMethod: _TypeAlias = MeteringMethod  # noqa: Y015
 
 @_typing.final
 class ResourceUsage(_message.Message):
@@ -30,15 +75,26 @@ class ResourceUsage(_message.Message):
     BYTES_OUT_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     GPU_TIME_FIELD_NUMBER: _builtins.int
+    CPU_TIME_METERING_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_METERING_FIELD_NUMBER: _builtins.int
     bytes_in: _builtins.int
     """Request bytes delivered to the DService."""
     bytes_out: _builtins.int
     """Response bytes produced by the DService."""
     peak_memory_bytes: _builtins.int
-    """Peak resident memory of the DService during the work, in bytes."""
+    """Peak resident memory of the DService process while it served this work unit alone, in
+    bytes (the process's baseline included); zero when not measured (see
+    peak_memory_metering).
+    """
+    cpu_time_metering: Global___MeteringMethod.ValueType
+    """How cpu_time was measured: isolated or apportioned."""
+    peak_memory_metering: Global___MeteringMethod.ValueType
+    """How peak_memory_bytes was measured: isolated, or not measured."""
     @_builtins.property
     def cpu_time(self) -> _duration_pb2.Duration:
-        """CPU time used by the DService (the kernel counts it in ticks of 10 ms)."""
+        """CPU time (user + system) the DService spent on this work unit: its own when the unit was
+        isolated, its share when it overlapped others (see cpu_time_metering).
+        """
 
     @_builtins.property
     def wall_time(self) -> _duration_pb2.Duration:
@@ -57,10 +113,12 @@ class ResourceUsage(_message.Message):
         bytes_out: _builtins.int = ...,
         peak_memory_bytes: _builtins.int = ...,
         gpu_time: _duration_pb2.Duration | None = ...,
+        cpu_time_metering: Global___MeteringMethod.ValueType = ...,
+        peak_memory_metering: Global___MeteringMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "gpu_time", b"gpu_time", "wall_time", b"wall_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "cpu_time", b"cpu_time", "gpu_time", b"gpu_time", "peak_memory_bytes", b"peak_memory_bytes", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_in", b"bytes_in", "bytes_out", b"bytes_out", "cpu_time", b"cpu_time", "cpu_time_metering", b"cpu_time_metering", "gpu_time", b"gpu_time", "peak_memory_bytes", b"peak_memory_bytes", "peak_memory_metering", b"peak_memory_metering", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
