@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from central._guard import uncancellable
 from central.errors import BadCredentialsError
 from cgn_common.errors import InvalidArgumentError, NotFoundError
 from cgn_common.ids import new_id, new_secret
@@ -122,6 +123,7 @@ class AccountStore:
         """Stops the Argon2 pool (queued checks are dropped)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    @uncancellable
     async def create(
         self,
         kind: AccountKind,
@@ -162,6 +164,7 @@ class AccountStore:
             await session.commit()
         return NewAccount(Account.from_row(row), api_key, password)
 
+    @uncancellable
     async def _row(self, account_id: str) -> AccountRow | None:
         async with AsyncSession(self._engine) as session:
             return await session.get(AccountRow, account_id)
@@ -173,6 +176,7 @@ class AccountStore:
             raise NotFoundError(f"no account {account_id!r}")
         return Account.from_row(row)
 
+    @uncancellable
     async def list(self, kind: AccountKind | None = None) -> list[Account]:
         """Returns every account, or those of ``kind``, oldest first."""
         query = select(AccountRow).order_by(AccountRow.created_at)  # type: ignore[arg-type]
@@ -202,6 +206,7 @@ class AccountStore:
             raise BadCredentialsError()
         return Account.from_row(row)
 
+    @uncancellable
     async def set_banned(self, account_id: str, banned: bool) -> Account:
         """Bans or unbans an account."""
         async with AsyncSession(self._engine, expire_on_commit=False) as session:

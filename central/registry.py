@@ -8,6 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from central._guard import uncancellable
+
 
 class NodeRow(SQLModel, table=True):
     """The nodes table."""
@@ -44,6 +46,7 @@ class NodeRegistry:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @uncancellable
     async def upsert(self, node: NodeRecord) -> NodeRecord:
         """Registers ``node`` or replaces its addresses."""
         async with AsyncSession(self._engine) as session:
@@ -57,6 +60,7 @@ class NodeRegistry:
             await session.commit()
         return node
 
+    @uncancellable
     async def remove(self, node_id: str) -> bool:
         """Removes a node; True when it was registered."""
         async with AsyncSession(self._engine) as session:
@@ -67,6 +71,7 @@ class NodeRegistry:
             await session.commit()
         return True
 
+    @uncancellable
     async def list(self) -> list[NodeRecord]:
         """Every registered node."""
         async with AsyncSession(self._engine) as session:

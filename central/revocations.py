@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from central._guard import uncancellable
 from cgn_common.errors import InvalidArgumentError
 
 #: Most revocations of each kind in one page of :meth:`RevocationStore.recent`.
@@ -98,12 +99,14 @@ class RevocationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @uncancellable
     async def epoch(self, account_id: str) -> int:
         """The account's current session epoch (0 when never revoked)."""
         async with AsyncSession(self._engine) as session:
             row = await session.get(SessionEpochRow, account_id)
             return row.epoch if row is not None else 0
 
+    @uncancellable
     async def revoke_account(self, account_id: str) -> int:
         """Raises the account's session epoch; returns the new epoch."""
         async with AsyncSession(self._engine, expire_on_commit=False) as session:
@@ -118,6 +121,7 @@ class RevocationStore:
             await session.commit()
             return row.epoch
 
+    @uncancellable
     async def revoke_session(self, revocation: SessionRevocation) -> None:
         """Records one revoked session (again is harmless)."""
         async with AsyncSession(self._engine) as session:
@@ -133,6 +137,7 @@ class RevocationStore:
                 )
                 await session.commit()
 
+    @uncancellable
     async def recent(
         self, lookback: timedelta, page_size: int = MAX_PAGE, page_token: str = ""
     ) -> RevocationPage:

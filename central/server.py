@@ -7,6 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from central._guard import dispose
 from central._link import Linker
 from central._rpc import ADMIN_RULES, add_admin_services
 from central.accounts import AccountStore
@@ -62,7 +63,7 @@ class Central:
         await self.admin.stop()
         await self.supervisor.close()
         self.accounts.close()
-        await self.engine.dispose()
+        await dispose(self.engine)
 
 
 async def serve(config: CentralConfig, ready_file: Path | None = None) -> None:

@@ -79,6 +79,8 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self._timeout_s = timeout_s
         self._supervisor = supervisor or Supervisor("central-link")
         self._links: dict[str, _Link] = {}
+        #: The running Connect handlers, ended by close() before the server stops.
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Condition()
         self.on_links_changed: Callable[[], None] = lambda: None
         #: Called for a BanMiner directive with (miner id, reason).
@@ -87,6 +89,16 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self.on_revoke_sessions: Callable[[str, int], None] = lambda account_id, epoch: None
         #: Called for a RevokeSession directive with (session id, expiry as a Unix time).
         self.on_revoke_session: Callable[[str, float], None] = lambda session_id, expiry: None
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Ends every link's handler. Call before the server stops: grpc.aio's stop does not
+        wait for a bidirectional handler, and one still running when the server is gone can
+        hang the event loop's shutdown (grpc/grpc#37239)."""
+        handlers = set(self._handlers)
+        for handler in handlers:
+            handler.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=timeout_s)
 
     @property
     def connected(self) -> bool:
@@ -104,6 +116,10 @@ class CentralLink(pb_grpc.CentralLinkServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         """Handles one Central replica's stream for as long as it lasts."""
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         identity = current_caller().identity
         # The interceptor admitted only a Central certificate; in the development plaintext
         # mode there is none and the replica is known by what it says.

@@ -191,6 +191,7 @@ class Node:
         """Drains the miners (their work in flight finishes within ``drain_grace_ms``), then
         stops every listener, letting calls in flight finish briefly."""
         await self.miner_link.drain(self.config.drain_grace_ms / 1000)
+        await self.central.close()
         await asyncio.gather(*(server.stop() for server in self._servers()))
         await self.supervisor.close()
 
