@@ -1,4 +1,4 @@
-"""``cgn central | node | miner run | gateway | sandbox | certs | accounts``.
+"""``cgn central | node | miner run | gateway | sandbox | certs | accounts | ledger``.
 
 Each process reads a TOML config file (``--config``), then environment variables
 (``CGN_<ROLE>_<OPTION>``), which win. ``--ready-file`` makes the process write its bound
@@ -15,6 +15,7 @@ import click
 
 from cgn_cli._accounts import accounts
 from cgn_cli._certs import certs
+from cgn_cli._ledger import ledger
 from cgn_common.config import load_config
 from cgn_common.errors import CgnError
 from cgn_common.logs import setup_logging
@@ -99,6 +100,7 @@ def gateway(config_path: Path | None, ready_file: Path | None) -> None:
 
 cli.add_command(certs)
 cli.add_command(accounts)
+cli.add_command(ledger)
 
 
 @cli.command()

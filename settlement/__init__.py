@@ -1,6 +1,7 @@
 """Pricing, the microtransaction ledger, the daily rollup and the chain client (SPEC sections
-8-10). Here so far: the pricing core (docs/pricing.md). The node records finished work
-through ``cgn_node.recorder.WorkRecorder``, which the ledger will implement."""
+8-10). Here so far: the pricing core (docs/pricing.md) and the ledger's row hash
+(docs/ledger.md). The node records finished work through ``cgn_node.recorder.WorkRecorder``,
+which the ledger will implement."""
 
 from settlement.errors import StaleRateError
 from settlement.fixed_point import K_WAD, WAD, format_wad, mul_wad, pow_wad
@@ -23,6 +24,19 @@ from settlement.resources import (
     day_number,
     equivalency_table,
     format_equivalency_table,
+)
+from settlement.rowhash import (
+    PRIVATE_COLUMNS_V1,
+    PUBLIC_COLUMNS_V1,
+    ColumnType,
+    custom_hash,
+    encode_private_row,
+    encode_public_row,
+    keccak256,
+    private_hash,
+    redact_headers,
+    row_hash,
+    xor_aggregate,
 )
 from settlement.service_levels import (
     DEFAULT_SERVICE_LEVELS,
@@ -49,9 +63,12 @@ __all__ = [
     "K_WAD",
     "NANO_PER_UNIT",
     "PPM",
+    "PRIVATE_COLUMNS_V1",
+    "PUBLIC_COLUMNS_V1",
     "R0",
     "WAD",
     "CharityChoices",
+    "ColumnType",
     "FeeAgreement",
     "FiatAmount",
     "FreshRates",
@@ -72,13 +89,21 @@ __all__ = [
     "ServiceLevel",
     "StaleRateError",
     "WorkPrice",
+    "custom_hash",
     "day_number",
     "default_price_list",
+    "encode_private_row",
+    "encode_public_row",
     "equivalency_table",
     "format_equivalency_table",
     "format_wad",
+    "keccak256",
     "mul_wad",
     "pow_wad",
     "price_work",
+    "private_hash",
+    "redact_headers",
+    "row_hash",
     "split_fee",
+    "xor_aggregate",
 ]

@@ -102,12 +102,13 @@ SLOW_LOOP = Job(
     script_text="var m = new Media(width @ 1500, height @ 1500);"
     " while (true) { m.rotate(angle @ 1, expand @ false); }"
 )
-#: One Pillow call far longer than the limit (about 4.5 s here): only killing the worker stops
-#: it. Making the canvas takes about 0.25 s, well inside the 2.5 s limit even on a loaded
-#: machine (where the long call slows down too).
+#: One Pillow call far longer than the limit (a bicubic rotation of 144 Mpx: about 6.5 s here,
+#: twice the 3.5 s at which the worker is killed; a Lanczos resize took 3.3-4.3 s and, on an
+#: idle machine, sometimes ended before the kill): only killing the worker stops it. Making
+#: the canvas takes about 0.25 s, well inside the 2.5 s limit even on a loaded machine.
 ONE_LONG_CALL = Job(
     script_text="var m = new Media(width @ 12000, height @ 12000);"
-    ' m.resize(width @ 11999, height @ 11999, fit @ "fill");'
+    ' m.rotate(angle @ 33, filter @ "bicubic", expand @ false);'
 )
 
 
