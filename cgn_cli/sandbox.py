@@ -330,6 +330,7 @@ class Sandbox:
         env = {
             "CGN_NODE_NODE_ID": node_id,
             "CGN_NODE_SESSION_KEY_FILE": str(workdir / "session.key"),
+            "CGN_NODE_LEDGER_URL": f"sqlite:///{workdir / 'ledger.db'}",
             "CGN_NODE_WORK_LISTEN": "127.0.0.1:0",
             "CGN_NODE_INTERNAL_LISTEN": "127.0.0.1:0",
             "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from cgn_common.certs import Role
-from cgn_common.errors import InvalidArgumentError, UnauthenticatedError
+from cgn_common.errors import (
+    CgnError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnauthenticatedError,
+)
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
+from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
 from cgn_node.broker import Broker
@@ -123,12 +131,16 @@ class Work(work_grpc.WorkServiceServicer):
         broker: Broker,
         recorder: WorkRecorder,
         node_id: str,
+        supervisor: Supervisor,
         max_timeout_s: float = 60.0,
     ) -> None:
         self._broker = broker
         self._recorder = recorder
         self._node_id = node_id
+        self._supervisor = supervisor
         self._max_timeout_s = max_timeout_s
+        #: Rows being built (pricing, pseudonyms) and queued; awaited before the ledger closes.
+        self.recording: set[asyncio.Task[None]] = set()
 
     async def Call(  # noqa: N802
         self, request: work_pb.CallRequest, context: Context
@@ -166,7 +178,13 @@ class Work(work_grpc.WorkServiceServicer):
             affinity_key=options.affinity_key,
             deadline=time.monotonic() + timeout_s,
         )
-        outcome = await self._broker.submit(unit)
+        try:
+            outcome = await self._broker.submit(unit)
+        except (asyncio.CancelledError, CgnError) as exc:
+            if unit.attempts:  # it reached a miner: work was done, so it has a row
+                abandoned = isinstance(exc, asyncio.CancelledError | DeadlineExceededError)
+                self._record_unanswered(unit, started, "abandoned" if abandoned else "failed")
+            raise
         result = outcome.result
         usage = result.usage
         total_us = (time.perf_counter_ns() - started) // 1000
@@ -184,8 +202,19 @@ class Work(work_grpc.WorkServiceServicer):
             cpu_time_us=usage.cpu_time_us,
             bytes_in=usage.bytes_in,
             bytes_out=usage.bytes_out,
+            method=unit.request.method,
+            path=unit.request.path,
+            query=unit.request.query,
+            headers=unit.request.headers,
         )
-        await self._recorder.record(finished)
+
+        def ended(ended_context: Context) -> None:
+            # Recorded once the call is over, off its critical path: delivered when the answer
+            # went out, abandoned when the caller left first (SPEC 15, Work: billing).
+            outcome = "abandoned" if ended_context.cancelled() else "delivered"
+            self._record(replace(finished, outcome=outcome))
+
+        context.add_done_callback(ended)
         receipt = work_pb2.WorkReceipt(
             work_id=work_id,
             usage=usage_to_proto(usage),
@@ -198,6 +227,42 @@ class Work(work_grpc.WorkServiceServicer):
         receipt.execution_time.FromMicroseconds(usage.wall_time_us)
         receipt.network_latency.FromMicroseconds(finished.network_latency_us)
         return work_pb.CallResponse(head=response_head(result), body=result.body, receipt=receipt)
+
+    def _record_unanswered(self, unit: WorkUnit, started: int, outcome: str) -> None:
+        """Records a unit that reached a miner but got no answer to return: failed (not
+        billed), or abandoned by its caller (billed for nothing yet: the miner's usage up to
+        the cancel is not reported; docs/ledger.md)."""
+        finished = FinishedWork(
+            work_id=unit.work_id,
+            request_id=unit.request_id,
+            account_id=unit.account_id,
+            dservice=unit.dservice,
+            miner_id="",
+            tier=unit.allowed_tiers[0],
+            status_code=0,
+            attempts=unit.attempts,
+            total_time_us=(time.perf_counter_ns() - started) // 1000,
+            execution_time_us=0,
+            cpu_time_us=0,
+            bytes_in=0,
+            bytes_out=0,
+            method=unit.request.method,
+            path=unit.request.path,
+            query=unit.request.query,
+            headers=unit.request.headers,
+            outcome=outcome,
+        )
+        self._record(finished)
+
+    def _record(self, finished: FinishedWork) -> None:
+        task = self._supervisor.spawn("record-work", self._recorder.record(finished))
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    async def finish_recording(self, timeout_s: float = 10.0) -> None:
+        """Waits (bounded) for the rows of calls that have ended to be queued."""
+        if self.recording:
+            await asyncio.wait(set(self.recording), timeout=timeout_s)
 
 
 class Status(status_grpc.NodeStatusServiceServicer):

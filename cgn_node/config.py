@@ -76,6 +76,17 @@ class NodeConfig:
         "How long a request waits for a miner that may run it to connect when none is "
         "connected, before 503 naming why.",
     )
+    ledger_url: str = option(
+        "",
+        "This node's microtransaction ledger (required): sqlite:///PATH (WAL) or "
+        "postgresql+psycopg://... One database per node; docs/ledger.md.",
+    )
+    currency: str = option("EUR", "The fiat currency this node prices work in (ISO 4217).")
+    sandbox_rate_nano_per_coin: int = option(
+        500_000_000,
+        "The fixed CPUcoin rate of the sandbox rate source, in nano-units of `currency` per "
+        "coin. A production node plugs a real rate source in its place (docs/pricing.md).",
+    )
     dispatch_attempts: int = option(5, "Most dispatches of one work unit before it fails.")
     queue_danger_threshold: int = option(
         1000, "Waiting work units per DService past which new work gets RESOURCE_EXHAUSTED."

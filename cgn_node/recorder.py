@@ -1,5 +1,5 @@
-"""Where a finished work unit is recorded. The microtransaction ledger (SPEC section 8)
-plugs in here; until it lands, :class:`LogRecorder` writes one structured log line."""
+"""Where a finished work unit is recorded: the node's ledger (``cgn_node/ledger_recorder.py``)
+in production; :class:`LogRecorder`, one structured log line, where a test needs no ledger."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ class FinishedWork:
     bytes_in: int
     bytes_out: int
     request_id: str = ""
+    #: The request as the DApp sent it (credential headers are redacted before storing).
+    method: str = ""
+    path: str = ""
+    query: str = ""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    #: How the unit ended: "delivered", "abandoned" (the caller went away) or "failed".
+    outcome: str = "delivered"
 
     @property
     def network_latency_us(self) -> int:
@@ -38,15 +45,17 @@ class FinishedWork:
 
 
 class WorkRecorder(Protocol):
-    """Records finished work units; called before the response goes back to the DApp."""
+    """Records finished work units, off the response's critical path: the node calls it once
+    the call has ended (delivered, or abandoned by its caller)."""
 
     async def record(self, work: FinishedWork) -> None:
-        """Records ``work``; an exception fails the request (nothing unbilled is returned)."""
+        """Records ``work`` (an exception is logged with its traceback by the caller's
+        supervisor)."""
 
 
 class LogRecorder:
-    """Logs each finished work unit at DEBUG (one line per request would flood INFO logs);
-    a stand-in until the ledger issue lands."""
+    """Logs each finished work unit at DEBUG (one line per request would flood INFO logs); for
+    tests that exercise the work path without a ledger."""
 
     async def record(self, work: FinishedWork) -> None:
         """Writes one ``work_finished`` log line."""

@@ -21,7 +21,8 @@ from cgn_node._miner_link import MinerLink
 from cgn_node._rpc import Sessions, Status, Work
 from cgn_node.broker import Broker
 from cgn_node.config import NodeConfig
-from cgn_node.recorder import LogRecorder, WorkRecorder
+from cgn_node.ledger_recorder import LedgerRecorder, Pseudonyms
+from cgn_node.recorder import WorkRecorder
 from cgn_node.sessions import RevocationView, SessionIssuer, session_key
 from cgn_node.standing import StandingChecker
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as central_pb
@@ -34,6 +35,10 @@ from generated.cgn.work.v1 import session_service_pb2 as session_pb
 from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+from settlement.ledger import LedgerStore
+from settlement.ledger_db import open_ledger
+from settlement.ledger_writer import LedgerWriter
+from settlement.rates import FreshRates, SandboxRateSource
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class Node:
         *,
         broker: Broker,
         issuer: SessionIssuer,
-        recorder: WorkRecorder,
+        recorder: WorkRecorder | None = None,
     ) -> None:
         if not config.node_id:
             raise InvalidArgumentError("node_id is required")
@@ -107,9 +112,12 @@ class Node:
         self.central.on_links_changed = self.standing.links_changed
         self.central.on_revoke_sessions = issuer.revocations.account_revoked
         self.central.on_revoke_session = issuer.revocations.session_revoked
+        self.ledger: LedgerWriter | None = None
+        if recorder is None:
+            recorder = self._ledger_recorder(config)
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
-        work = Work(  # type: ignore[abstract]
-            self.broker, recorder, config.node_id, config.max_timeout_ms / 1000
+        self.work = work = Work(  # type: ignore[abstract]
+            self.broker, recorder, config.node_id, self.supervisor, config.max_timeout_ms / 1000
         )
         sessions = Sessions(self.issuer, self.central)
         self.work_server = GrpcServer(
@@ -149,6 +157,17 @@ class Node:
             CENTRAL_LINK_SERVICE,
         )
 
+    def _ledger_recorder(self, config: NodeConfig) -> LedgerRecorder:
+        """The node's ledger: its database, background writer and recorder."""
+        if not config.ledger_url:
+            raise InvalidArgumentError("ledger_url is required: every node records its work")
+        store = LedgerStore(open_ledger(config.ledger_url), config.node_id)
+        self.ledger = LedgerWriter(store, self.supervisor)
+        rates = FreshRates(SandboxRateSource({config.currency: config.sandbox_rate_nano_per_coin}))
+        return LedgerRecorder(
+            self.ledger, Pseudonyms(self.central), rates, config.node_id, config.currency
+        )
+
     @classmethod
     def from_config(cls, config: NodeConfig, recorder: WorkRecorder | None = None) -> Node:
         """The production node: its broker and session issuer built from ``config``."""
@@ -165,7 +184,7 @@ class Node:
             config.node_id,
             RevocationView(config.sessions_max_stale_ms / 1000),
         )
-        return cls(config, broker=broker, issuer=issuer, recorder=recorder or LogRecorder())
+        return cls(config, broker=broker, issuer=issuer, recorder=recorder)
 
     def _servers(self) -> tuple[GrpcServer, ...]:
         return (
@@ -193,6 +212,10 @@ class Node:
         await self.miner_link.drain(self.config.drain_grace_ms / 1000)
         await self.central.close()
         await asyncio.gather(*(server.stop() for server in self._servers()))
+        await self.work.finish_recording()
+        if self.ledger is not None:
+            await self.ledger.close()  # writes what calls that ended have recorded
+            self.ledger.store.engine.dispose()
         await self.supervisor.close()
 
 

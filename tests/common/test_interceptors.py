@@ -12,6 +12,7 @@ import pytest
 
 from cgn_common.certs import Role
 from cgn_common.rpc import GrpcServer, open_channel
+from cgn_common.tasks import Supervisor
 from cgn_common.tls import ClientAuth
 from cgn_node._rpc import Sessions, Work
 from cgn_node.broker import Broker
@@ -53,7 +54,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Pki]]:
     )
     server.add(
         work_grpc.add_WorkServiceServicer_to_server,
-        Work(Broker(), LogRecorder(), "n1"),  # type: ignore[abstract]
+        Work(Broker(), LogRecorder(), "n1", Supervisor("test")),  # type: ignore[abstract]
         WORK_SERVICE,
     )
     # An RPC added to an existing service without adding a rule for it.

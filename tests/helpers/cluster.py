@@ -57,6 +57,7 @@ async def start_cluster(
     await central.start()
     node_id = (await central.accounts.create(AccountKind.NODE, "test node")).account.account_id
     tls = pki.issue(Role.NODE, node_id)
+    node_options.setdefault("ledger_url", f"sqlite:///{tmp_path / 'ledger.db'}")
     node = Node.from_config(
         NodeConfig(
             node_id=node_id,
