@@ -1,4 +1,4 @@
-"""``cgn ledger show | verify | export``: the operator's and auditor's view of a node's
+"""``cgn ledger show | verify | groups | export``: the operator's and auditor's view of a node's
 ledger database (read-only; progress on stderr for long runs)."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,7 @@ def _open(url: str) -> LedgerStore:
     return LedgerStore(engine, ledger_id)
 
 
-def _progress(label: str) -> object:
+def _progress(label: str) -> Callable[[int], None]:
     def report(rows: int) -> None:
         click.echo(f"{label}: {rows:,} rows", err=True)
 
@@ -63,7 +64,7 @@ def _day(text: str | None) -> datetime | None:
 
 @click.group()
 def ledger() -> None:
-    """Read, check and export a node's microtransaction ledger."""
+    """Read, check, group and export a node's microtransaction ledger."""
 
 
 @ledger.command()
@@ -85,7 +86,7 @@ def verify(url: str) -> None:
     """Recompute every row hash, check the numbering has no gap and the write-once triggers
     are in place; exit 1 naming each row found wrong."""
     store = _open(url)
-    report = store.verify(progress=_progress("verified"))  # type: ignore[arg-type]
+    report = store.verify(progress=_progress("verified"))
     for problem in report.problems or []:
         where = f"row {problem.row_seq}" if problem.row_seq is not None else "ledger"
         click.echo(f"{where}: {problem.what}")
@@ -118,3 +119,27 @@ def export(url: str, since: str | None, until_: str | None, out: Path) -> None:
             click.echo(f"exported: {rows:,} rows", err=True)
     Path(f"{out}.sha256").write_text(f"{digest.hexdigest()}  {out.name}\n")
     click.echo(f"{rows:,} rows to {out} (sha256 {digest.hexdigest()})")
+
+
+@ledger.command()
+@_url_option
+@click.option("--day", required=True, help="The GMT day, YYYY-MM-DD.")
+def groups(url: str, day: str) -> None:
+    """Print a day's settlement groups as JSON lines: each enterprise's and each beneficiary's
+    row count, XOR aggregate hash and total (atto-CPUcoin)."""
+    from settlement.groups import day_groups
+
+    store = _open(url)
+    for group in day_groups(store, date.fromisoformat(day), progress=_progress("read")):
+        click.echo(
+            json.dumps(
+                {
+                    "kind": str(group.kind),
+                    "pseudonym": group.pseudonym,
+                    "day": day,
+                    "rows": group.rows,
+                    "aggregate_hash": group.aggregate_hash.hex(),
+                    "total_atto": str(group.total_atto),
+                }
+            )
+        )

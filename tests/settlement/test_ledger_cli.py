@@ -31,6 +31,15 @@ def test_show_verify_and_export(tmp_path: Path) -> None:
     assert verified.exit_code == 0, verified.output
     assert "3 rows (rows 1..3), 0 problem(s)" in verified.output
 
+    grouped = runner.invoke(cli, ["ledger", "groups", "--url", url, "--day", "2026-11-30"])
+    assert grouped.exit_code == 0, grouped.output
+    listed = [json.loads(line) for line in grouped.output.splitlines() if line.startswith("{")]
+    assert next((g["kind"], g["pseudonym"], g["rows"]) for g in listed) == (
+        "enterprise",
+        "p_ent_a",
+        3,
+    )
+
     out = tmp_path / "export.jsonl"
     exported = runner.invoke(cli, ["ledger", "export", "--url", url, str(out)])
     assert exported.exit_code == 0, exported.output
