@@ -222,21 +222,32 @@ class NodeLink:
                 error=str(gone),
             )
 
+    async def _info(self, account: Account) -> pb.AccountInfo:
+        """What a node needs of an account: standing, session epoch, where payouts go."""
+        info = account_info(account, await self._linker.revocations.epoch(account.account_id))
+        info.ethereum_address = account.ethereum_address
+        choice = await self._accounts.payout_choice(account.account_id)
+        if choice.charity_account_id and choice.charity_share_ppm:
+            charity = await self._accounts.get(choice.charity_account_id)
+            info.charity_pseudonym = charity.pseudonym
+            info.charity_share_ppm = choice.charity_share_ppm
+            info.charity_ethereum_address = charity.ethereum_address
+        return info
+
     async def _fill(self, question: pb.Question, answer: pb.Answer) -> None:
         kind = question.WhichOneof("kind")
         if kind == "verify_credential":
             q = question.verify_credential
             kinds = [AccountKind(k) for k in q.allowed_kinds]
             account = await self._accounts.verify_key(q.account_id, q.api_key, kinds)
-            epoch = await self._linker.revocations.epoch(account.account_id)
-            answer.account.CopyFrom(account_info(account, epoch))
+            answer.account.CopyFrom(await self._info(account))
         elif kind == "verify_miner":
             m = question.verify_miner
             account = await self._accounts.verify_key(m.miner_id, m.api_key, [AccountKind.MINER])
             grade = WorkGrade.STANDARD if account.tier and account.tier.trusted else WorkGrade.LOW
             answer.miner.CopyFrom(
                 pb.MinerInfo(
-                    account=account_info(account),
+                    account=await self._info(account),
                     max_grade=int(grade),  # type: ignore[arg-type]
                     owner_account_id=(
                         account.parent_account_id if account.tier is Tier.TIER_1_PRIVATE else ""
@@ -245,8 +256,7 @@ class NodeLink:
             )
         elif kind == "get_account_standing":
             account = await self._accounts.get(question.get_account_standing.account_id)
-            epoch = await self._linker.revocations.epoch(account.account_id)
-            answer.standing.CopyFrom(account_info(account, epoch))
+            answer.standing.CopyFrom(await self._info(account))
         elif kind == "revoke_session":
             message = question.revoke_session
             if not message.session_id or not message.account_id:

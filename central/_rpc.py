@@ -10,7 +10,7 @@ from central.accounts import Account, AccountStore
 from central.registry import NodeRecord, NodeRegistry
 from central.revocations import AccountRevocation
 from cgn_common.certs import Role
-from cgn_common.errors import InvalidArgumentError
+from cgn_common.errors import InvalidArgumentError, UnimplementedError
 from cgn_common.ids import new_id
 from cgn_common.interceptors import Rule, Rules, rules_for
 from cgn_common.logs import log_event
@@ -125,6 +125,36 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
             _log, "account_sessions_revoked", account_id=account_id, epoch=epoch, nodes_told=told
         )
         return epoch, told
+
+    async def UpdateAccount(  # noqa: N802
+        self, request: acct_pb.UpdateAccountRequest, context: Context
+    ) -> acct_pb.UpdateAccountResponse:
+        """Changes where an account's payouts go (Ethereum address, charity and share); the
+        other settings of UpdateAccountRequest are not changeable yet (UNIMPLEMENTED)."""
+        if (
+            request.display_name
+            or request.allowed_tiers
+            or request.HasField("tier")
+            or request.verifier_count
+            or request.HasField("default_data_ttl")
+        ):
+            raise UnimplementedError(
+                "only ethereum_address and the charity can be changed in this version"
+            )
+        account, choice = await self._accounts.update_payouts(
+            request.account_id,
+            ethereum_address=request.ethereum_address or None,
+            charity_account_id=(
+                request.charity_account_id if request.HasField("charity_account_id") else None
+            ),
+            charity_share_ppm=(
+                request.charity_share_ppm if request.HasField("charity_share_ppm") else None
+            ),
+        )
+        message = _account_proto(account)
+        message.charity_account_id = choice.charity_account_id
+        message.charity_share_ppm = choice.charity_share_ppm
+        return acct_pb.UpdateAccountResponse(account=message)
 
     async def UnbanAccount(  # noqa: N802
         self, request: acct_pb.UnbanAccountRequest, context: Context

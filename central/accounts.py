@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,28 @@ class AccountRow(SQLModel, table=True):
     api_key_hash: str
     password_hash: str
     created_at: datetime
+
+
+class AccountPayoutRow(SQLModel, table=True):
+    """How an account's payouts are shared: its chosen charity and the share (a table of its
+    own, so databases made before it gain it without a migration)."""
+
+    __tablename__ = "account_payouts"
+
+    account_id: str = Field(primary_key=True)
+    charity_account_id: str = ""
+    charity_share_ppm: int = 0
+
+
+@dataclass(frozen=True)
+class PayoutChoice:
+    """An account's charity and the share of its payouts it gives (ppm)."""
+
+    charity_account_id: str = ""
+    charity_share_ppm: int = 0
+
+
+_ETH_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)
@@ -217,3 +240,54 @@ class AccountStore:
             session.add(row)
             await session.commit()
         return Account.from_row(row)
+
+    @uncancellable
+    async def payout_choice(self, account_id: str) -> PayoutChoice:
+        """The account's charity choice (none when it never chose)."""
+        async with AsyncSession(self._engine) as session:
+            row = await session.get(AccountPayoutRow, account_id)
+        if row is None:
+            return PayoutChoice()
+        return PayoutChoice(row.charity_account_id, row.charity_share_ppm)
+
+    @uncancellable
+    async def update_payouts(
+        self,
+        account_id: str,
+        *,
+        ethereum_address: str | None = None,
+        charity_account_id: str | None = None,
+        charity_share_ppm: int | None = None,
+    ) -> tuple[Account, PayoutChoice]:
+        """Changes where an account's payouts go; ``None`` leaves a setting as it is."""
+        if (
+            ethereum_address is not None
+            and ethereum_address
+            and not _ETH_ADDRESS.match(ethereum_address)
+        ):
+            raise InvalidArgumentError("ethereum_address must be 0x and 40 hex digits")
+        if charity_share_ppm is not None and not 0 <= charity_share_ppm <= 1_000_000:
+            raise InvalidArgumentError("charity_share_ppm must be within 0..1000000")
+        async with AsyncSession(self._engine, expire_on_commit=False) as session:
+            row = await session.get(AccountRow, account_id)
+            if row is None:
+                raise NotFoundError(f"no account {account_id!r}")
+            if charity_account_id:
+                charity = await session.get(AccountRow, charity_account_id)
+                if charity is None or AccountKind(charity.kind) is not AccountKind.CHARITY:
+                    raise InvalidArgumentError(f"{charity_account_id!r} is not a charity account")
+            payouts = await session.get(AccountPayoutRow, account_id) or AccountPayoutRow(
+                account_id=account_id
+            )
+            if ethereum_address is not None:
+                row.ethereum_address = ethereum_address
+                session.add(row)
+            if charity_account_id is not None:
+                payouts.charity_account_id = charity_account_id
+            if charity_share_ppm is not None:
+                payouts.charity_share_ppm = charity_share_ppm
+            session.add(payouts)
+            await session.commit()
+        return Account.from_row(row), PayoutChoice(
+            payouts.charity_account_id, payouts.charity_share_ppm
+        )

@@ -28,5 +28,9 @@ async def open_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     async with engine.begin() as conn:
         await conn.run_sync(SQLModel.metadata.create_all)
-    _ = (central.accounts.AccountRow, central.revocations.SessionEpochRow)
+    _ = (
+        central.accounts.AccountRow,
+        central.accounts.AccountPayoutRow,
+        central.revocations.SessionEpochRow,
+    )
     return engine

@@ -1,5 +1,6 @@
-"""``cgn accounts ban | unban | revoke-sessions``: operator actions at Central's admin port
-(mutual TLS with an operator certificate; ``--sandbox DIR`` takes all of it from a sandbox)."""
+"""``cgn accounts ban | unban | revoke-sessions | set-payouts``: operator actions at Central's
+admin port (mutual TLS with an operator certificate; ``--sandbox DIR`` takes all of it from a
+sandbox)."""
 
 from __future__ import annotations
 
@@ -97,4 +98,39 @@ def revoke_sessions(ctx: click.Context, account_id: str) -> None:
     click.echo(
         f"revoked the sessions of {account_id}: session epoch {epoch}; {told} linked node(s) "
         "told now, the others when they next link"
+    )
+
+
+@accounts.command("set-payouts")
+@click.argument("account_id")
+@click.option("--ethereum-address", default="", help="Where its payouts go (0x + 40 hex).")
+@click.option("--charity", "charity_account_id", default=None, help="A CHARITY account id.")
+@click.option(
+    "--charity-share-ppm",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help="The share of its payouts it gives to the charity, in parts per million.",
+)
+@click.pass_context
+def set_payouts(
+    ctx: click.Context,
+    account_id: str,
+    ethereum_address: str,
+    charity_account_id: str | None,
+    charity_share_ppm: int | None,
+) -> None:
+    """Set where an account's payouts go: its address and the charity it gives a share to
+    (new ledger rows follow within a minute)."""
+    account = _run(
+        ctx,
+        lambda admin: admin.update_payouts(
+            account_id,
+            ethereum_address=ethereum_address,
+            charity_account_id=charity_account_id,
+            charity_share_ppm=charity_share_ppm,
+        ),
+    )
+    click.echo(
+        f"{account.account_id}: address {account.ethereum_address or '-'}, charity "
+        f"{account.charity_account_id or '-'} ({account.charity_share_ppm} ppm)"
     )

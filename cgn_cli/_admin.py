@@ -90,6 +90,27 @@ class AdminClient:
         )
         return response.session_epoch, response.nodes_told
 
+    async def update_payouts(
+        self,
+        account_id: str,
+        *,
+        ethereum_address: str = "",
+        charity_account_id: str | None = None,
+        charity_share_ppm: int | None = None,
+    ) -> acct_pb.Account:
+        """Changes where an account's payouts go; returns the account as Central now has it."""
+        request = acct_pb.UpdateAccountRequest(
+            account_id=account_id, ethereum_address=ethereum_address
+        )
+        if charity_account_id is not None:
+            request.charity_account_id = charity_account_id
+        if charity_share_ppm is not None:
+            request.charity_share_ppm = charity_share_ppm
+        response: acct_pb.UpdateAccountResponse = await self._accounts.UpdateAccount(
+            request, timeout=30
+        )
+        return response.account
+
     async def close(self) -> None:
         """Closes the channel."""
         await self._channel.close()

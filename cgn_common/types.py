@@ -34,6 +34,7 @@ class AccountKind(enum.IntEnum):
     END_USER = 4
     DEVELOPER = 5
     OPERATOR = 6
+    CHARITY = 7
 
 
 class WorkGrade(enum.IntEnum):

@@ -46,6 +46,10 @@ def _account(info: pb.AccountInfo) -> AccountInfo:
         tier=Tier(info.tier) if info.HasField("tier") else None,
         banned=info.banned,
         session_epoch=info.session_epoch,
+        ethereum_address=info.ethereum_address,
+        charity_pseudonym=info.charity_pseudonym,
+        charity_share_ppm=info.charity_share_ppm,
+        charity_ethereum_address=info.charity_ethereum_address,
     )
 
 

@@ -21,6 +21,13 @@ class AccountInfo:
     banned: bool = False
     #: The account's session epoch, written into the session tokens issued for it.
     session_epoch: int = 0
+    #: Where its payouts go or its charges come from (hex, 0x-prefixed; "" when unknown).
+    ethereum_address: str = ""
+    #: The charity it gives a share of its payouts to ("" for none), that share (ppm) and
+    #: the charity's address.
+    charity_pseudonym: str = ""
+    charity_share_ppm: int = 0
+    charity_ethereum_address: str = ""
 
 
 @dataclass(frozen=True)

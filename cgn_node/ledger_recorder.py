@@ -6,8 +6,9 @@ What pricing needs that the node does not know yet is stated here, not guessed s
 - Pseudonyms come from Central (``GetAccountStanding``), looked up once per account and
   cached: the enterprise's, the miner's (the contributor) and the node's own (the operator).
   The built-in DServices have no registered developer: their developer is the node operator.
-- No charity choices or payout addresses are in Central's answers yet: the charity columns are
-  empty and every payout goes to its entity.
+- Payout addresses and charity choices come with Central's answers (``AccountInfo``): each
+  beneficiary's chosen share goes to its charity's column; the addresses go into the private
+  ``eth_addresses`` column.
 - Miners report no calibrated benchmark yet: every miner is priced as the reference hardware
   (premium 1.0), at the standard service level.
 - Failed work is recorded with a fee of 0 (SPEC 15); work abandoned before the miner answered
@@ -17,11 +18,13 @@ What pricing needs that the node does not know yet is stated here, not guessed s
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 
 from cgn_common.errors import CgnError
 from cgn_common.logs import log_event
-from cgn_node.central_client import CentralClient
+from cgn_common.types import AccountKind
+from cgn_node.central_client import AccountInfo, CentralClient
 from cgn_node.recorder import FinishedWork
 from settlement.hardware import MinerBenchmark, ReferenceHardware
 from settlement.ledger import LedgerEntry, Outcome, custom_fields, private_fields
@@ -29,9 +32,15 @@ from settlement.ledger_writer import LedgerWriter
 from settlement.pricing import MeteredUsage, PricingTables, price_work
 from settlement.rates import FreshRates
 from settlement.resources import day_number
-from settlement.rowhash import encode_headers, new_salt, redact_headers, request_line
+from settlement.rowhash import (
+    encode_addresses,
+    encode_headers,
+    new_salt,
+    redact_headers,
+    request_line,
+)
 from settlement.service_levels import STANDARD, default_price_list
-from settlement.split import split_fee
+from settlement.split import CharityChoices, split_fee
 
 _log = logging.getLogger(__name__)
 
@@ -39,27 +48,52 @@ _EMPTY_PAIRS = b""
 _REFERENCE = ReferenceHardware()
 
 
+#: How long what Central said about an account (pseudonym, payout address, charity) is reused.
+PARTY_TTL_S = 60.0
+
+_NOBODY = AccountInfo("", AccountKind.ENTERPRISE, (), "", None)
+
+
 class Pseudonyms:
-    """Account id -> public pseudonym, asked of Central once per account."""
+    """Account id -> what the ledger needs of it (pseudonym, payout address, charity choice),
+    asked of Central and kept for :data:`PARTY_TTL_S`, so a changed charity applies within a
+    minute."""
 
     def __init__(self, central: CentralClient) -> None:
         self._central = central
-        self._known: dict[str, str] = {}
+        self._known: dict[str, tuple[float, AccountInfo]] = {}
 
-    def learn(self, account_id: str, pseudonym: str) -> None:
-        """Remembers what a login answer already said."""
-        if pseudonym:
-            self._known[account_id] = pseudonym
+    async def party(self, account_id: str) -> AccountInfo:
+        """What Central says of ``account_id`` (an empty stand-in for no account)."""
+        if not account_id:
+            return _NOBODY
+        known = self._known.get(account_id)
+        now = time.monotonic()
+        if known is None or now - known[0] > PARTY_TTL_S:
+            if len(self._known) > 100_000:
+                self._known.clear()
+            known = (now, await self._central.account_standing(account_id))
+            self._known[account_id] = known
+        return known[1]
 
     async def of(self, account_id: str) -> str:
         """The pseudonym of ``account_id`` ("" for no account)."""
-        if not account_id:
-            return ""
-        known = self._known.get(account_id)
-        if known is None:
-            known = (await self._central.account_standing(account_id)).pseudonym
-            self._known[account_id] = known
-        return known
+        return (await self.party(account_id)).pseudonym
+
+
+def _charity(party: AccountInfo, share_ppm: int) -> str:
+    """The pseudonym of the charity ``party`` gives ``share_ppm`` to ("" when it gives none)."""
+    return party.charity_pseudonym if share_ppm else ""
+
+
+def _address(hex_address: str) -> bytes | None:
+    """20 bytes of a 0x-prefixed hex address; None when there is none (or it is malformed)."""
+    if len(hex_address) != 42 or not hex_address.startswith("0x"):
+        return None
+    try:
+        return bytes.fromhex(hex_address[2:])
+    except ValueError:
+        return None
 
 
 class LedgerRecorder:
@@ -104,9 +138,9 @@ class LedgerRecorder:
         else:
             fee_fiat = fee_atto = 0
         try:
-            operator = await self._pseudonyms.of(self._node_id)
-            enterprise = await self._pseudonyms.of(work.account_id)
-            contributor = await self._pseudonyms.of(work.miner_id)
+            operator = await self._pseudonyms.party(self._node_id)
+            enterprise = await self._pseudonyms.party(work.account_id)
+            contributor = await self._pseudonyms.party(work.miner_id)
         except CgnError as exc:
             # Central cannot say now (a node cut off for long refuses sessions anyway): the
             # row is written without pseudonyms rather than lost; its request id, in the
@@ -118,7 +152,27 @@ class LedgerRecorder:
                 request_id=work.request_id,
                 error=exc.message,
             )
-            operator = enterprise = contributor = ""
+            operator = enterprise = contributor = _NOBODY
+        # The built-in DServices' developer is the node operator (docs/ledger.md).
+        developer = operator
+        charity = CharityChoices(
+            contributor_ppm=contributor.charity_share_ppm if contributor.charity_pseudonym else 0,
+            developer_ppm=developer.charity_share_ppm if developer.charity_pseudonym else 0,
+            operator_ppm=operator.charity_share_ppm if operator.charity_pseudonym else 0,
+        )
+        addresses = {
+            role: address
+            for role, party in (
+                ("enterprise", enterprise.ethereum_address),
+                ("contributor", contributor.ethereum_address),
+                ("developer", developer.ethereum_address),
+                ("node_operator", operator.ethereum_address),
+                ("contributor_charity", contributor.charity_ethereum_address),
+                ("developer_charity", developer.charity_ethereum_address),
+                ("operator_charity", operator.charity_ethereum_address),
+            )
+            if (address := _address(party)) is not None
+        }
         private = private_fields(
             {
                 "salt": new_salt(),
@@ -127,7 +181,7 @@ class LedgerRecorder:
                 "request_line": request_line(work.method, work.path, work.query),
                 "request_headers": encode_headers(redact_headers(work.headers)),
                 "dservice_fields": _EMPTY_PAIRS,
-                "eth_addresses": _EMPTY_PAIRS,
+                "eth_addresses": encode_addresses(addresses),
                 "total_time_us": work.total_time_us,
                 "execution_time_us": work.execution_time_us,
                 "network_latency_us": work.network_latency_us,
@@ -144,18 +198,18 @@ class LedgerRecorder:
                 finished_at=finished_at,
                 outcome=outcome,
                 request_id=work.request_id,
-                enterprise=enterprise,
+                enterprise=enterprise.pseudonym,
                 end_user="",
-                contributor=contributor,
-                developer=operator,
-                node_operator=operator,
-                contributor_charity="",
-                developer_charity="",
-                operator_charity="",
+                contributor=contributor.pseudonym,
+                developer=developer.pseudonym,
+                node_operator=operator.pseudonym,
+                contributor_charity=_charity(contributor, charity.contributor_ppm),
+                developer_charity=_charity(developer, charity.developer_ppm),
+                operator_charity=_charity(operator, charity.operator_ppm),
                 currency=self._currency,
                 fee_fiat_nano=fee_fiat,
                 fee_atto=fee_atto,
-                payouts=split_fee(fee_atto),
+                payouts=split_fee(fee_atto, charity=charity),
                 rate_nano_per_coin=rate.nano_per_token,
                 private_fields=private,
                 custom_fields=custom_fields({}, new_salt()),

@@ -115,6 +115,7 @@ class Node:
         self.ledger: LedgerWriter | None = None
         if recorder is None:
             recorder = self._ledger_recorder(config)
+        self.recorder = recorder
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
         self.work = work = Work(  # type: ignore[abstract]
             self.broker, recorder, config.node_id, self.supervisor, config.max_timeout_ms / 1000

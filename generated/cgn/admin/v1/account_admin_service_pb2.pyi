@@ -40,6 +40,8 @@ class Account(_message.Message):
     ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
     BANNED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CHARITY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id, e.g. "acct_..."."""
     kind: _types_pb2.AccountKind.ValueType
@@ -58,6 +60,10 @@ class Account(_message.Message):
     """The Ethereum address payouts go to, or charges come from (hex, 0x-prefixed)."""
     banned: _builtins.bool
     """True when banned."""
+    charity_account_id: _builtins.str
+    """The charity this account gives a share of its payouts to (empty: none)."""
+    charity_share_ppm: _builtins.int
+    """That share, in parts per million of the account's own payout."""
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """Enterprise accounts: the tiers their work may run on."""
@@ -85,10 +91,12 @@ class Account(_message.Message):
         ethereum_address: _builtins.str = ...,
         banned: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        charity_account_id: _builtins.str = ...,
+        charity_share_ppm: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
@@ -293,6 +301,8 @@ class UpdateAccountRequest(_message.Message):
     VERIFIER_COUNT_FIELD_NUMBER: _builtins.int
     DEFAULT_DATA_TTL_FIELD_NUMBER: _builtins.int
     ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
+    CHARITY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     display_name: _builtins.str
@@ -303,6 +313,10 @@ class UpdateAccountRequest(_message.Message):
     """New verifier count."""
     ethereum_address: _builtins.str
     """New Ethereum address."""
+    charity_account_id: _builtins.str
+    """New charity (an account of kind CHARITY); absent: unchanged, empty: none."""
+    charity_share_ppm: _builtins.int
+    """New charity share in parts per million; absent: unchanged."""
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """New allowed tiers."""
@@ -321,13 +335,24 @@ class UpdateAccountRequest(_message.Message):
         verifier_count: _builtins.int = ...,
         default_data_ttl: _duration_pb2.Duration | None = ...,
         ethereum_address: _builtins.str = ...,
+        charity_account_id: _builtins.str | None = ...,
+        charity_share_ppm: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_tier", b"_tier", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__charity_account_id: _TypeAlias = _typing.Literal["charity_account_id"]  # noqa: Y015
+    _WhichOneofArgType__charity_account_id: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id"]  # noqa: Y015
+    _WhichOneofReturnType__charity_share_ppm: _TypeAlias = _typing.Literal["charity_share_ppm"]  # noqa: Y015
+    _WhichOneofArgType__charity_share_ppm: _TypeAlias = _typing.Literal["_charity_share_ppm", b"_charity_share_ppm"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__charity_account_id) -> _WhichOneofReturnType__charity_account_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__charity_share_ppm) -> _WhichOneofReturnType__charity_share_ppm | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
 Global___UpdateAccountRequest: _TypeAlias = UpdateAccountRequest  # noqa: Y015

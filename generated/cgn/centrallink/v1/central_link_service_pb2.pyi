@@ -485,6 +485,10 @@ class AccountInfo(_message.Message):
     TIER_FIELD_NUMBER: _builtins.int
     BANNED_FIELD_NUMBER: _builtins.int
     SESSION_EPOCH_FIELD_NUMBER: _builtins.int
+    ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
+    CHARITY_PSEUDONYM_FIELD_NUMBER: _builtins.int
+    CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
+    CHARITY_ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     kind: _types_pb2.AccountKind.ValueType
@@ -499,6 +503,14 @@ class AccountInfo(_message.Message):
     """The account's session epoch: a node writes it into the session tokens it issues and
     refuses tokens whose epoch is below the latest one Central announced (RevokeAccountSessions).
     """
+    ethereum_address: _builtins.str
+    """The Ethereum address its payouts go to or its charges come from (hex, 0x-prefixed)."""
+    charity_pseudonym: _builtins.str
+    """The pseudonym of the charity it gives a share of its payouts to (empty: none)."""
+    charity_share_ppm: _builtins.int
+    """That share, in parts per million of its own payout."""
+    charity_ethereum_address: _builtins.str
+    """The charity's Ethereum address."""
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """The tiers this account's work may run on."""
@@ -513,10 +525,14 @@ class AccountInfo(_message.Message):
         tier: _types_pb2.Tier.ValueType | None = ...,
         banned: _builtins.bool = ...,
         session_epoch: _builtins.int = ...,
+        ethereum_address: _builtins.str = ...,
+        charity_pseudonym: _builtins.str = ...,
+        charity_share_ppm: _builtins.int = ...,
+        charity_ethereum_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "kind", b"kind", "pseudonym", b"pseudonym", "session_epoch", b"session_epoch", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_ethereum_address", b"charity_ethereum_address", "charity_pseudonym", b"charity_pseudonym", "charity_share_ppm", b"charity_share_ppm", "ethereum_address", b"ethereum_address", "kind", b"kind", "pseudonym", b"pseudonym", "session_epoch", b"session_epoch", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015

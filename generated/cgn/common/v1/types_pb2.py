@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63gn/common/v1/types.proto\x12\rcgn.common.v1\"\\\n\x0bGeoLocation\x12\x1d\n\x15latitude_microdegrees\x18\x01 \x01(\x12\x12\x1e\n\x16longitude_microdegrees\x18\x02 \x01(\x12\x12\x0e\n\x06region\x18\x03 \x01(\t*\x85\x01\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x10\n\x0cTIER_PRIVATE\x10\x01\x12\x13\n\x0fTIER_DATACENTER\x10\x02\x12\x0c\n\x08TIER_TEE\x10\x03\x12\x15\n\x11TIER_CONSUMER_KYC\x10\x04\x12\x1b\n\x17TIER_CONSUMER_ANONYMOUS\x10\x05*\xc9\x01\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43\x43OUNT_KIND_NODE\x10\x01\x12\x16\n\x12\x41\x43\x43OUNT_KIND_MINER\x10\x02\x12\x1b\n\x17\x41\x43\x43OUNT_KIND_ENTERPRISE\x10\x03\x12\x19\n\x15\x41\x43\x43OUNT_KIND_END_USER\x10\x04\x12\x1a\n\x16\x41\x43\x43OUNT_KIND_DEVELOPER\x10\x05\x12\x19\n\x15\x41\x43\x43OUNT_KIND_OPERATOR\x10\x06*i\n\tWorkGrade\x12\x1a\n\x16WORK_GRADE_UNSPECIFIED\x10\x00\x12\x12\n\x0eWORK_GRADE_LOW\x10\x01\x12\x17\n\x13WORK_GRADE_STANDARD\x10\x02\x12\x13\n\x0fWORK_GRADE_HIGH\x10\x03*\x94\x01\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_SERVING\x10\x01\x12\x1b\n\x17HEALTH_STATE_OVERLOADED\x10\x02\x12\x19\n\x15HEALTH_STATE_DRAINING\x10\x03\x12\x15\n\x11HEALTH_STATE_DOWN\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63gn/common/v1/types.proto\x12\rcgn.common.v1\"\\\n\x0bGeoLocation\x12\x1d\n\x15latitude_microdegrees\x18\x01 \x01(\x12\x12\x1e\n\x16longitude_microdegrees\x18\x02 \x01(\x12\x12\x0e\n\x06region\x18\x03 \x01(\t*\x85\x01\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x10\n\x0cTIER_PRIVATE\x10\x01\x12\x13\n\x0fTIER_DATACENTER\x10\x02\x12\x0c\n\x08TIER_TEE\x10\x03\x12\x15\n\x11TIER_CONSUMER_KYC\x10\x04\x12\x1b\n\x17TIER_CONSUMER_ANONYMOUS\x10\x05*\xe3\x01\n\x0b\x41\x63\x63ountKind\x12\x1c\n\x18\x41\x43\x43OUNT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43\x43OUNT_KIND_NODE\x10\x01\x12\x16\n\x12\x41\x43\x43OUNT_KIND_MINER\x10\x02\x12\x1b\n\x17\x41\x43\x43OUNT_KIND_ENTERPRISE\x10\x03\x12\x19\n\x15\x41\x43\x43OUNT_KIND_END_USER\x10\x04\x12\x1a\n\x16\x41\x43\x43OUNT_KIND_DEVELOPER\x10\x05\x12\x19\n\x15\x41\x43\x43OUNT_KIND_OPERATOR\x10\x06\x12\x18\n\x14\x41\x43\x43OUNT_KIND_CHARITY\x10\x07*i\n\tWorkGrade\x12\x1a\n\x16WORK_GRADE_UNSPECIFIED\x10\x00\x12\x12\n\x0eWORK_GRADE_LOW\x10\x01\x12\x17\n\x13WORK_GRADE_STANDARD\x10\x02\x12\x13\n\x0fWORK_GRADE_HIGH\x10\x03*\x94\x01\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_SERVING\x10\x01\x12\x1b\n\x17HEALTH_STATE_OVERLOADED\x10\x02\x12\x19\n\x15HEALTH_STATE_DRAINING\x10\x03\x12\x15\n\x11HEALTH_STATE_DOWN\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIER']._serialized_start=139
   _globals['_TIER']._serialized_end=272
   _globals['_ACCOUNTKIND']._serialized_start=275
-  _globals['_ACCOUNTKIND']._serialized_end=476
-  _globals['_WORKGRADE']._serialized_start=478
-  _globals['_WORKGRADE']._serialized_end=583
-  _globals['_HEALTHSTATE']._serialized_start=586
-  _globals['_HEALTHSTATE']._serialized_end=734
+  _globals['_ACCOUNTKIND']._serialized_end=502
+  _globals['_WORKGRADE']._serialized_start=504
+  _globals['_WORKGRADE']._serialized_end=609
+  _globals['_HEALTHSTATE']._serialized_start=612
+  _globals['_HEALTHSTATE']._serialized_end=760
   _globals['_GEOLOCATION']._serialized_start=44
   _globals['_GEOLOCATION']._serialized_end=136
 # @@protoc_insertion_point(module_scope)

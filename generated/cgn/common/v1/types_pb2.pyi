@@ -81,6 +81,8 @@ class _AccountKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountKi
     """A DService developer who receives a share of fees."""
     ACCOUNT_KIND_OPERATOR: _AccountKind.ValueType  # 6
     """A CGN operator who administers Central."""
+    ACCOUNT_KIND_CHARITY: _AccountKind.ValueType  # 7
+    """A charity: other accounts may give it a share of what they are paid."""
 
 class AccountKind(_AccountKind, metaclass=_AccountKindEnumTypeWrapper):
     """The kind of an account held by Central (SPEC section 6)."""
@@ -99,6 +101,8 @@ ACCOUNT_KIND_DEVELOPER: AccountKind.ValueType  # 5
 """A DService developer who receives a share of fees."""
 ACCOUNT_KIND_OPERATOR: AccountKind.ValueType  # 6
 """A CGN operator who administers Central."""
+ACCOUNT_KIND_CHARITY: AccountKind.ValueType  # 7
+"""A charity: other accounts may give it a share of what they are paid."""
 Global___AccountKind: _TypeAlias = AccountKind  # noqa: Y015
 
 class _WorkGrade:
