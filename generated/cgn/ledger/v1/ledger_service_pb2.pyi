@@ -354,9 +354,7 @@ class ListRowsResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """The token for the next page, empty on the last. A page shorter than page_size may
-    still have a next page.
-    """
+    """The token for the next page, empty on the last page."""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicRow]:
         """The rows."""
