@@ -4,6 +4,8 @@ link), each with its TLS mode and authorization table (docs/security.md)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from cgn_common.signals import wait_for_stop
 from cgn_common.tasks import Supervisor
 from cgn_common.tls import ClientAuth, TlsConfig, warn_if_plaintext
 from cgn_node._central_link import CentralLink
+from cgn_node._ledger_view import LedgerView
 from cgn_node._miner_link import MinerLink
 from cgn_node._rpc import Sessions, Status, Work
 from cgn_node.broker import Broker
@@ -27,6 +30,8 @@ from cgn_node.sessions import RevocationView, SessionIssuer, session_key
 from cgn_node.standing import StandingChecker
 from generated.cgn.centrallink.v1 import central_link_service_pb2 as central_pb
 from generated.cgn.centrallink.v1 import central_link_service_pb2_grpc as central_grpc
+from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
+from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as link_pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as link_grpc
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
@@ -47,6 +52,11 @@ SESSION_SERVICE = session_pb.DESCRIPTOR.services_by_name["SessionService"].full_
 MINER_LINK_SERVICE = link_pb.DESCRIPTOR.services_by_name["MinerLinkService"].full_name
 STATUS_SERVICE = status_pb.DESCRIPTOR.services_by_name["NodeStatusService"].full_name
 CENTRAL_LINK_SERVICE = central_pb.DESCRIPTOR.services_by_name["CentralLinkService"].full_name
+LEDGER_SERVICE = ledger_pb.DESCRIPTOR.services_by_name["LedgerService"].full_name
+
+#: The ledger's public view (anyone) and owner view (the owning enterprise's session).
+LEDGER_PUBLIC_METHODS = ("ListRows", "GetRow")
+LEDGER_OWNER_METHODS = ("GetPrivateRow", "ListRowsByRequest")
 
 #: The public work port: internal gRPC clients prove themselves in band.
 WORK_RULES: Rules = {
@@ -59,18 +69,25 @@ WORK_RULES: Rules = {
     **rules_for(
         SESSION_SERVICE, ["RevokeSession"], Rule.checked_in_band("the session token revoked")
     ),
+    **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.open_to_all()),
+    **rules_for(LEDGER_SERVICE, LEDGER_OWNER_METHODS, Rule.with_session()),
 }
 #: The internal port: the same services, for gateways holding a certificate of the CA.
 INTERNAL_RULES: Rules = {
     **rules_for(WORK_SERVICE, ["Call", "CallStream"], Rule.with_session(Role.GATEWAY)),
     **rules_for(SESSION_SERVICE, ["CreateSession", "RevokeSession"], Rule.peer(Role.GATEWAY)),
+    **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.peer(Role.GATEWAY)),
+    **rules_for(LEDGER_SERVICE, LEDGER_OWNER_METHODS, Rule.with_session(Role.GATEWAY)),
 }
 MINER_LINK_RULES: Rules = rules_for(
     MINER_LINK_SERVICE,
     ["Connect"],
     Rule.checked_in_band("miner id and API key in MinerHello, verified by Central"),
 )
-STATUS_RULES: Rules = rules_for(STATUS_SERVICE, ["GetStatus"], Rule.open_to_all())
+STATUS_RULES: Rules = {
+    **rules_for(STATUS_SERVICE, ["GetStatus"], Rule.open_to_all()),
+    **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.open_to_all()),
+}
 CENTRAL_LINK_RULES: Rules = rules_for(CENTRAL_LINK_SERVICE, ["Connect"], Rule.peer(Role.CENTRAL))
 
 
@@ -113,6 +130,7 @@ class Node:
         self.central.on_revoke_sessions = issuer.revocations.account_revoked
         self.central.on_revoke_session = issuer.revocations.session_revoked
         self.ledger: LedgerWriter | None = None
+        self.pseudonyms = Pseudonyms(self.central)
         if recorder is None:
             recorder = self._ledger_recorder(config)
         self.recorder = recorder
@@ -149,6 +167,10 @@ class Node:
             Status(self.broker, config.node_id, config.region, self.central),
             STATUS_SERVICE,
         )
+        if self.ledger is not None:  # a node given another recorder (tests) has no views
+            view = LedgerView(self.ledger.store, self.pseudonyms, _page_token_key(config))
+            for server in (self.work_server, self.internal_server, self.status_server):
+                server.add(ledger_grpc.add_LedgerServiceServicer_to_server, view, LEDGER_SERVICE)
         self.central_server = GrpcServer(
             "node-central-link", tls, ClientAuth.REQUIRED, CENTRAL_LINK_RULES
         )
@@ -165,9 +187,7 @@ class Node:
         store = LedgerStore(open_ledger(config.ledger_url), config.node_id)
         self.ledger = LedgerWriter(store, self.supervisor)
         rates = FreshRates(SandboxRateSource({config.currency: config.sandbox_rate_nano_per_coin}))
-        return LedgerRecorder(
-            self.ledger, Pseudonyms(self.central), rates, config.node_id, config.currency
-        )
+        return LedgerRecorder(self.ledger, self.pseudonyms, rates, config.node_id, config.currency)
 
     @classmethod
     def from_config(cls, config: NodeConfig, recorder: WorkRecorder | None = None) -> Node:
@@ -218,6 +238,13 @@ class Node:
             await self.ledger.close()  # writes what calls that ended have recorded
             self.ledger.store.engine.dispose()
         await self.supervisor.close()
+
+
+def _page_token_key(config: NodeConfig) -> bytes:
+    """The ledger views' page-token key, derived from the session key so that tokens outlive
+    a restart when the session key does (empty: a random key per start)."""
+    key = session_key(config)
+    return hmac.new(key, b"cgn ledger page token", hashlib.sha256).digest() if key else b""
 
 
 async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:

@@ -25,44 +25,82 @@ _sym_db = _symbol_database.Default()
 
 from generated.cgn.common.v1 import http_pb2 as cgn_dot_common_dot_v1_dot_http__pb2
 from generated.cgn.common.v1 import money_pb2 as cgn_dot_common_dot_v1_dot_money__pb2
+from generated.cgn.common.v1 import resources_pb2 as cgn_dot_common_dot_v1_dot_resources__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cgn/ledger/v1/ledger_service.proto\x12\rcgn.ledger.v1\x1a\x18\x63gn/common/v1/http.proto\x1a\x19\x63gn/common/v1/money.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x06Payout\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cgn.ledger.v1.BeneficiaryKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x19\n\x11\x61mount_nano_units\x18\x03 \x01(\x03\"\x8a\x03\n\tPublicRow\x12\x0e\n\x06row_id\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x1a\n\x12\x65nd_user_pseudonym\x18\x04 \x01(\t\x12\x1d\n\x15\x63ontributor_pseudonym\x18\x05 \x01(\t\x12\x1b\n\x13\x64\x65veloper_pseudonym\x18\x06 \x01(\t\x12\x1f\n\x17node_operator_pseudonym\x18\x07 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x08 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12&\n\x07payouts\x18\t \x03(\x0b\x32\x15.cgn.ledger.v1.Payout\x12\x1a\n\x12rate_atto_per_nano\x18\n \x01(\t\x12\x14\n\x0cprivate_hash\x18\x0b \x01(\x0c\x12\x13\n\x0b\x63ustom_hash\x18\x0c \x01(\x0c\x12\x10\n\x08row_hash\x18\r \x01(\x0c\"\xb4\x01\n\x0fListRowsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"S\n\x10ListRowsResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"7\n\x0eGetRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\"&\n\x14GetPrivateRowRequest\x12\x0e\n\x06row_id\x18\x01 \x01(\t\"\x99\x04\n\x15GetPrivateRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x14\n\x0crequest_line\x18\x03 \x01(\t\x12*\n\x07headers\x18\t \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x18\n\x10performance_json\x18\x05 \x01(\t\x12Q\n\x0f\x64service_fields\x18\x06 \x03(\x0b\x32\x38.cgn.ledger.v1.GetPrivateRowResponse.DserviceFieldsEntry\x12M\n\rcustom_fields\x18\x07 \x03(\x0b\x32\x36.cgn.ledger.v1.GetPrivateRowResponse.CustomFieldsEntry\x12\x34\n\x0bsettlements\x18\n \x03(\x0b\x32\x1f.cgn.ledger.v1.SettlementStatus\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x04\x10\x05J\x04\x08\x08\x10\tR\x0frequest_headersR\nsettlement\"P\n\x10SettlementStatus\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0f\n\x07settled\x18\x02 \x01(\x08\x12\x18\n\x10transaction_hash\x18\x03 \x01(\x0c*\xb7\x01\n\x0f\x42\x65neficiaryKind\x12 \n\x1c\x42\x45NEFICIARY_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x42\x45NEFICIARY_KIND_CONTRIBUTOR\x10\x01\x12\x1e\n\x1a\x42\x45NEFICIARY_KIND_DEVELOPER\x10\x02\x12\"\n\x1e\x42\x45NEFICIARY_KIND_NODE_OPERATOR\x10\x03\x12\x1c\n\x18\x42\x45NEFICIARY_KIND_CHARITY\x10\x04\x32\xff\x01\n\rLedgerService\x12K\n\x08ListRows\x12\x1e.cgn.ledger.v1.ListRowsRequest\x1a\x1f.cgn.ledger.v1.ListRowsResponse\x12\x45\n\x06GetRow\x12\x1c.cgn.ledger.v1.GetRowRequest\x1a\x1d.cgn.ledger.v1.GetRowResponse\x12Z\n\rGetPrivateRow\x12#.cgn.ledger.v1.GetPrivateRowRequest\x1a$.cgn.ledger.v1.GetPrivateRowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cgn/ledger/v1/ledger_service.proto\x12\rcgn.ledger.v1\x1a\x18\x63gn/common/v1/http.proto\x1a\x19\x63gn/common/v1/money.proto\x1a\x1d\x63gn/common/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"d\n\x06Payout\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.cgn.ledger.v1.BeneficiaryKind\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12\x19\n\x11\x61mount_nano_units\x18\x03 \x01(\x03\"\x9e\x04\n\tPublicRow\x12\x12\n\x06row_id\x18\x01 \x01(\tB\x02\x18\x01\x12\x31\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x02\x18\x01\x12 \n\x14\x65nterprise_pseudonym\x18\x03 \x01(\tB\x02\x18\x01\x12\x1e\n\x12\x65nd_user_pseudonym\x18\x04 \x01(\tB\x02\x18\x01\x12!\n\x15\x63ontributor_pseudonym\x18\x05 \x01(\tB\x02\x18\x01\x12\x1f\n\x13\x64\x65veloper_pseudonym\x18\x06 \x01(\tB\x02\x18\x01\x12#\n\x17node_operator_pseudonym\x18\x07 \x01(\tB\x02\x18\x01\x12*\n\x03\x66\x65\x65\x18\x08 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmountB\x02\x18\x01\x12*\n\x07payouts\x18\t \x03(\x0b\x32\x15.cgn.ledger.v1.PayoutB\x02\x18\x01\x12\x1e\n\x12rate_atto_per_nano\x18\n \x01(\tB\x02\x18\x01\x12\x18\n\x0cprivate_hash\x18\x0b \x01(\x0c\x42\x02\x18\x01\x12\x17\n\x0b\x63ustom_hash\x18\x0c \x01(\x0c\x42\x02\x18\x01\x12\x10\n\x08row_hash\x18\r \x01(\x0c\x12\x16\n\x0eschema_version\x18\x0e \x01(\r\x12\x11\n\tledger_id\x18\x0f \x01(\t\x12\x0f\n\x07row_seq\x18\x10 \x01(\x04\x12&\n\x07\x63olumns\x18\x11 \x03(\x0b\x32\x15.cgn.ledger.v1.Column\"\xb4\x01\n\x0fListRowsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x65nterprise_pseudonym\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"S\n\x10ListRowsResponse\x12&\n\x04rows\x18\x01 \x03(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\rGetRowRequest\x12\x12\n\x06row_id\x18\x01 \x01(\tB\x02\x18\x01\x12\x0f\n\x07row_seq\x18\x02 \x01(\x04\"7\n\x0eGetRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\";\n\x14GetPrivateRowRequest\x12\x12\n\x06row_id\x18\x01 \x01(\tB\x02\x18\x01\x12\x0f\n\x07row_seq\x18\x02 \x01(\x04\"\x90\x07\n\x15GetPrivateRowResponse\x12%\n\x03row\x18\x01 \x01(\x0b\x32\x18.cgn.ledger.v1.PublicRow\x12\x10\n\x08\x64service\x18\x02 \x01(\t\x12\x14\n\x0crequest_line\x18\x03 \x01(\t\x12*\n\x07headers\x18\t \x03(\x0b\x32\x19.cgn.common.v1.HttpHeader\x12\x1c\n\x10performance_json\x18\x05 \x01(\tB\x02\x18\x01\x12Q\n\x0f\x64service_fields\x18\x06 \x03(\x0b\x32\x38.cgn.ledger.v1.GetPrivateRowResponse.DserviceFieldsEntry\x12M\n\rcustom_fields\x18\x07 \x03(\x0b\x32\x36.cgn.ledger.v1.GetPrivateRowResponse.CustomFieldsEntry\x12\x34\n\x0bsettlements\x18\n \x03(\x0b\x32\x1f.cgn.ledger.v1.SettlementStatus\x12.\n\x0fprivate_columns\x18\x0b \x03(\x0b\x32\x15.cgn.ledger.v1.Column\x12\x1e\n\x16\x63ustom_fields_encoding\x18\x0c \x01(\x0c\x12\x12\n\nrequest_id\x18\r \x01(\t\x12+\n\x05usage\x18\x0e \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\x12-\n\ntotal_time\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fnetwork_latency\x18\x10 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\r\x12\x13\n\x0bstatus_code\x18\x12 \x01(\r\x12&\n\x03\x66\x65\x65\x18\x13 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12.\n\nfee_tokens\x18\x14 \x01(\x0b\x32\x1a.cgn.common.v1.TokenAmount\x1a\x35\n\x13\x44serviceFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x04\x10\x05J\x04\x08\x08\x10\tR\x0frequest_headersR\nsettlement\".\n\x18ListRowsByRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"O\n\x19ListRowsByRequestResponse\x12\x32\n\x04rows\x18\x01 \x03(\x0b\x32$.cgn.ledger.v1.GetPrivateRowResponse\"P\n\x10SettlementStatus\x12\x11\n\tpseudonym\x18\x01 \x01(\t\x12\x0f\n\x07settled\x18\x02 \x01(\x08\x12\x18\n\x10transaction_hash\x18\x03 \x01(\x0c*\xb7\x01\n\x0f\x42\x65neficiaryKind\x12 \n\x1c\x42\x45NEFICIARY_KIND_UNSPECIFIED\x10\x00\x12 \n\x1c\x42\x45NEFICIARY_KIND_CONTRIBUTOR\x10\x01\x12\x1e\n\x1a\x42\x45NEFICIARY_KIND_DEVELOPER\x10\x02\x12\"\n\x1e\x42\x45NEFICIARY_KIND_NODE_OPERATOR\x10\x03\x12\x1c\n\x18\x42\x45NEFICIARY_KIND_CHARITY\x10\x04\x32\xe7\x02\n\rLedgerService\x12K\n\x08ListRows\x12\x1e.cgn.ledger.v1.ListRowsRequest\x1a\x1f.cgn.ledger.v1.ListRowsResponse\x12\x45\n\x06GetRow\x12\x1c.cgn.ledger.v1.GetRowRequest\x1a\x1d.cgn.ledger.v1.GetRowResponse\x12Z\n\rGetPrivateRow\x12#.cgn.ledger.v1.GetPrivateRowRequest\x1a$.cgn.ledger.v1.GetPrivateRowResponse\x12\x66\n\x11ListRowsByRequest\x12\'.cgn.ledger.v1.ListRowsByRequestRequest\x1a(.cgn.ledger.v1.ListRowsByRequestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.ledger.v1.ledger_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['row_id']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['row_id']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['timestamp']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['timestamp']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['enterprise_pseudonym']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['enterprise_pseudonym']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['end_user_pseudonym']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['end_user_pseudonym']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['contributor_pseudonym']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['contributor_pseudonym']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['developer_pseudonym']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['developer_pseudonym']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['node_operator_pseudonym']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['node_operator_pseudonym']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['fee']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['fee']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['payouts']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['payouts']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['rate_atto_per_nano']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['rate_atto_per_nano']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['private_hash']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['private_hash']._serialized_options = b'\030\001'
+  _globals['_PUBLICROW'].fields_by_name['custom_hash']._loaded_options = None
+  _globals['_PUBLICROW'].fields_by_name['custom_hash']._serialized_options = b'\030\001'
+  _globals['_GETROWREQUEST'].fields_by_name['row_id']._loaded_options = None
+  _globals['_GETROWREQUEST'].fields_by_name['row_id']._serialized_options = b'\030\001'
+  _globals['_GETPRIVATEROWREQUEST'].fields_by_name['row_id']._loaded_options = None
+  _globals['_GETPRIVATEROWREQUEST'].fields_by_name['row_id']._serialized_options = b'\030\001'
   _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._loaded_options = None
   _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._loaded_options = None
   _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_BENEFICIARYKIND']._serialized_start=1659
-  _globals['_BENEFICIARYKIND']._serialized_end=1842
-  _globals['_PAYOUT']._serialized_start=139
-  _globals['_PAYOUT']._serialized_end=239
-  _globals['_PUBLICROW']._serialized_start=242
-  _globals['_PUBLICROW']._serialized_end=636
-  _globals['_LISTROWSREQUEST']._serialized_start=639
-  _globals['_LISTROWSREQUEST']._serialized_end=819
-  _globals['_LISTROWSRESPONSE']._serialized_start=821
-  _globals['_LISTROWSRESPONSE']._serialized_end=904
-  _globals['_GETROWREQUEST']._serialized_start=906
-  _globals['_GETROWREQUEST']._serialized_end=937
-  _globals['_GETROWRESPONSE']._serialized_start=939
-  _globals['_GETROWRESPONSE']._serialized_end=994
-  _globals['_GETPRIVATEROWREQUEST']._serialized_start=996
-  _globals['_GETPRIVATEROWREQUEST']._serialized_end=1034
-  _globals['_GETPRIVATEROWRESPONSE']._serialized_start=1037
-  _globals['_GETPRIVATEROWRESPONSE']._serialized_end=1574
-  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_start=1427
-  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_end=1480
-  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_start=1482
-  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_end=1533
-  _globals['_SETTLEMENTSTATUS']._serialized_start=1576
-  _globals['_SETTLEMENTSTATUS']._serialized_end=1656
-  _globals['_LEDGERSERVICE']._serialized_start=1845
-  _globals['_LEDGERSERVICE']._serialized_end=2100
+  _globals['_GETPRIVATEROWRESPONSE'].fields_by_name['performance_json']._loaded_options = None
+  _globals['_GETPRIVATEROWRESPONSE'].fields_by_name['performance_json']._serialized_options = b'\030\001'
+  _globals['_BENEFICIARYKIND']._serialized_start=2455
+  _globals['_BENEFICIARYKIND']._serialized_end=2638
+  _globals['_COLUMN']._serialized_start=202
+  _globals['_COLUMN']._serialized_end=239
+  _globals['_PAYOUT']._serialized_start=241
+  _globals['_PAYOUT']._serialized_end=341
+  _globals['_PUBLICROW']._serialized_start=344
+  _globals['_PUBLICROW']._serialized_end=886
+  _globals['_LISTROWSREQUEST']._serialized_start=889
+  _globals['_LISTROWSREQUEST']._serialized_end=1069
+  _globals['_LISTROWSRESPONSE']._serialized_start=1071
+  _globals['_LISTROWSRESPONSE']._serialized_end=1154
+  _globals['_GETROWREQUEST']._serialized_start=1156
+  _globals['_GETROWREQUEST']._serialized_end=1208
+  _globals['_GETROWRESPONSE']._serialized_start=1210
+  _globals['_GETROWRESPONSE']._serialized_end=1265
+  _globals['_GETPRIVATEROWREQUEST']._serialized_start=1267
+  _globals['_GETPRIVATEROWREQUEST']._serialized_end=1326
+  _globals['_GETPRIVATEROWRESPONSE']._serialized_start=1329
+  _globals['_GETPRIVATEROWRESPONSE']._serialized_end=2241
+  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_start=2094
+  _globals['_GETPRIVATEROWRESPONSE_DSERVICEFIELDSENTRY']._serialized_end=2147
+  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_start=2149
+  _globals['_GETPRIVATEROWRESPONSE_CUSTOMFIELDSENTRY']._serialized_end=2200
+  _globals['_LISTROWSBYREQUESTREQUEST']._serialized_start=2243
+  _globals['_LISTROWSBYREQUESTREQUEST']._serialized_end=2289
+  _globals['_LISTROWSBYREQUESTRESPONSE']._serialized_start=2291
+  _globals['_LISTROWSBYREQUESTRESPONSE']._serialized_end=2370
+  _globals['_SETTLEMENTSTATUS']._serialized_start=2372
+  _globals['_SETTLEMENTSTATUS']._serialized_end=2452
+  _globals['_LEDGERSERVICE']._serialized_start=2641
+  _globals['_LEDGERSERVICE']._serialized_end=3000
 # @@protoc_insertion_point(module_scope)

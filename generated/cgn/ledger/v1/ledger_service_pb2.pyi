@@ -6,8 +6,10 @@ isort:skip_file
 
 from generated.cgn.common.v1 import http_pb2 as _http_pb2
 from generated.cgn.common.v1 import money_pb2 as _money_pb2
+from generated.cgn.common.v1 import resources_pb2 as _resources_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -20,6 +22,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -56,6 +63,35 @@ BENEFICIARY_KIND_CHARITY: BeneficiaryKind.ValueType  # 4
 Global___BeneficiaryKind: _TypeAlias = BeneficiaryKind  # noqa: Y015
 
 @_typing.final
+class Column(_message.Message):
+    """One column of a row: its name and its value bytes exactly as hashed (docs/ledger.md, "Value
+    formats": a uint is 32 bytes big-endian, a text its UTF-8 bytes, a timestamp 8 bytes of
+    signed big-endian microseconds since the epoch, a bytes32 its 32 bytes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The column name, lower-case snake_case ASCII."""
+    value: _builtins.bytes
+    """The value bytes exactly as hashed."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Column: _TypeAlias = Column  # noqa: Y015
+
+@_typing.final
 class Payout(_message.Message):
     """One beneficiary's integer share of a row's fee."""
 
@@ -87,8 +123,13 @@ Global___Payout: _TypeAlias = Payout  # noqa: Y015
 
 @_typing.final
 class PublicRow(_message.Message):
-    """The public, immutable columns of one row. The row hash is Keccak-256 over the canonical
-    encoding of these name/value pairs (row_hash excluded), documented with test vectors.
+    """The public, immutable columns of one row, checkable without our code: row_hash is
+    keccak256 (Ethereum's Keccak-256, not NIST SHA3-256) of the pair encoding of columns
+    (docs/ledger.md, "The pair encoding": for each column in ascending byte order of its name,
+    u32be(len(name)) || name || u32be(len(value)) || value, concatenated). columns is the whole
+    row as hashed, schema_version, ledger_id and row_seq included; schema_version,
+    ledger_id and row_seq are repeated as typed fields for convenience. Fields 1 to 12 predate
+    the stored format and are not filled.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -106,37 +147,130 @@ class PublicRow(_message.Message):
     PRIVATE_HASH_FIELD_NUMBER: _builtins.int
     CUSTOM_HASH_FIELD_NUMBER: _builtins.int
     ROW_HASH_FIELD_NUMBER: _builtins.int
-    row_id: _builtins.str
-    """The unique row id (included in the hash so XOR cannot cancel duplicates)."""
-    enterprise_pseudonym: _builtins.str
-    """Pseudonym of the enterprise."""
-    end_user_pseudonym: _builtins.str
-    """Pseudonym of the end user, if any."""
-    contributor_pseudonym: _builtins.str
-    """Pseudonym of the miner operator."""
-    developer_pseudonym: _builtins.str
-    """Pseudonym of the DService developer."""
-    node_operator_pseudonym: _builtins.str
-    """Pseudonym of the node operator."""
-    rate_atto_per_nano: _builtins.str
-    """CPUcoin per unit of fiat at this row's time: atto-CPUcoin per fiat nano-unit, decimal string."""
-    private_hash: _builtins.bytes
-    """Keccak-256 of the private immutable columns."""
-    custom_hash: _builtins.bytes
-    """Keccak-256 of the enterprise's custom private fields."""
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    LEDGER_ID_FIELD_NUMBER: _builtins.int
+    ROW_SEQ_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self) -> _builtins.str:
+        """Deprecated, not filled: a row is named by (ledger_id, row_seq)."""
+
+    @row_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: a row is named by (ledger_id, row_seq)."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def enterprise_pseudonym(self) -> _builtins.str:
+        """Deprecated, not filled: see the column enterprise."""
+
+    @enterprise_pseudonym.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def enterprise_pseudonym(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column enterprise."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def end_user_pseudonym(self) -> _builtins.str:
+        """Deprecated, not filled: see the column end_user."""
+
+    @end_user_pseudonym.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def end_user_pseudonym(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column end_user."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def contributor_pseudonym(self) -> _builtins.str:
+        """Deprecated, not filled: see the column contributor."""
+
+    @contributor_pseudonym.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def contributor_pseudonym(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column contributor."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def developer_pseudonym(self) -> _builtins.str:
+        """Deprecated, not filled: see the column developer."""
+
+    @developer_pseudonym.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def developer_pseudonym(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column developer."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def node_operator_pseudonym(self) -> _builtins.str:
+        """Deprecated, not filled: see the column node_operator."""
+
+    @node_operator_pseudonym.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def node_operator_pseudonym(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column node_operator."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def rate_atto_per_nano(self) -> _builtins.str:
+        """Deprecated, not filled: see the column rate_nano_per_coin."""
+
+    @rate_atto_per_nano.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def rate_atto_per_nano(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see the column rate_nano_per_coin."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def private_hash(self) -> _builtins.bytes:
+        """Deprecated, not filled: see the column private_hash."""
+
+    @private_hash.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def private_hash(self, value: _builtins.bytes) -> None:
+        """Deprecated, not filled: see the column private_hash."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def custom_hash(self) -> _builtins.bytes:
+        """Deprecated, not filled: see the column custom_hash."""
+
+    @custom_hash.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def custom_hash(self, value: _builtins.bytes) -> None:
+        """Deprecated, not filled: see the column custom_hash."""
+
     row_hash: _builtins.bytes
-    """The row hash."""
+    """The row hash: keccak256 of the pair encoding of columns (32 bytes)."""
+    schema_version: _builtins.int
+    """Which columns the row has and how each is encoded (1: docs/ledger.md, "Public columns,
+    schema version 1").
+    """
+    ledger_id: _builtins.str
+    """The id of the node that owns the ledger."""
+    row_seq: _builtins.int
+    """The row's number in its ledger, gap-free from 1; (ledger_id, row_seq) names the row."""
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """When the work unit finished (UTC)."""
+        """Deprecated, not filled: see the column finished_at."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def fee(self) -> _money_pb2.FiatAmount:
-        """The fee charged."""
+        """Deprecated, not filled: see the columns currency, fee_fiat_nano and fee_atto."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def payouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payout]:
-        """Every beneficiary's amount; they sum exactly to the fee."""
+        """Deprecated, not filled: see the payout_* columns (atto-CPUcoin)."""
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
+        """Every public column, name and value bytes exactly as hashed, in hashing order (ascending
+        byte order of the names).
+        """
 
     def __init__(
         self,
@@ -154,10 +288,14 @@ class PublicRow(_message.Message):
         private_hash: _builtins.bytes = ...,
         custom_hash: _builtins.bytes = ...,
         row_hash: _builtins.bytes = ...,
+        schema_version: _builtins.int = ...,
+        ledger_id: _builtins.str = ...,
+        row_seq: _builtins.int = ...,
+        columns: _abc.Iterable[Global___Column] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fee", b"fee", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributor_pseudonym", b"contributor_pseudonym", "custom_hash", b"custom_hash", "developer_pseudonym", b"developer_pseudonym", "end_user_pseudonym", b"end_user_pseudonym", "enterprise_pseudonym", b"enterprise_pseudonym", "fee", b"fee", "node_operator_pseudonym", b"node_operator_pseudonym", "payouts", b"payouts", "private_hash", b"private_hash", "rate_atto_per_nano", b"rate_atto_per_nano", "row_hash", b"row_hash", "row_id", b"row_id", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "contributor_pseudonym", b"contributor_pseudonym", "custom_hash", b"custom_hash", "developer_pseudonym", b"developer_pseudonym", "end_user_pseudonym", b"end_user_pseudonym", "enterprise_pseudonym", b"enterprise_pseudonym", "fee", b"fee", "ledger_id", b"ledger_id", "node_operator_pseudonym", b"node_operator_pseudonym", "payouts", b"payouts", "private_hash", b"private_hash", "rate_atto_per_nano", b"rate_atto_per_nano", "row_hash", b"row_hash", "row_id", b"row_id", "row_seq", b"row_seq", "schema_version", b"schema_version", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,18 +313,20 @@ class ListRowsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     enterprise_pseudonym: _builtins.str
-    """Only rows of this enterprise pseudonym (empty: all)."""
+    """Only rows of this enterprise pseudonym (the column enterprise; empty: all)."""
     page_size: _builtins.int
-    """The most rows to return (default 500, at most 5000)."""
+    """The most rows to return (0: 500; more than 5000: 5000)."""
     page_token: _builtins.str
-    """The next_page_token of the previous page, empty for the first."""
+    """The next_page_token of the previous page, empty for the first. Opaque; a token that this
+    node did not issue answers INVALID_ARGUMENT. Send the same filters with it.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Rows at or after this time (inclusive)."""
+        """Rows whose finished_at is at or after this time (inclusive; unset: from the first)."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Rows before this time (exclusive)."""
+        """Rows whose finished_at is before this time (exclusive; unset: to the last)."""
 
     def __init__(
         self,
@@ -214,7 +354,7 @@ class ListRowsResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """The token for the next page, empty on the last."""
+    """The token for the next page, empty on the last page."""
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicRow]:
         """The rows."""
@@ -240,16 +380,28 @@ class GetRowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROW_ID_FIELD_NUMBER: _builtins.int
-    row_id: _builtins.str
-    """The row id."""
+    ROW_SEQ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self) -> _builtins.str:
+        """Deprecated, ignored: use row_seq."""
+
+    @row_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self, value: _builtins.str) -> None:
+        """Deprecated, ignored: use row_seq."""
+
+    row_seq: _builtins.int
+    """The row's number in this node's ledger (required)."""
     def __init__(
         self,
         *,
         row_id: _builtins.str = ...,
+        row_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_id", b"row_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_id", b"row_id", "row_seq", b"row_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,16 +438,28 @@ class GetPrivateRowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROW_ID_FIELD_NUMBER: _builtins.int
-    row_id: _builtins.str
-    """The row id."""
+    ROW_SEQ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self) -> _builtins.str:
+        """Deprecated, ignored: use row_seq."""
+
+    @row_id.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def row_id(self, value: _builtins.str) -> None:
+        """Deprecated, ignored: use row_seq."""
+
+    row_seq: _builtins.int
+    """The row's number in this node's ledger (required)."""
     def __init__(
         self,
         *,
         row_id: _builtins.str = ...,
+        row_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_id", b"row_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_id", b"row_id", "row_seq", b"row_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,7 +467,11 @@ Global___GetPrivateRowRequest: _TypeAlias = GetPrivateRowRequest  # noqa: Y015
 
 @_typing.final
 class GetPrivateRowResponse(_message.Message):
-    """The private columns of a row."""
+    """The private columns of a row, for the enterprise that owns it. private_columns and
+    custom_fields_encoding are what private_hash and custom_hash commit to: keccak256 of the
+    pair encoding of private_columns is the row's private_hash column, keccak256 of
+    custom_fields_encoding its custom_hash column. The typed fields repeat them decoded.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -355,23 +523,54 @@ class GetPrivateRowResponse(_message.Message):
     DSERVICE_FIELDS_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELDS_FIELD_NUMBER: _builtins.int
     SETTLEMENTS_FIELD_NUMBER: _builtins.int
+    PRIVATE_COLUMNS_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELDS_ENCODING_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_TIME_FIELD_NUMBER: _builtins.int
+    NETWORK_LATENCY_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    FEE_TOKENS_FIELD_NUMBER: _builtins.int
     dservice: _builtins.str
     """The DService called."""
     request_line: _builtins.str
-    """The request method, path and query."""
-    performance_json: _builtins.str
-    """Latency, execution time and resources, as JSON."""
+    """The request method, path and query ("POST /v1/render?format=png")."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def performance_json(self) -> _builtins.str:
+        """Deprecated, not filled: see usage, total_time, network_latency, attempts, status_code."""
+
+    @performance_json.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def performance_json(self, value: _builtins.str) -> None:
+        """Deprecated, not filled: see usage, total_time, network_latency, attempts, status_code."""
+
+    custom_fields_encoding: _builtins.bytes
+    """The pair encoding of the pairs "fields" (the custom fields' own pair encoding) and "salt"
+    whose keccak256 is the column custom_hash.
+    """
+    request_id: _builtins.str
+    """The request id the DApp saw in X-Request-Id."""
+    attempts: _builtins.int
+    """How many miners the node dispatched the unit to."""
+    status_code: _builtins.int
+    """The HTTP status of the response (0 if none was produced)."""
     @_builtins.property
     def row(self) -> Global___PublicRow:
-        """The public part, for context."""
+        """The public part, for context (with the fee: columns fee_atto, fee_fiat_nano, currency)."""
 
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[_http_pb2.HttpHeader]:
-        """The request headers as recorded (credentials removed), in order, values as raw bytes."""
+        """The request headers as recorded, in order, values as raw bytes; the values of
+        credential headers (Authorization, Cookie, Proxy-Authorization, Set-Cookie) read
+        "[redacted]".
+        """
 
     @_builtins.property
     def dservice_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """DService-specific fields."""
+        """DService-specific fields (values as UTF-8 text)."""
 
     @_builtins.property
     def custom_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -379,7 +578,35 @@ class GetPrivateRowResponse(_message.Message):
 
     @_builtins.property
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementStatus]:
-        """Per entity: payment status and settling transaction id."""
+        """Per entity: payment status and settling transaction id (not filled yet)."""
+
+    @_builtins.property
+    def private_columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
+        """The private columns exactly as hashed into the column private_hash (salt included), in
+        hashing order.
+        """
+
+    @_builtins.property
+    def usage(self) -> _resources_pb2.ResourceUsage:
+        """The resources metered: cpu_time, wall_time (the execution time the miner reported),
+        gpu_time, bytes_in, bytes_out. The metering methods and memory are not recorded.
+        """
+
+    @_builtins.property
+    def total_time(self) -> _duration_pb2.Duration:
+        """The work unit's time at the node, from dispatch to the last byte."""
+
+    @_builtins.property
+    def network_latency(self) -> _duration_pb2.Duration:
+        """total_time minus the execution time (zero if negative)."""
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.FiatAmount:
+        """The fee in fiat: the columns currency and fee_fiat_nano."""
+
+    @_builtins.property
+    def fee_tokens(self) -> _money_pb2.TokenAmount:
+        """The fee in CPUcoin: the column fee_atto."""
 
     def __init__(
         self,
@@ -392,14 +619,72 @@ class GetPrivateRowResponse(_message.Message):
         dservice_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         custom_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         settlements: _abc.Iterable[Global___SettlementStatus] | None = ...,
+        private_columns: _abc.Iterable[Global___Column] | None = ...,
+        custom_fields_encoding: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
+        usage: _resources_pb2.ResourceUsage | None = ...,
+        total_time: _duration_pb2.Duration | None = ...,
+        network_latency: _duration_pb2.Duration | None = ...,
+        attempts: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        fee: _money_pb2.FiatAmount | None = ...,
+        fee_tokens: _money_pb2.TokenAmount | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["row", b"row"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fee", b"fee", "fee_tokens", b"fee_tokens", "network_latency", b"network_latency", "row", b"row", "total_time", b"total_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_fields", b"custom_fields", "dservice", b"dservice", "dservice_fields", b"dservice_fields", "headers", b"headers", "performance_json", b"performance_json", "request_line", b"request_line", "row", b"row", "settlements", b"settlements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "custom_fields", b"custom_fields", "custom_fields_encoding", b"custom_fields_encoding", "dservice", b"dservice", "dservice_fields", b"dservice_fields", "fee", b"fee", "fee_tokens", b"fee_tokens", "headers", b"headers", "network_latency", b"network_latency", "performance_json", b"performance_json", "private_columns", b"private_columns", "request_id", b"request_id", "request_line", b"request_line", "row", b"row", "settlements", b"settlements", "status_code", b"status_code", "total_time", b"total_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPrivateRowResponse: _TypeAlias = GetPrivateRowResponse  # noqa: Y015
+
+@_typing.final
+class ListRowsByRequestRequest(_message.Message):
+    """Which request's rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id the DApp saw in X-Request-Id (required)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRowsByRequestRequest: _TypeAlias = ListRowsByRequestRequest  # noqa: Y015
+
+@_typing.final
+class ListRowsByRequestResponse(_message.Message):
+    """The caller's rows of one request: one per finished work unit, by row_seq; empty when there
+    are none (or they belong to another enterprise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetPrivateRowResponse]:
+        """The rows, public and private columns."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___GetPrivateRowResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRowsByRequestResponse: _TypeAlias = ListRowsByRequestResponse  # noqa: Y015
 
 @_typing.final
 class SettlementStatus(_message.Message):

@@ -27,10 +27,13 @@ if _version_not_supported:
 
 
 class LedgerServiceStub(object):
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     def __init__(self, channel):
@@ -54,31 +57,48 @@ class LedgerServiceStub(object):
                 request_serializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowRequest.SerializeToString,
                 response_deserializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowResponse.FromString,
                 _registered_method=True)
+        self.ListRowsByRequest = channel.unary_unary(
+                '/cgn.ledger.v1.LedgerService/ListRowsByRequest',
+                request_serializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestRequest.SerializeToString,
+                response_deserializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer(object):
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     def ListRows(self, request, context):
-        """Lists public rows, oldest first, a page at a time.
+        """Lists public rows, by row_seq (oldest first), a page at a time. Open to anyone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRow(self, request, context):
-        """Returns one public row.
+        """Returns one public row. Open to anyone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPrivateRow(self, request, context):
-        """Returns a row's private columns to the owning enterprise.
+        """Returns a row's private columns to the owning enterprise (session token required).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRowsByRequest(self, request, context):
+        """Returns the rows of one of the caller's requests by its request id, public and private
+        columns, so that a DApp can look up the fee and usage of its request (session token
+        required; rows of other enterprises are never returned).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +122,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     request_deserializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowRequest.FromString,
                     response_serializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowResponse.SerializeToString,
             ),
+            'ListRowsByRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRowsByRequest,
+                    request_deserializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestRequest.FromString,
+                    response_serializer=cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cgn.ledger.v1.LedgerService', rpc_method_handlers)
@@ -111,10 +136,13 @@ def add_LedgerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LedgerService(object):
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     @staticmethod
@@ -188,6 +216,33 @@ class LedgerService(object):
             '/cgn.ledger.v1.LedgerService/GetPrivateRow',
             cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowRequest.SerializeToString,
             cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.GetPrivateRowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRowsByRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cgn.ledger.v1.LedgerService/ListRowsByRequest',
+            cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestRequest.SerializeToString,
+            cgn_dot_ledger_dot_v1_dot_ledger__service__pb2.ListRowsByRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,10 +28,13 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LedgerServiceStub:
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     @_typing.overload
@@ -39,33 +42,49 @@ class LedgerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     ListRows: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListRowsRequest, _ledger_service_pb2.ListRowsResponse]
-    """Lists public rows, oldest first, a page at a time."""
+    """Lists public rows, by row_seq (oldest first), a page at a time. Open to anyone."""
     GetRow: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.GetRowRequest, _ledger_service_pb2.GetRowResponse]
-    """Returns one public row."""
+    """Returns one public row. Open to anyone."""
     GetPrivateRow: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.GetPrivateRowRequest, _ledger_service_pb2.GetPrivateRowResponse]
-    """Returns a row's private columns to the owning enterprise."""
+    """Returns a row's private columns to the owning enterprise (session token required)."""
+    ListRowsByRequest: _grpc.UnaryUnaryMultiCallable[_ledger_service_pb2.ListRowsByRequestRequest, _ledger_service_pb2.ListRowsByRequestResponse]
+    """Returns the rows of one of the caller's requests by its request id, public and private
+    columns, so that a DApp can look up the fee and usage of its request (session token
+    required; rows of other enterprises are never returned).
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRows: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ListRowsRequest, _ledger_service_pb2.ListRowsResponse]  # type: ignore[assignment]
-    """Lists public rows, oldest first, a page at a time."""
+    """Lists public rows, by row_seq (oldest first), a page at a time. Open to anyone."""
     GetRow: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.GetRowRequest, _ledger_service_pb2.GetRowResponse]  # type: ignore[assignment]
-    """Returns one public row."""
+    """Returns one public row. Open to anyone."""
     GetPrivateRow: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.GetPrivateRowRequest, _ledger_service_pb2.GetPrivateRowResponse]  # type: ignore[assignment]
-    """Returns a row's private columns to the owning enterprise."""
+    """Returns a row's private columns to the owning enterprise (session token required)."""
+    ListRowsByRequest: _aio.UnaryUnaryMultiCallable[_ledger_service_pb2.ListRowsByRequestRequest, _ledger_service_pb2.ListRowsByRequestResponse]  # type: ignore[assignment]
+    """Returns the rows of one of the caller's requests by its request id, public and private
+    columns, so that a DApp can look up the fee and usage of its request (session token
+    required; rows of other enterprises are never returned).
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """LedgerService is a node's public view of its microtransaction ledger (SPEC section 8).
-    Public columns are open to anyone, so any auditor can re-hash a row and compare the XOR of a
-    settled group with the data on chain. Private columns are shown only to the owning
-    enterprise (session token in "authorization: Bearer <token>").
+    """LedgerService is a node's view of its microtransaction ledger (SPEC section 8;
+    docs/ledger.md, "Views"). Public columns are open to anyone (ListRows, GetRow: on the node's
+    status port and its work port, server-authenticated TLS, no credentials), so any auditor can
+    re-hash a row and compare the XOR of a settled group with the data on chain. Private columns
+    are shown only to the owning enterprise (GetPrivateRow, ListRowsByRequest: on the work port,
+    session token in "authorization: Bearer <token>"); a row of another enterprise answers
+    NOT_FOUND, as a row that does not exist.
     """
 
     @_abc_1.abstractmethod
@@ -74,7 +93,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_service_pb2.ListRowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_service_pb2.ListRowsResponse, _abc.Awaitable[_ledger_service_pb2.ListRowsResponse]]:
-        """Lists public rows, oldest first, a page at a time."""
+        """Lists public rows, by row_seq (oldest first), a page at a time. Open to anyone."""
 
     @_abc_1.abstractmethod
     def GetRow(
@@ -82,7 +101,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_service_pb2.GetRowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_service_pb2.GetRowResponse, _abc.Awaitable[_ledger_service_pb2.GetRowResponse]]:
-        """Returns one public row."""
+        """Returns one public row. Open to anyone."""
 
     @_abc_1.abstractmethod
     def GetPrivateRow(
@@ -90,6 +109,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_service_pb2.GetPrivateRowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_service_pb2.GetPrivateRowResponse, _abc.Awaitable[_ledger_service_pb2.GetPrivateRowResponse]]:
-        """Returns a row's private columns to the owning enterprise."""
+        """Returns a row's private columns to the owning enterprise (session token required)."""
+
+    @_abc_1.abstractmethod
+    def ListRowsByRequest(
+        self,
+        request: _ledger_service_pb2.ListRowsByRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_service_pb2.ListRowsByRequestResponse, _abc.Awaitable[_ledger_service_pb2.ListRowsByRequestResponse]]:
+        """Returns the rows of one of the caller's requests by its request id, public and private
+        columns, so that a DApp can look up the fee and usage of its request (session token
+        required; rows of other enterprises are never returned).
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
