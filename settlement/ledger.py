@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, select, text
+import sha3  # type: ignore[import-untyped]  # safe-pysha3, as in settlement.rowhash
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select, text
 
 from cgn_common.errors import InvalidArgumentError
 from settlement.ledger_schema import TRIGGER_NAMES, ledger_meta, ledger_rows
@@ -173,6 +174,42 @@ assert [name for name, _, _ in _PUBLIC_PLAN] == [
 ]  # fmt: skip
 
 
+# The heads as module names, for LedgerStore._encode's loop.
+_H_CONTRIBUTOR = _PUBLIC_HEADS["contributor"]
+_H_CONTRIBUTOR_CHARITY = _PUBLIC_HEADS["contributor_charity"]
+_H_CURRENCY = _PUBLIC_HEADS["currency"]
+_H_CUSTOM_HASH = _PUBLIC_HEADS["custom_hash"]
+_H_DEVELOPER = _PUBLIC_HEADS["developer"]
+_H_DEVELOPER_CHARITY = _PUBLIC_HEADS["developer_charity"]
+_H_END_USER = _PUBLIC_HEADS["end_user"]
+_H_ENTERPRISE = _PUBLIC_HEADS["enterprise"]
+_H_FEE_ATTO = _PUBLIC_HEADS["fee_atto"]
+_H_FEE_FIAT_NANO = _PUBLIC_HEADS["fee_fiat_nano"]
+_H_FINISHED_AT = _PUBLIC_HEADS["finished_at"]
+_H_LEDGER_ID = _PUBLIC_HEADS["ledger_id"]
+_H_NODE_OPERATOR = _PUBLIC_HEADS["node_operator"]
+_H_OPERATOR_CHARITY = _PUBLIC_HEADS["operator_charity"]
+_H_OUTCOME = _PUBLIC_HEADS["outcome"]
+_H_PAYOUT_CONTRIBUTOR = _PUBLIC_HEADS["payout_contributor"]
+_H_PAYOUT_CONTRIBUTOR_CHARITY = _PUBLIC_HEADS["payout_contributor_charity"]
+_H_PAYOUT_DEVELOPER = _PUBLIC_HEADS["payout_developer"]
+_H_PAYOUT_DEVELOPER_CHARITY = _PUBLIC_HEADS["payout_developer_charity"]
+_H_PAYOUT_OPERATOR = _PUBLIC_HEADS["payout_operator"]
+_H_PAYOUT_OPERATOR_CHARITY = _PUBLIC_HEADS["payout_operator_charity"]
+_H_PRIVATE_HASH = _PUBLIC_HEADS["private_hash"]
+_H_RATE_NANO_PER_COIN = _PUBLIC_HEADS["rate_nano_per_coin"]
+_H_ROW_SEQ = _PUBLIC_HEADS["row_seq"]
+#: The last column, the same in every row of this schema version.
+_TAIL = _PUBLIC_HEADS["schema_version"] + _SCHEMA_VERSION_BYTES
+#: Keccak-256 of an empty ``custom_fields`` (a row without custom fields).
+_EMPTY_HASH = keccak256(b"")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The runs of adjacent text columns LedgerStore._encode takes from its cache.
+_HEADS_1 = (_H_CONTRIBUTOR, _H_CONTRIBUTOR_CHARITY, _H_CURRENCY)
+_HEADS_2 = (_H_DEVELOPER, _H_DEVELOPER_CHARITY, _H_END_USER, _H_ENTERPRISE)
+_HEADS_3 = (_H_NODE_OPERATOR, _H_OPERATOR_CHARITY, _H_OUTCOME)
+
+
 def _uint256(value: int) -> bytes:
     if type(value) is not int:
         raise ValueError(f"an amount must be an integer, got {value!r}")
@@ -240,6 +277,30 @@ class VerifyReport:
         return not self.problems
 
 
+_COLUMNS = ", ".join(column.name for column in ledger_rows.columns)
+_SQLITE_INSERT = (
+    f"INSERT INTO ledger_rows ({_COLUMNS}) VALUES ({', '.join(['?'] * len(ledger_rows.columns))})"
+)
+
+
+def insert_rows(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Inserts ledger rows (``ledger_rows``'s columns in order) in ``connection``'s
+    transaction, the fastest way each database offers from Python: on SQLite an executemany
+    (multi-row INSERTs measured no faster), on PostgreSQL a COPY. bench/ledger_ingest.py
+    measures its floor with it too."""
+    if connection.dialect.name == "postgresql":
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(f"COPY ledger_rows ({_COLUMNS}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        return
+    connection.exec_driver_sql(_SQLITE_INSERT, list(rows))
+
+
 class LedgerStore:
     """One node's ledger on an open engine (``settlement.ledger_db.open_ledger``).
 
@@ -261,12 +322,8 @@ class LedgerStore:
             last = connection.execute(select(func.max(ledger_rows.c.row_seq))).scalar()
         self._next_seq = int(last or 0) + 1
         self._texts: dict[str, bytes] = {}
-        mark = "%s" if engine.dialect.name == "postgresql" else "?"
-        columns = [column.name for column in ledger_rows.columns]
-        self._insert = (
-            f"INSERT INTO ledger_rows ({', '.join(columns)}) "
-            f"VALUES ({', '.join([mark] * len(columns))})"
-        )
+        self._segments: dict[tuple[str, ...], bytes] = {}
+        self._splits: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
 
     def _text(self, value: str) -> bytes:
         """A text value with its length header; repeated values (pseudonyms, currency) are
@@ -279,72 +336,110 @@ class LedgerStore:
                 self._texts[value] = encoded
         return encoded
 
-    def _row(self, seq: int, entry: LedgerEntry) -> tuple[tuple[Any, ...], StoredRow]:
-        p = entry.payouts
-        t = self._text
-        h = _PUBLIC_HEADS
-        finished_at_us = _micros(entry.finished_at)
-        # The public columns in hashing order (encode_public_fast's order, unrolled).
-        public = b"".join(
-            (
-                h["contributor"], t(entry.contributor),
-                h["contributor_charity"], t(entry.contributor_charity),
-                h["currency"], t(entry.currency),
-                h["custom_hash"], keccak256(entry.custom_fields),
-                h["developer"], t(entry.developer),
-                h["developer_charity"], t(entry.developer_charity),
-                h["end_user"], t(entry.end_user),
-                h["enterprise"], t(entry.enterprise),
-                h["fee_atto"], _uint256(entry.fee_atto),
-                h["fee_fiat_nano"], _uint256(entry.fee_fiat_nano),
-                h["finished_at"], finished_at_us.to_bytes(8, "big", signed=True),
-                h["ledger_id"], t(self.ledger_id),
-                h["node_operator"], t(entry.node_operator),
-                h["operator_charity"], t(entry.operator_charity),
-                h["outcome"], t(str(entry.outcome)),
-                h["payout_contributor"], _uint256(p.contributor),
-                h["payout_contributor_charity"], _uint256(p.contributor_charity),
-                h["payout_developer"], _uint256(p.developer),
-                h["payout_developer_charity"], _uint256(p.developer_charity),
-                h["payout_operator"], _uint256(p.operator),
-                h["payout_operator_charity"], _uint256(p.operator_charity),
-                h["private_hash"], keccak256(entry.private_fields),
-                h["rate_nano_per_coin"], _uint256(entry.rate_nano_per_coin),
-                h["row_seq"], _uint256(seq),
-                h["schema_version"], _SCHEMA_VERSION_BYTES,
-            )
+    def _segment(self, heads: tuple[bytes, ...], values: tuple[str, ...]) -> bytes:
+        """Adjacent text columns, each with its head, encoded once per distinct ``values``
+        (pseudonyms, currency and outcome repeat from row to row)."""
+        cache = self._segments
+        encoded = b"".join(head + self._text(str(v)) for head, v in zip(heads, values, strict=True))
+        if len(cache) < 100_000:
+            cache[values] = encoded
+        return encoded
+
+    def _amounts(self, fee_atto: int, p: Payouts) -> tuple[bytes, bytes]:
+        """``fee_atto``'s column and the six payout columns, checked to sum to the fee, encoded
+        once per distinct split (every fee of one size splits alike)."""
+        if p.total != fee_atto:
+            raise ValueError(f"payouts sum to {p.total}, not to the fee {fee_atto}")
+        encoded = (
+            _H_FEE_ATTO + _uint256(fee_atto),
+            b"".join(
+                (
+                    _H_PAYOUT_CONTRIBUTOR, _uint256(p.contributor),
+                    _H_PAYOUT_CONTRIBUTOR_CHARITY, _uint256(p.contributor_charity),
+                    _H_PAYOUT_DEVELOPER, _uint256(p.developer),
+                    _H_PAYOUT_DEVELOPER_CHARITY, _uint256(p.developer_charity),
+                    _H_PAYOUT_OPERATOR, _uint256(p.operator),
+                    _H_PAYOUT_OPERATOR_CHARITY, _uint256(p.operator_charity),
+                )
+            ),
         )  # fmt: skip
-        digest = keccak256(public)
-        row = (
-            seq,
-            finished_at_us,
-            entry.enterprise,
-            entry.request_id,
-            digest,
-            public,
-            entry.private_fields,
-            entry.custom_fields,
+        if len(self._splits) < 10_000:
+            self._splits[
+                (fee_atto, p.contributor, p.contributor_charity, p.developer,
+                 p.developer_charity, p.operator, p.operator_charity)
+            ] = encoded  # fmt: skip
+        return encoded
+
+    def _encode(
+        self, entries: Sequence[LedgerEntry], first_seq: int
+    ) -> tuple[list[tuple[Any, ...]], list[StoredRow]]:
+        """Numbers and hashes ``entries`` from ``first_seq``: their insert tuples and their
+        StoredRows. The public columns are encoded in hashing order (encode_public_fast's,
+        unrolled, a test holds them equal), runs of repeating columns from caches; everything
+        the loop needs is a local name."""
+        rows: list[tuple[Any, ...]] = []
+        stored: list[StoredRow] = []
+        add_row, add_stored = rows.append, stored.append
+        segments, segment, splits, amounts = (
+            self._segments,
+            self._segment,
+            self._splits,
+            self._amounts,
         )
-        return row, StoredRow(seq, public, digest, entry.private_fields, entry.custom_fields)
+        join, keccak, make = b"".join, sha3.keccak_256, StoredRow
+        ledger_id = _H_LEDGER_ID + self._text(self.ledger_id)
+        epoch, custom_head, empty_custom = _EPOCH, _H_CUSTOM_HASH, _H_CUSTOM_HASH + _EMPTY_HASH
+        seq = first_seq
+        for offset, e in enumerate(entries):
+            try:
+                p = e.payouts
+                fee_atto = e.fee_atto
+                key = (fee_atto, p.contributor, p.contributor_charity, p.developer,
+                       p.developer_charity, p.operator, p.operator_charity)  # fmt: skip
+                fee, payouts = splits.get(key) or amounts(fee_atto, p)
+                at = e.finished_at
+                if at.tzinfo is None:
+                    raise ValueError("ledger times must be timezone-aware")
+                delta = at - epoch
+                micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+                first = (e.contributor, e.contributor_charity, e.currency)
+                second = (e.developer, e.developer_charity, e.end_user, e.enterprise)
+                third = (e.node_operator, e.operator_charity, e.outcome)
+                private, custom = e.private_fields, e.custom_fields
+                public = join(
+                    (
+                        segments.get(first) or segment(_HEADS_1, first),
+                        custom_head + keccak(custom).digest() if custom else empty_custom,
+                        segments.get(second) or segment(_HEADS_2, second),
+                        fee,
+                        _H_FEE_FIAT_NANO, _uint256(e.fee_fiat_nano),
+                        _H_FINISHED_AT, micros.to_bytes(8, "big", signed=True),
+                        ledger_id,
+                        segments.get(third) or segment(_HEADS_3, third),
+                        payouts,
+                        _H_PRIVATE_HASH, keccak(private).digest(),
+                        _H_RATE_NANO_PER_COIN, _uint256(e.rate_nano_per_coin),
+                        _H_ROW_SEQ, seq.to_bytes(32, "big"),
+                        _TAIL,
+                    )
+                )  # fmt: skip
+            except (ValueError, TypeError, OverflowError, AttributeError) as exc:
+                raise InvalidEntryError(offset, str(exc)) from exc
+            digest = keccak(public).digest()
+            add_row((seq, micros, e.enterprise, e.request_id, digest, public, private, custom))
+            add_stored(make(seq, public, digest, private, custom))
+            seq += 1
+        return rows, stored
 
     def append(self, entries: Sequence[LedgerEntry]) -> list[StoredRow]:
-        """Numbers, hashes and inserts ``entries`` in one transaction (one batched statement
-        through the driver); returns the rows once committed (durable as docs/ledger.md
-        defines). Nothing is inserted when an entry is refused (InvalidEntryError) or the
-        database fails."""
+        """Numbers, hashes and inserts ``entries`` in one transaction (:func:`insert_rows`);
+        returns the rows once committed (durable as docs/ledger.md defines). Nothing is
+        inserted when an entry is refused (InvalidEntryError) or the database fails."""
         if not entries:
             return []
-        rows, stored = [], []
-        for offset, entry in enumerate(entries):
-            try:
-                check_entry(entry)
-                row, done = self._row(self._next_seq + offset, entry)
-            except (ValueError, TypeError, OverflowError, InvalidArgumentError) as exc:
-                raise InvalidEntryError(offset, str(exc)) from exc
-            rows.append(row)
-            stored.append(done)
+        rows, stored = self._encode(entries, self._next_seq)
         with self.engine.begin() as connection:
-            connection.exec_driver_sql(self._insert, rows)
+            insert_rows(connection, rows)
         self._next_seq += len(entries)
         return stored
 

@@ -22,6 +22,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # Ingest speed, durability unchanged (docs/ledger.md, "Ingest speed"): checkpoint the WAL
+    # into the database file every ~40 MB rather than ~4 MB (each checkpoint syncs both files;
+    # a commit still syncs nothing), and keep up to 64 MiB of pages (the indexes) cached.
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
