@@ -28,9 +28,22 @@ class StreamWriter:
         self._lock = asyncio.Lock()
 
     async def send(self, message: Any) -> None:
-        """Writes ``message`` once the previous write finished."""
+        """Writes ``message`` once the previous write finished.
+
+        A sender cancelled mid-write (a unit cancelled while its result goes out) does not cut
+        the write short: grpc.aio cancels the whole RPC when a write is interrupted, which
+        would end the stream for every other unit on it. The write finishes in its own task;
+        the cancellation reaches the sender after it.
+        """
         async with self._lock:
-            await self._write(message)
+            write = asyncio.ensure_future(self._write(message))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait({write})
+                if not write.cancelled():
+                    write.exception()  # the sender is gone: nobody else would look at it
+                raise
 
     async def send_quietly(self, message: Any) -> Exception | None:
         """Writes ``message`` when the stream is still there; returns the error when it is

@@ -1,4 +1,4 @@
-"""The gateway's gRPC client of the node (SessionService, WorkService)."""
+"""The gateway's gRPC client of the node (SessionService, WorkService, LedgerService)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from cgn_common.rpc import CHANNEL_OPTIONS
 from cgn_common.tls import ReloadingChannel, TlsConfig
 from generated.cgn.common.v1 import http_pb2
+from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
+from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
 from generated.cgn.work.v1 import session_service_pb2 as session_pb
 from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
 from generated.cgn.work.v1 import work_pb2
@@ -29,6 +31,7 @@ class NodeClient:
             self._generation = self._channel.generation
             self._sessions = session_grpc.SessionServiceStub(channel)
             self._work = work_grpc.WorkServiceStub(channel)
+            self._ledger = ledger_grpc.LedgerServiceStub(channel)
 
     async def create_session(
         self, account_id: str, api_key: str, timeout_s: float, client_address: str = ""
@@ -42,6 +45,28 @@ class NodeClient:
             metadata=(("x-cgn-client-address", client_address),) if client_address else None,
         )
         return response.token, response.expires_at.ToMicroseconds() / 1e6
+
+    async def list_rows(
+        self, request: ledger_pb.ListRowsRequest, timeout_s: float
+    ) -> ledger_pb.ListRowsResponse:
+        """A page of the node's public ledger rows."""
+        self._stubs()
+        response: ledger_pb.ListRowsResponse = await self._ledger.ListRows(
+            request, timeout=timeout_s
+        )
+        return response
+
+    async def rows_by_request(
+        self, token: str, request_id: str, timeout_s: float
+    ) -> ledger_pb.ListRowsByRequestResponse:
+        """The caller's own rows of one request id, with their private columns."""
+        self._stubs()
+        response: ledger_pb.ListRowsByRequestResponse = await self._ledger.ListRowsByRequest(
+            ledger_pb.ListRowsByRequestRequest(request_id=request_id),
+            timeout=timeout_s,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        return response
 
     async def revoke_session(self, token: str, timeout_s: float) -> bool:
         """Revokes the session ``token`` on every node; False when it was not valid."""

@@ -4,6 +4,8 @@
 - ``DELETE /v1/sessions`` (with the token) -> ``{"revoked": true}``: the session ends on
   every node
 - ``ANY /v1/dservices/{name}/{path}`` -> the DService's status, headers and body
+- ``GET /v1/ledger/rows`` (public) and ``GET /v1/ledger/requests/{request_id}`` (the
+  caller's own) -> the node's ledger rows in proto3 JSON
 - ``GET /healthz`` -> 200 while the gateway runs
 Errors are ``{"error": {"code": <gRPC status name>, "message": ...}}`` with ``X-CGN-Error: 1``.
 """
@@ -18,6 +20,9 @@ from datetime import UTC, datetime
 
 import grpc
 from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from multidict import CIMultiDict
 
 from cgn_common.http import HOP_BY_HOP
@@ -27,6 +32,7 @@ from cgn_common.status import rpc_details
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, error_response
+from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
 
 _log = logging.getLogger(__name__)
 
@@ -167,6 +173,66 @@ async def revoke_session(request: web.Request) -> web.Response:
     return web.json_response({"revoked": True}, headers={"Server": SERVER_NAME})
 
 
+def _query_time(request: web.Request, name: str) -> Timestamp | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _ledger_json(message: Message) -> web.Response:
+    """A ledger answer in proto3's JSON mapping (bytes as base64, field names as in the
+    protos, default values left out: an empty column has no ``value``), so that a DApp
+    decodes it the way a gRPC client would."""
+    body = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return web.json_response(body, headers={"Server": SERVER_NAME})
+
+
+async def list_ledger_rows(request: web.Request) -> web.Response:
+    """``GET /v1/ledger/rows``: the node's public rows, a page at a time (no token needed:
+    the public view is open to anyone; docs/ledger.md, "Views")."""
+    page_size = request.query.get("page_size", "0")
+    if not page_size.isdigit():
+        raise web.HTTPBadRequest(reason="page_size must be a whole number")
+    ask = ledger_pb.ListRowsRequest(
+        enterprise_pseudonym=request.query.get("enterprise", ""),
+        page_size=int(page_size),
+        page_token=request.query.get("page_token", ""),
+    )
+    for name, field in (("start", "start_time"), ("end", "end_time")):
+        stamp = _query_time(request, name)
+        if stamp is not None:
+            getattr(ask, field).CopyFrom(stamp)
+    return _ledger_json(await request.app[NODE_KEY].list_rows(ask, timeout_s=30.0))
+
+
+async def ledger_rows_of_request(request: web.Request) -> web.Response:
+    """``GET /v1/ledger/requests/{request_id}``: the caller's own rows of one request, with
+    fee, usage and private columns (session token required)."""
+    token = _bearer_token(request)
+    if not token:
+        return _session_missing()
+    request_id = request.match_info["request_id"]
+    if not REQUEST_ID.match(request_id):
+        raise web.HTTPBadRequest(reason="request_id: 1-128 of A-Z a-z 0-9 . _ -")
+    found = await request.app[NODE_KEY].rows_by_request(token, request_id, timeout_s=30.0)
+    if not found.rows:
+        return error_response(
+            grpc.StatusCode.NOT_FOUND,
+            f"no row of yours for request {request_id}",
+            reason="LEDGER_ROW_NOT_FOUND",
+        )
+    return _ledger_json(found)
+
+
 def _request_id(request: web.Request) -> str:
     """The DApp's X-Request-Id when it is valid, else a new one."""
     given = request.headers.get("X-Request-Id", "")
@@ -244,6 +310,8 @@ def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
     app[NODE_KEY] = node
     app.router.add_post("/v1/sessions", create_session)
     app.router.add_delete("/v1/sessions", revoke_session)
+    app.router.add_get("/v1/ledger/rows", list_ledger_rows)
+    app.router.add_get("/v1/ledger/requests/{request_id}", ledger_rows_of_request)
     app.router.add_route("*", "/v1/dservices/{name}/{path:.*}", call_dservice)
     app.router.add_route("*", "/v1/dservices/{name}", call_dservice)
     app.router.add_get("/healthz", healthz)

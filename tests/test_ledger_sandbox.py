@@ -4,6 +4,7 @@ delivered, priced, under the enterprise's pseudonym, with its credential headers
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from typing import Any
@@ -112,3 +113,60 @@ async def test_a_call_whose_deadline_passed_on_the_miner_is_recorded_as_abandone
     public = decode_pairs(rows[0].public_fields)
     assert public["outcome"] == b"abandoned"
     assert int.from_bytes(public["fee_atto"], "big") == 0  # the usage to the cancel: not yet
+
+
+async def test_the_gateway_shows_public_rows_to_anyone_and_private_ones_to_their_owner(
+    sandbox: RunningSandbox,
+) -> None:
+    request_id = f"ledger-gw-{uuid.uuid4().hex[:12]}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{sandbox.url}/v1/sessions",
+            json={"account_id": sandbox.info["account_id"], "api_key": sandbox.info["api_key"]},
+        ) as response:
+            token = (await response.json())["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        async with http.post(
+            f"{sandbox.url}/v1/dservices/echo/gw",
+            data=b"abc",
+            headers={**auth, "X-Request-Id": request_id},
+        ) as response:
+            assert response.status == 200
+        (row,) = await _rows(sandbox, [request_id])
+
+        async with http.get(f"{sandbox.url}/v1/ledger/requests/{request_id}") as response:
+            assert response.status == 401  # the owner view needs the session
+        async with http.get(
+            f"{sandbox.url}/v1/ledger/requests/{request_id}", headers=auth
+        ) as response:
+            assert response.status == 200, await response.text()
+            (mine,) = (await response.json())["rows"]
+        assert mine["request_id"] == request_id
+        assert base64.b64decode(mine["row"]["row_hash"]) == row.row_hash
+        assert mine["status_code"] == 200
+        async with http.get(
+            f"{sandbox.url}/v1/ledger/requests/no-such-request", headers=auth
+        ) as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["reason"] == "LEDGER_ROW_NOT_FOUND"
+
+        # The public view, without any credential: this row among a day's, as hashed.
+        found = None
+        token_param = ""
+        while found is None:
+            async with http.get(
+                f"{sandbox.url}/v1/ledger/rows?page_size=50{token_param}"
+            ) as response:
+                assert response.status == 200, await response.text()
+                page = await response.json()
+            for public in page.get("rows", []):
+                if base64.b64decode(public["row_hash"]) == row.row_hash:
+                    found = public
+            if found is None:
+                assert page.get("next_page_token"), "the row is not in the public view"
+                token_param = f"&page_token={page['next_page_token']}"
+        # proto3 JSON leaves out default values: an empty column has no "value".
+        columns = {c["name"]: base64.b64decode(c.get("value", "")) for c in found["columns"]}
+        assert columns == decode_pairs(row.public_fields)
+        async with http.get(f"{sandbox.url}/v1/ledger/rows?start=yesterday") as response:
+            assert response.status == 400
