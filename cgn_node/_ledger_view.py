@@ -26,7 +26,7 @@ from cgn_node.ledger_recorder import Pseudonyms
 from generated.cgn.common.v1 import http_pb2, money_pb2, resources_pb2
 from generated.cgn.ledger.v1 import ledger_service_pb2 as pb
 from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
-from settlement.ledger import LedgerStore, StoredRow, decode_pairs
+from settlement.ledger import LedgerStore, StoredRow, decode_pairs, iter_pairs
 
 #: grpc ships no type stubs, so the servicer context is untyped.
 Context: TypeAlias = Any
@@ -100,15 +100,7 @@ def public_row(row: StoredRow) -> pb.PublicRow:
 def _headers(encoded: bytes) -> list[http_pb2.HttpHeader]:
     """The request headers of the private column ``request_headers``: a sequence of
     ``u32be(len(name)) name u32be(len(value)) value``, in the order received."""
-    headers, at = [], 0
-    while at + 4 <= len(encoded):
-        size = int.from_bytes(encoded[at : at + 4], "big")
-        name = encoded[at + 4 : at + 4 + size].decode("utf-8", "replace")
-        at += 4 + size
-        size = int.from_bytes(encoded[at : at + 4], "big")
-        headers.append(http_pb2.HttpHeader(name=name, value=encoded[at + 4 : at + 4 + size]))
-        at += 4 + size
-    return headers
+    return [http_pb2.HttpHeader(name=name, value=value) for name, value in iter_pairs(encoded)]
 
 
 def _texts(encoded: bytes) -> dict[str, str]:

@@ -107,10 +107,13 @@ class StoredRow:
         return decode_pairs(self.public_fields)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("ledger times must be timezone-aware")
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -130,30 +133,6 @@ _PUBLIC_PLAN = tuple(
 _UINT_HEAD = _u32(32)
 _TIME_HEAD = _u32(8)
 _SCHEMA_VERSION_BYTES = SCHEMA_VERSION.to_bytes(32, "big")
-
-
-def encode_public_fast(values: Mapping[str, Any]) -> bytes:
-    """The canonical pair encoding of a row's public columns: the same bytes as
-    ``settlement.rowhash.encode_pairs(encode_public_row(values).items())`` (a test holds them
-    equal), made in one pass for the insert path. Raises ValueError or OverflowError for a
-    value its type cannot hold."""
-    parts: list[bytes] = []
-    for name, prefix, kind in _PUBLIC_PLAN:
-        value = values[name]
-        if kind is ColumnType.UINT:
-            if type(value) is not int:
-                raise ValueError(f"{name} must be an integer")
-            parts += (prefix, _UINT_HEAD, value.to_bytes(32, "big"))
-        elif kind is ColumnType.TEXT:
-            raw = value.encode("utf-8")
-            parts += (prefix, _u32(len(raw)), raw)
-        elif kind is ColumnType.TIMESTAMP:
-            parts += (prefix, _TIME_HEAD, _micros(value).to_bytes(8, "big", signed=True))
-        else:
-            if len(value) != 32:
-                raise ValueError(f"{name} must be 32 bytes")
-            parts += (prefix, _UINT_HEAD, value)
-    return b"".join(parts)
 
 
 #: Each public column's pair prefix plus, for fixed-size types, its value's length header.
@@ -203,7 +182,6 @@ _H_ROW_SEQ = _PUBLIC_HEADS["row_seq"]
 _TAIL = _PUBLIC_HEADS["schema_version"] + _SCHEMA_VERSION_BYTES
 #: Keccak-256 of an empty ``custom_fields`` (a row without custom fields).
 _EMPTY_HASH = keccak256(b"")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The runs of adjacent text columns LedgerStore._encode takes from its cache.
 _HEADS_1 = (_H_CONTRIBUTOR, _H_CONTRIBUTOR_CHARITY, _H_CURRENCY)
 _HEADS_2 = (_H_DEVELOPER, _H_DEVELOPER_CHARITY, _H_END_USER, _H_ENTERPRISE)
@@ -216,9 +194,9 @@ def _uint256(value: int) -> bytes:
     return value.to_bytes(32, "big")  # OverflowError when negative or >= 2**256
 
 
-def decode_pairs(blob: bytes) -> dict[str, bytes]:
-    """The name/value pairs of a canonical pair encoding (ValueError when it is not one)."""
-    pairs: dict[str, bytes] = {}
+def iter_pairs(blob: bytes) -> Iterator[tuple[str, bytes]]:
+    """The name/value pairs of a pair encoding, in their order, repeats kept (a header list
+    has them); ValueError when it is not one."""
     at, end = 0, len(blob)
     while at < end:
         if at + 4 > end:
@@ -229,9 +207,13 @@ def decode_pairs(blob: bytes) -> dict[str, bytes]:
         size = int.from_bytes(blob[at : at + 4], "big")
         if at + 4 + size > end:
             raise ValueError("truncated pair encoding")
-        pairs[name] = blob[at + 4 : at + 4 + size]
+        yield name, blob[at + 4 : at + 4 + size]
         at += 4 + size
-    return pairs
+
+
+def decode_pairs(blob: bytes) -> dict[str, bytes]:
+    """The name/value pairs of a canonical pair encoding (ValueError when it is not one)."""
+    return dict(iter_pairs(blob))
 
 
 def _uint(value: bytes) -> int:
@@ -374,9 +356,9 @@ class LedgerStore:
         self, entries: Sequence[LedgerEntry], first_seq: int
     ) -> tuple[list[tuple[Any, ...]], list[StoredRow]]:
         """Numbers and hashes ``entries`` from ``first_seq``: their insert tuples and their
-        StoredRows. The public columns are encoded in hashing order (encode_public_fast's,
-        unrolled, a test holds them equal), runs of repeating columns from caches; everything
-        the loop needs is a local name."""
+        StoredRows. The public columns are encoded in hashing order, unrolled (a property test
+        holds every row equal to ``settlement.rowhash``'s canonical encoding), runs of
+        repeating columns from caches; everything the loop needs is a local name."""
         rows: list[tuple[Any, ...]] = []
         stored: list[StoredRow] = []
         add_row, add_stored = rows.append, stored.append

@@ -4,6 +4,7 @@ found by ``verify``, which names the row."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,20 +21,18 @@ from settlement.ledger import (
     LedgerStore,
     Outcome,
     decode_pairs,
-    encode_public_fast,
 )
 from settlement.ledger_db import open_ledger, schema_revision
 from settlement.ledger_schema import metadata
 from settlement.rowhash import (
     PUBLIC_COLUMNS_V1,
-    ColumnType,
     encode_pairs,
     encode_public_row,
     keccak256,
     row_hash,
     xor_aggregate,
 )
-from settlement.split import split_fee
+from settlement.split import CharityChoices, split_fee
 
 DAY = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -205,33 +204,69 @@ def test_a_sqlite_file_edited_behind_the_databases_back_is_found(tmp_path: Path)
         engine.dispose()
 
 
+@pytest.fixture(scope="module")
+def property_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerStore]:
+    engine, store = _store(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'ledger.db'}")
+    yield store
+    engine.dispose()
+
+
+_texts = st.text(max_size=20).map(lambda t: t.encode("utf-8", "replace").decode())
+
+
 @settings(max_examples=200, deadline=None)
 @given(
-    uints=st.lists(st.integers(0, 2**256 - 1), min_size=11, max_size=11),
-    texts=st.lists(st.text(max_size=20), min_size=11, max_size=11),
+    texts=st.lists(_texts, min_size=9, max_size=9),
+    fee=st.integers(0, 2**200),
+    charity=st.tuples(*[st.integers(0, 1_000_000)] * 3),
+    fee_fiat=st.integers(0, 2**256 - 1),
+    rate=st.integers(0, 2**256 - 1),
     micros=st.integers(0, 253_402_300_799_999_999),  # to the end of year 9999
-    hashes=st.lists(st.binary(min_size=32, max_size=32), min_size=2, max_size=2),
+    outcome=st.sampled_from(Outcome),
+    blobs=st.tuples(st.binary(max_size=64), st.binary(max_size=64)),
 )
-def test_the_fast_encoder_makes_the_documented_encoding(
-    uints: list[int], texts: list[str], micros: int, hashes: list[bytes]
+def test_every_stored_row_is_the_documented_encoding_of_its_values(
+    property_store: LedgerStore,
+    texts: list[str],
+    fee: int,
+    charity: tuple[int, int, int],
+    fee_fiat: int,
+    rate: int,
+    micros: int,
+    outcome: Outcome,
+    blobs: tuple[bytes, bytes],
 ) -> None:
-    values: dict[str, object] = {}
-    columns = iter(zip(uints, strict=True))
-    text_values = iter(texts)
-    hash_values = iter(hashes)
-    for name, kind in PUBLIC_COLUMNS_V1.items():
-        if kind is ColumnType.UINT:
-            values[name] = next(columns)[0]
-        elif kind is ColumnType.TEXT:
-            values[name] = next(text_values).encode("utf-8", "replace").decode()
-        elif kind is ColumnType.TIMESTAMP:
-            values[name] = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
-        else:
-            values[name] = next(hash_values)
-    values["schema_version"] = 1  # the one version encode_public_row accepts
-    fast = encode_public_fast(values)
-    assert fast == encode_pairs(encode_public_row(values).items())
-    assert decode_pairs(fast) == encode_public_row(values)
+    """The insert path's unrolled encoder, caches and all, against settlement.rowhash."""
+    names = (
+        "enterprise", "end_user", "contributor", "developer", "node_operator",
+        "contributor_charity", "developer_charity", "operator_charity", "currency",
+    )  # fmt: skip
+    payouts = split_fee(fee, charity=CharityChoices(*charity))
+    given = LedgerEntry(
+        finished_at=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros),
+        outcome=outcome,
+        request_id="req_property",
+        fee_fiat_nano=fee_fiat,
+        fee_atto=fee,
+        payouts=payouts,
+        rate_nano_per_coin=rate,
+        private_fields=blobs[0],
+        custom_fields=blobs[1],
+        **dict(zip(names, texts, strict=True)),
+    )
+    (row,) = property_store.append([given])
+    values = {name: given.__dict__.get(name) for name in PUBLIC_COLUMNS_V1}
+    values.update(
+        {f"payout_{k}": v for k, v in payouts.__dict__.items()},
+        outcome=str(outcome),
+        ledger_id="node_1",
+        row_seq=row.row_seq,
+        schema_version=1,
+        private_hash=keccak256(blobs[0]),
+        custom_hash=keccak256(blobs[1]),
+    )
+    assert row.public_fields == encode_pairs(encode_public_row(values).items())
+    assert decode_pairs(row.public_fields) == encode_public_row(values)
 
 
 def test_rows_from_the_encoders_caches_match_the_documented_encoding(tmp_path: Path) -> None:
