@@ -1,8 +1,9 @@
-"""Benchmark ledger ingest: rows/s numbered, hashed and durably committed, on SQLite and
-PostgreSQL, next to the floor measured in the same run: the same rows (already hashed) inserted
-the way the ledger inserts them (``settlement.ledger.insert_rows``: executemany on SQLite, COPY
-on PostgreSQL), one commit per batch, nothing computed; and a plain executemany of them, the
-floor before the ledger used COPY.
+"""Benchmark ledger ingest: rows/s numbered, hashed and durably committed through the node's
+background writer (``settlement.ledger_writer.LedgerWriter``), on SQLite and PostgreSQL, next
+to the floor measured in the same run: the same rows (already hashed) inserted the way the
+ledger inserts them (``settlement.ledger.insert_rows``: multi-row INSERTs on SQLite, COPY on
+PostgreSQL), one commit per batch, nothing computed, one thread; and a plain executemany of
+them.
 
 Usage (from the repository root)::
 
@@ -18,6 +19,7 @@ of ``--repeat`` runs on a fresh database.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -30,9 +32,11 @@ from sqlalchemy import Engine, create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cgn_common.tasks import Supervisor
 from settlement.ledger import LedgerEntry, LedgerStore, Outcome, insert_rows
 from settlement.ledger_db import open_ledger
-from settlement.ledger_schema import ledger_rows
+from settlement.ledger_schema import create_period, ledger_rows, period_of
+from settlement.ledger_writer import LedgerWriter
 from settlement.split import split_fee
 from tests.helpers.postgres import postgres_server, unavailable_reason
 
@@ -80,20 +84,40 @@ def _fresh_postgres(server: str, name: str) -> str:
     return server.rsplit("/", 1)[0] + f"/{name}"
 
 
+async def _through_writer(store: LedgerStore, entries: list[LedgerEntry], batch: int) -> float:
+    supervisor = Supervisor("bench")
+    writer = LedgerWriter(store, supervisor, max_batch=batch)
+    try:
+        began = time.perf_counter()
+        for entry in entries:
+            await writer.record(entry)
+        await writer.wait_durable(timeout_s=600)
+        return time.perf_counter() - began
+    finally:
+        await writer.close()
+        await supervisor.close()
+
+
 def _ledger_rate(
     url: str, entries: list[LedgerEntry], batch: int
 ) -> tuple[float, list[dict[str, Any]]]:
-    """rows/s through LedgerStore.append; also returns the rows as stored, for the floor."""
+    """rows/s through the node's path: LedgerWriter.record for every entry (checked, queued),
+    then waiting until all are durable (numbered, hashed, committed by the writer's two
+    worker threads). Also returns the rows as stored, for the floor."""
     engine = open_ledger(url)
     store = LedgerStore(engine, "node_bench")
-    began = time.perf_counter()
-    for start in range(0, len(entries), batch):
-        store.append(entries[start : start + batch])
-    elapsed = time.perf_counter() - began
+    elapsed = asyncio.run(_through_writer(store, entries, batch))
     with engine.connect() as connection:
         rows = [dict(r._mapping) for r in connection.execute(ledger_rows.select())]
     engine.dispose()
     return len(entries) / elapsed, rows
+
+
+def _period_table(engine: Engine, rows: list[dict[str, Any]]) -> str:
+    """Creates the (one) period table of ``rows`` as the ledger would, and names it."""
+    (period,) = {period_of(int(row["finished_at_us"])) for row in rows}
+    with engine.begin() as connection:
+        return create_period(connection, period, []).name
 
 
 def _executemany_rate(url: str, rows: list[dict[str, Any]], batch: int) -> float:
@@ -103,7 +127,8 @@ def _executemany_rate(url: str, rows: list[dict[str, Any]], batch: int) -> float
     columns = [c.name for c in ledger_rows.columns]
     is_pg = engine.dialect.name == "postgresql"
     marks = ", ".join(["%s" if is_pg else "?"] * len(columns))
-    sql = f"INSERT INTO ledger_rows ({', '.join(columns)}) VALUES ({marks})"
+    table = _period_table(engine, rows)
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
     tuples = [tuple(row[c] for c in columns) for row in rows]
     raw = engine.raw_connection()
     try:
@@ -126,11 +151,12 @@ def _floor_rate(url: str, rows: list[dict[str, Any]], batch: int) -> float:
     engine: Engine = open_ledger(url)
     columns = [c.name for c in ledger_rows.columns]
     tuples = [tuple(row[c] for c in columns) for row in rows]
+    table = _period_table(engine, rows)
     try:
         began = time.perf_counter()
         for start in range(0, len(tuples), batch):
             with engine.begin() as connection:
-                insert_rows(connection, tuples[start : start + batch])
+                insert_rows(connection, table, tuples[start : start + batch])
         elapsed = time.perf_counter() - began
     finally:
         engine.dispose()

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-from settlement.ledger import PAGE, LedgerStore, decode_pairs
+from settlement.ledger import PAGE, LedgerStore, StoredRow, decode_pairs
+from settlement.ledger_schema import ledger_settlements
 
 #: Each beneficiary column and the payout columns it is owed.
 _BENEFICIARIES = (
@@ -56,6 +57,47 @@ class Group:
         self._xor ^= int.from_bytes(row_hash, "big")
 
 
+class GroupCounter:
+    """Adds rows to the groups of the days they fall in."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[date, GroupKind, str], Group] = {}
+
+    def _group(self, day: date, kind: GroupKind, pseudonym: str) -> Group:
+        key = (day, kind, pseudonym)
+        found = self.groups.get(key)
+        if found is None:
+            found = self.groups[key] = Group(kind, pseudonym, day)
+        return found
+
+    def add(self, row: StoredRow) -> None:
+        """Counts ``row`` in its enterprise's group and once in each beneficiary's."""
+        public = decode_pairs(row.public_fields)
+        micros = int.from_bytes(public["finished_at"], "big", signed=True)
+        day = (_EPOCH + timedelta(microseconds=micros)).date()
+        enterprise = public["enterprise"].decode()
+        if enterprise:
+            self._group(day, GroupKind.ENTERPRISE, enterprise).add(
+                row.row_hash, int.from_bytes(public["fee_atto"], "big")
+            )
+        # A row belongs once to each beneficiary it pays, whatever the roles (the node
+        # operator is also the developer of the built-in DServices): counting it twice
+        # would cancel it out of the XOR.
+        owed: dict[str, int] = {}
+        for who, payout in _BENEFICIARIES:
+            pseudonym = public[who].decode()
+            if pseudonym:
+                owed[pseudonym] = owed.get(pseudonym, 0) + int.from_bytes(public[payout], "big")
+        for pseudonym, amount in owed.items():
+            self._group(day, GroupKind.BENEFICIARY, pseudonym).add(row.row_hash, amount)
+
+    def sorted(self) -> list[Group]:
+        """The groups by day, enterprises first, each kind ordered by pseudonym."""
+        return sorted(
+            self.groups.values(), key=lambda g: (g.day, g.kind != GroupKind.ENTERPRISE, g.pseudonym)
+        )
+
+
 def day_groups(
     store: LedgerStore, day: date, progress: Callable[[int], None] | None = None
 ) -> list[Group]:
@@ -64,36 +106,69 @@ def day_groups(
     the account when the row was written) form no group."""
     start = datetime.combine(day, time(), UTC)
     end = start + timedelta(days=1)
-    groups: dict[tuple[GroupKind, str], Group] = {}
-
-    def group(kind: GroupKind, pseudonym: str) -> Group:
-        key = (kind, pseudonym)
-        found = groups.get(key)
-        if found is None:
-            found = groups[key] = Group(kind, pseudonym, day)
-        return found
-
+    counter = GroupCounter()
     after, seen = 0, 0
     while page := store.rows(start, end, after_seq=after, limit=PAGE):
         for row in page:
-            public = decode_pairs(row.public_fields)
-            enterprise = public["enterprise"].decode()
-            if enterprise:
-                group(GroupKind.ENTERPRISE, enterprise).add(
-                    row.row_hash, int.from_bytes(public["fee_atto"], "big")
-                )
-            # A row belongs once to each beneficiary it pays, whatever the roles (the node
-            # operator is also the developer of the built-in DServices): counting it twice
-            # would cancel it out of the XOR.
-            owed: dict[str, int] = {}
-            for who, payout in _BENEFICIARIES:
-                pseudonym = public[who].decode()
-                if pseudonym:
-                    owed[pseudonym] = owed.get(pseudonym, 0) + int.from_bytes(public[payout], "big")
-            for pseudonym, amount in owed.items():
-                group(GroupKind.BENEFICIARY, pseudonym).add(row.row_hash, amount)
+            counter.add(row)
         seen += len(page)
         after = page[-1].row_seq
         if progress is not None:
             progress(seen)
-    return sorted(groups.values(), key=lambda g: (g.kind != GroupKind.ENTERPRISE, g.pseudonym))
+    return counter.sorted()
+
+
+def record_settled(store: LedgerStore, groups: list[Group], transaction_hash: bytes) -> None:
+    """Records ``groups`` as settled by ``transaction_hash`` (the mutable payment status of
+    SPEC 8: a group recorded again is updated, never duplicated)."""
+    with store.engine.begin() as connection:
+        for group in groups:
+            key = (
+                (ledger_settlements.c.group_kind == str(group.kind))
+                & (ledger_settlements.c.day == _day_number(group.day))
+                & (ledger_settlements.c.pseudonym == group.pseudonym)
+            )
+            connection.execute(ledger_settlements.delete().where(key))
+            connection.execute(
+                ledger_settlements.insert().values(
+                    group_kind=str(group.kind),
+                    day=_day_number(group.day),
+                    pseudonym=group.pseudonym,
+                    row_count=group.rows,
+                    aggregate_hash=group.aggregate_hash,
+                    total_atto=group.total_atto,
+                    settled=True,
+                    transaction_hash=transaction_hash,
+                )
+            )
+
+
+def unsettled(store: LedgerStore, groups: list[Group]) -> list[str]:
+    """What differs between ``groups`` (computed from rows) and what ``ledger_settlements``
+    records as settled: one line per group not recorded, not settled, or recorded with
+    another count, aggregate or total. Empty when every group is settled as computed."""
+    with store.engine.connect() as connection:
+        recorded = {
+            (GroupKind(r.group_kind), r.day, r.pseudonym): r
+            for r in connection.execute(ledger_settlements.select())
+        }
+    problems = []
+    for group in groups:
+        name = f"{group.day} {group.kind} {group.pseudonym}"
+        found = recorded.get((group.kind, _day_number(group.day), group.pseudonym))
+        if found is None or not found.settled:
+            problems.append(f"{name}: not settled")
+        elif (found.row_count, bytes(found.aggregate_hash), int(found.total_atto)) != (
+            group.rows,
+            group.aggregate_hash,
+            group.total_atto,
+        ):
+            problems.append(f"{name}: settled with another count, aggregate or total")
+    return problems
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _day_number(day: date) -> int:
+    return (day - _EPOCH.date()).days

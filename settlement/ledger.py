@@ -10,16 +10,28 @@ row altered or deleted behind the database's back.
 from __future__ import annotations
 
 import enum
+import functools
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-import sha3  # type: ignore[import-untyped]  # safe-pysha3, as in settlement.rowhash
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select, text
+from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, select, text
+from tiny_keccak import keccak256 as _keccak  # as in settlement.rowhash
 
 from cgn_common.errors import InvalidArgumentError
-from settlement.ledger_schema import TRIGGER_NAMES, ledger_meta, ledger_rows
+from settlement.ledger_schema import (
+    create_period,
+    ledger_meta,
+    ledger_periods,
+    ledger_rows,
+    period_bounds,
+    period_of,
+    period_table,
+    trigger_names,
+    view_ddl,
+)
 from settlement.rowhash import (
     PUBLIC_COLUMNS_V1,
     ColumnType,
@@ -36,6 +48,10 @@ SCHEMA_VERSION = 1
 
 #: Rows read per query by the readers and :meth:`LedgerStore.verify`.
 PAGE = 5000
+
+#: Rows committed between two checkpoints by the writer (:meth:`LedgerStore.checkpoint`):
+#: about 25 MB of log, a third of SQLite's own threshold (settlement.ledger_db).
+CHECKPOINT_ROWS = 20_000
 
 
 class Outcome(enum.StrEnum):
@@ -91,9 +107,9 @@ def check_entry(entry: LedgerEntry) -> None:
         raise ValueError("ledger times must be timezone-aware")
 
 
-@dataclass(frozen=True)
-class StoredRow:
-    """A row as stored: its number, its public columns exactly as hashed, its hash."""
+class StoredRow(NamedTuple):
+    """A row as stored: its number, its public columns exactly as hashed, its hash (a named
+    tuple: the writer makes thousands a second, and a frozen dataclass costs 1 µs each)."""
 
     row_seq: int
     public_fields: bytes
@@ -188,6 +204,13 @@ _HEADS_2 = (_H_DEVELOPER, _H_DEVELOPER_CHARITY, _H_END_USER, _H_ENTERPRISE)
 _HEADS_3 = (_H_NODE_OPERATOR, _H_OPERATOR_CHARITY, _H_OUTCOME)
 
 
+#: The encoder lets other threads run every this many rows plus one (a power of two, less
+#: one): the writer's commit thread, which runs SQLite without the GIL, needs it back after
+#: each statement, and would otherwise wait for Python's switch interval (5 ms) each time.
+_YIELD_EVERY = 127
+yield_gil = functools.partial(time.sleep, 0)
+
+
 def _uint256(value: int) -> bytes:
     if type(value) is not int:
         raise ValueError(f"an amount must be an integer, got {value!r}")
@@ -236,6 +259,17 @@ def custom_fields(fields: Mapping[str, str], salt: bytes) -> bytes:
     return encode_pairs([("fields", encode_custom_fields(fields)), ("salt", salt)])
 
 
+class RetiredPeriod(NamedTuple):
+    """A period whose rows left the ledger whole (settlement.retention)."""
+
+    period: str
+    first_seq: int
+    last_seq: int
+    rows: int
+    export_name: str
+    export_sha256: str
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing :meth:`LedgerStore.verify` found wrong; ``row_seq`` names the row."""
@@ -260,27 +294,52 @@ class VerifyReport:
 
 
 _COLUMNS = ", ".join(column.name for column in ledger_rows.columns)
-_SQLITE_INSERT = (
-    f"INSERT INTO ledger_rows ({_COLUMNS}) VALUES ({', '.join(['?'] * len(ledger_rows.columns))})"
-)
+_WIDTH = len(ledger_rows.columns)
+#: Rows per INSERT statement on SQLite: as many as its 32,766 bound values allow.
+_SQLITE_CHUNK = 32_766 // _WIDTH
 
 
-def insert_rows(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Inserts ledger rows (``ledger_rows``'s columns in order) in ``connection``'s
-    transaction, the fastest way each database offers from Python: on SQLite an executemany
-    (multi-row INSERTs measured no faster), on PostgreSQL a COPY. bench/ledger_ingest.py
-    measures its floor with it too."""
+@functools.cache
+def _sqlite_insert(table: str, rows: int) -> str:
+    one = "(" + ", ".join(["?"] * _WIDTH) + ")"
+    return f"INSERT INTO {table} ({_COLUMNS}) VALUES " + ", ".join([one] * rows)
+
+
+def insert_rows(connection: Connection, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Inserts ledger rows (``ledger_rows``'s columns in order) into ``table`` (a period's) in
+    ``connection``'s transaction, the fastest way each database offers from Python: on SQLite
+    multi-row INSERTs of up to 4,095 rows (one call into SQLite, which runs without the GIL,
+    where an executemany takes it back for every row), on PostgreSQL a COPY.
+    bench/ledger_ingest.py measures its floor with it too."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
     if connection.dialect.name == "postgresql":
-        driver = connection.connection.driver_connection
-        assert driver is not None
         with (
             driver.cursor() as cursor,
-            cursor.copy(f"COPY ledger_rows ({_COLUMNS}) FROM STDIN") as copy,
+            cursor.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN") as copy,
         ):
             for row in rows:
                 copy.write_row(row)
         return
-    connection.exec_driver_sql(_SQLITE_INSERT, list(rows))
+    cursor = driver.cursor()
+    try:
+        for start in range(0, len(rows), _SQLITE_CHUNK):
+            chunk = rows[start : start + _SQLITE_CHUNK]
+            cursor.execute(
+                _sqlite_insert(table, len(chunk)), [value for row in chunk for value in row]
+            )
+    finally:
+        cursor.close()
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Entries numbered and hashed by :meth:`LedgerStore.prepare`, not yet committed."""
+
+    first_seq: int
+    #: Insert tuples by period (a batch spans two periods at a month's turn).
+    rows: dict[str, list[tuple[Any, ...]]]
+    stored: list[StoredRow]
 
 
 class LedgerStore:
@@ -301,8 +360,24 @@ class LedgerStore:
                 connection.execute(ledger_meta.insert().values(key="ledger_id", value=ledger_id))
             elif stored != ledger_id:
                 raise ValueError(f"this database holds ledger {stored!r}, not {ledger_id!r}")
-            last = connection.execute(select(func.max(ledger_rows.c.row_seq))).scalar()
-        self._next_seq = int(last or 0) + 1
+            periods = connection.execute(
+                select(ledger_periods.c.period, ledger_periods.c.state, ledger_periods.c.last_seq)
+            ).all()
+            last = 0
+            self._live: dict[str, Table] = {}
+            self._retired: set[str] = set()
+            for period, state, last_seq in periods:
+                if state == "live":
+                    table = self._live[period] = period_table(period)
+                    top = connection.execute(select(func.max(table.c.row_seq))).scalar()
+                else:
+                    self._retired.add(period)
+                    top = last_seq
+                last = max(last, int(top or 0))
+        self._next_seq = last + 1
+        #: The number the next prepared batch starts at (ahead of _next_seq while a prepared
+        #: batch waits to be committed).
+        self._reserved = self._next_seq
         self._texts: dict[str, bytes] = {}
         self._segments: dict[tuple[str, ...], bytes] = {}
         self._splits: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
@@ -354,25 +429,31 @@ class LedgerStore:
 
     def _encode(
         self, entries: Sequence[LedgerEntry], first_seq: int
-    ) -> tuple[list[tuple[Any, ...]], list[StoredRow]]:
-        """Numbers and hashes ``entries`` from ``first_seq``: their insert tuples and their
-        StoredRows. The public columns are encoded in hashing order, unrolled (a property test
+    ) -> tuple[dict[str, list[tuple[Any, ...]]], list[StoredRow]]:
+        """Numbers and hashes ``entries`` from ``first_seq``: their insert tuples by period and
+        their StoredRows. The public columns are encoded in hashing order, unrolled (a property test
         holds every row equal to ``settlement.rowhash``'s canonical encoding), runs of
         repeating columns from caches; everything the loop needs is a local name."""
-        rows: list[tuple[Any, ...]] = []
+        by_period: dict[str, list[tuple[Any, ...]]] = {}
         stored: list[StoredRow] = []
-        add_row, add_stored = rows.append, stored.append
+        add_stored = stored.append
+        # The period of the last row and its bounds: rows arrive in time order, so a batch
+        # changes period at most at a month's turn.
+        low = high = 0
+        add_row = None
         segments, segment, splits, amounts = (
             self._segments,
             self._segment,
             self._splits,
             self._amounts,
         )
-        join, keccak, make = b"".join, sha3.keccak_256, StoredRow
+        join, keccak, make = b"".join, _keccak, StoredRow
         ledger_id = _H_LEDGER_ID + self._text(self.ledger_id)
         epoch, custom_head, empty_custom = _EPOCH, _H_CUSTOM_HASH, _H_CUSTOM_HASH + _EMPTY_HASH
         seq = first_seq
         for offset, e in enumerate(entries):
+            if not offset & _YIELD_EVERY:
+                yield_gil()
             try:
                 p = e.payouts
                 fee_atto = e.fee_atto
@@ -384,6 +465,12 @@ class LedgerStore:
                     raise ValueError("ledger times must be timezone-aware")
                 delta = at - epoch
                 micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+                if not low <= micros < high or add_row is None:
+                    period = period_of(micros)
+                    if period in self._retired:
+                        raise ValueError(f"its period {period} is retired")
+                    low, high = period_bounds(period)
+                    add_row = by_period.setdefault(period, []).append
                 first = (e.contributor, e.contributor_charity, e.currency)
                 second = (e.developer, e.developer_charity, e.end_user, e.enterprise)
                 third = (e.node_operator, e.operator_charity, e.outcome)
@@ -391,7 +478,7 @@ class LedgerStore:
                 public = join(
                     (
                         segments.get(first) or segment(_HEADS_1, first),
-                        custom_head + keccak(custom).digest() if custom else empty_custom,
+                        custom_head + keccak(custom) if custom else empty_custom,
                         segments.get(second) or segment(_HEADS_2, second),
                         fee,
                         _H_FEE_FIAT_NANO, _uint256(e.fee_fiat_nano),
@@ -399,7 +486,7 @@ class LedgerStore:
                         ledger_id,
                         segments.get(third) or segment(_HEADS_3, third),
                         payouts,
-                        _H_PRIVATE_HASH, keccak(private).digest(),
+                        _H_PRIVATE_HASH, keccak(private),
                         _H_RATE_NANO_PER_COIN, _uint256(e.rate_nano_per_coin),
                         _H_ROW_SEQ, seq.to_bytes(32, "big"),
                         _TAIL,
@@ -407,23 +494,108 @@ class LedgerStore:
                 )  # fmt: skip
             except (ValueError, TypeError, OverflowError, AttributeError) as exc:
                 raise InvalidEntryError(offset, str(exc)) from exc
-            digest = keccak(public).digest()
+            digest = keccak(public)
             add_row((seq, micros, e.enterprise, e.request_id, digest, public, private, custom))
             add_stored(make(seq, public, digest, private, custom))
             seq += 1
-        return rows, stored
+        return by_period, stored
 
     def append(self, entries: Sequence[LedgerEntry]) -> list[StoredRow]:
-        """Numbers, hashes and inserts ``entries`` in one transaction (:func:`insert_rows`);
-        returns the rows once committed (durable as docs/ledger.md defines). Nothing is
-        inserted when an entry is refused (InvalidEntryError) or the database fails."""
-        if not entries:
+        """Numbers, hashes and inserts ``entries`` in one transaction; returns the rows once
+        committed (durable as docs/ledger.md defines). Nothing is inserted when an entry is
+        refused (InvalidEntryError) or the database fails."""
+        self.rewind()
+        return self.commit(self.prepare(entries))
+
+    def prepare(self, entries: Sequence[LedgerEntry]) -> PreparedBatch:
+        """Numbers ``entries`` after the last prepared batch and hashes them, without touching
+        the database (the writer prepares one batch while the one before commits).
+        InvalidEntryError names an entry that can never be written; nothing is numbered."""
+        rows, stored = self._encode(entries, self._reserved)
+        self._reserved += len(stored)
+        return PreparedBatch(self._reserved - len(stored), rows, stored)
+
+    def commit(self, batch: PreparedBatch) -> list[StoredRow]:
+        """Inserts a prepared batch in one transaction (:func:`insert_rows`), creating the
+        table of a period it is the first to reach. Batches commit in the order prepared;
+        after a failure, :meth:`rewind` and prepare again what was not committed."""
+        if batch.first_seq != self._next_seq:
+            raise RuntimeError(
+                f"batch from row {batch.first_seq} committed out of order (next {self._next_seq})"
+            )
+        if not batch.stored:
             return []
-        rows, stored = self._encode(entries, self._next_seq)
+        created: dict[str, Table] = {}
         with self.engine.begin() as connection:
-            insert_rows(connection, rows)
-        self._next_seq += len(entries)
-        return stored
+            for period, rows in batch.rows.items():
+                table = self._live.get(period)
+                if table is None:
+                    table = created.get(period)
+                if table is None:
+                    table = created[period] = create_period(
+                        connection, period, [*self._live, *created]
+                    )
+                insert_rows(connection, table.name, rows)
+        self._live.update(created)
+        self._next_seq += len(batch.stored)
+        return batch.stored
+
+    def live_periods(self) -> list[str]:
+        """The live periods ("YYYY-MM"), oldest first."""
+        return sorted(self._live)
+
+    def drop_period(
+        self,
+        period: str,
+        *,
+        first_seq: int,
+        last_seq: int,
+        rows: int,
+        export_name: str,
+        export_sha256: str,
+        retired_at: datetime,
+    ) -> None:
+        """Records ``period`` retired (its rows exported as settlement.retention checked) and
+        drops its table whole, in one transaction: the one way rows leave the ledger."""
+        table = self._live[period]
+        remaining = [p for p in self._live if p != period]
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                ledger_periods.update()
+                .where((ledger_periods.c.period == period) & (ledger_periods.c.state == "live"))
+                .values(
+                    state="retired",
+                    first_seq=first_seq,
+                    last_seq=last_seq,
+                    row_count=rows,
+                    export_name=export_name,
+                    export_sha256=export_sha256,
+                    retired_at_us=_micros(retired_at),
+                )
+            )
+            if changed.rowcount != 1:
+                raise ValueError(f"period {period} is not live")
+            for statement in view_ddl(connection.dialect.name, remaining):
+                connection.exec_driver_sql(statement)
+            connection.exec_driver_sql(f"DROP TABLE {table.name}")
+        del self._live[period]
+        self._retired.add(period)
+
+    def checkpoint(self) -> None:
+        """Copies SQLite's write-ahead log into the database file (PASSIVE: concurrently
+        with commits, never blocking them), so that no commit has to (a no-op on
+        PostgreSQL). The writer calls it on a thread of its own every CHECKPOINT_ROWS rows:
+        a checkpoint takes 100-200 ms, and the commit that crossed SQLite's own threshold
+        (wal_autocheckpoint, left as the backstop) would stall the pipeline that long."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def rewind(self) -> None:
+        """Forgets prepared batches not committed: the next is numbered after the last
+        committed row."""
+        self._reserved = self._next_seq
 
     def _select(
         self, where: ColumnElement[bool] | None, after_seq: int, limit: int
@@ -502,7 +674,8 @@ class LedgerStore:
             after = int(str(page[-1]["row_seq"]))
         return len(hashes), xor_aggregate(hashes)
 
-    def _triggers_present(self) -> bool:
+    def _missing_triggers(self) -> list[str]:
+        """The live period tables whose write-once triggers are not all in place."""
         with self.engine.connect() as connection:
             if self.engine.dialect.name == "sqlite":
                 names = connection.execute(
@@ -513,32 +686,89 @@ class LedgerStore:
                     text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
                 ).scalars()
             present = set(names)
-        return TRIGGER_NAMES[self.engine.dialect.name] <= present
+        dialect = self.engine.dialect.name
+        return [
+            table.name
+            for table in self._live.values()
+            if not trigger_names(dialect, table.name) <= present
+        ]
+
+    def retired_periods(self) -> list[RetiredPeriod]:
+        """The retired periods, oldest first."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(ledger_periods)
+                .where(ledger_periods.c.state == "retired")
+                .order_by(ledger_periods.c.period)
+            ).all()
+        return [
+            RetiredPeriod(
+                r.period,
+                int(r.first_seq or 0),
+                int(r.last_seq or 0),
+                int(r.row_count or 0),
+                r.export_name or "",
+                r.export_sha256 or "",
+            )
+            for r in found
+        ]
 
     def verify(self, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Re-reads every row: numbering without gaps, each hash recomputed from the stored
-        columns, payouts summing to the fee, the write-once triggers in place."""
+        """Re-reads every row: numbering without gaps (but for the rows of retired periods),
+        each hash recomputed from the stored columns, payouts summing to the fee, the
+        write-once triggers in place."""
         report = VerifyReport(problems=[])
-        assert report.problems is not None
-        if not self._triggers_present():
-            report.problems.append(Problem(None, "the write-once triggers are missing"))
-        expected: int | None = None
+        problems = report.problems
+        assert problems is not None
+        for table in self._missing_triggers():
+            problems.append(Problem(None, f"the write-once triggers of {table} are missing"))
+        retired = self.retired_periods()
+        # Rows missing from the live ones that fall in each retired period's range: exactly
+        # its row count, or rows were deleted (a period's range may hold a few rows of the
+        # next one: a row is numbered when written, its period is when it finished).
+        absent = dict.fromkeys((r.period for r in retired), 0)
+
+        def missing(first: int, last: int, before: int | None) -> None:
+            unexplained = [(first, last)]
+            for period, low, high, _, _, _ in retired:
+                overlap = min(last, high) - max(first, low) + 1
+                if overlap > 0:
+                    absent[period] += overlap
+                    unexplained = [
+                        piece
+                        for a, b in unexplained
+                        for piece in ((a, min(b, low - 1)), (max(a, high + 1), b))
+                        if piece[0] <= piece[1]
+                    ]
+            for a, b in unexplained:
+                where = "before it" if before is not None else "at the end"
+                problems.append(Problem(before, f"rows {a} to {b} are missing {where}"))
+
+        expected = 1
         for row in self._all():
             seq = int(str(row["row_seq"]))
             report.rows += 1
             if report.first_seq is None:
                 report.first_seq = seq
-                if seq != 1:
-                    report.problems.append(Problem(seq, f"rows 1 to {seq - 1} are missing"))
-            elif expected is not None and seq != expected:
-                report.problems.append(
-                    Problem(seq, f"rows {expected} to {seq - 1} are missing before it")
-                )
+            if seq > expected:
+                missing(expected, seq - 1, seq)
             expected = seq + 1
             report.last_seq = seq
-            self._check_row(row, report.problems)
+            self._check_row(row, problems)
             if progress is not None and report.rows % PAGE == 0:
                 progress(report.rows)
+        last_retired = max((r.last_seq for r in retired), default=0)
+        if last_retired >= expected:
+            missing(expected, last_retired, None)
+        for period, _, _, count, _, _ in retired:
+            if absent[period] != count:
+                problems.append(
+                    Problem(
+                        None,
+                        f"period {period} retired {count} rows but {absent[period]} are "
+                        "missing in its range",
+                    )
+                )
         if progress is not None:
             progress(report.rows)
         return report

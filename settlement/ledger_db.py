@@ -17,6 +17,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # 8 KiB pages (a new database only; fixed once it exists): ~1.2 KB rows pack better and
+    # the insert measured 25% faster than with 4 KiB (docs/ledger.md, "Ingest speed").
+    cursor.execute("PRAGMA page_size=8192")
     # WAL with synchronous=NORMAL: a commit survives a crash of the process (the WAL is in
     # the OS's page cache) but not a power loss; docs/ledger.md says what that means.
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -1,9 +1,10 @@
 """The node's background ledger writer: group commit off the response's critical path.
 
 ``record`` puts an entry in a bounded queue and returns at once; one task takes what is
-queued (up to ``max_batch``), appends it in one transaction on a worker thread, and repeats.
-While one batch commits, the next one gathers, so the commit rate adapts to the load: one
-row per commit when idle, thousands under load. A full queue makes ``record`` wait (back
+queued (up to ``max_batch``), numbers and hashes it on a worker thread, commits it in one
+transaction on another while it prepares the next batch, and repeats. While one batch
+commits, the next one gathers, so the commit rate adapts to the load: one row per commit
+when idle, thousands under load. A full queue makes ``record`` wait (back
 pressure) rather than drop a row.
 
 Durability (docs/ledger.md): a row is *durable* once its batch committed (SQLite WAL with
@@ -21,7 +22,15 @@ import time
 
 from cgn_common.logs import log_event
 from cgn_common.tasks import Supervisor
-from settlement.ledger import InvalidEntryError, LedgerEntry, LedgerStore, check_entry
+from settlement.ledger import (
+    CHECKPOINT_ROWS,
+    InvalidEntryError,
+    LedgerEntry,
+    LedgerStore,
+    PreparedBatch,
+    StoredRow,
+    check_entry,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -46,8 +55,12 @@ class LedgerWriter:
         self.commits = 0
         #: Entries the ledger could not encode (logged at ERROR, left out).
         self.refused = 0
-        #: Taken from the queue, not yet committed (kept across a restart of the loop).
-        self._batch: list[LedgerEntry] = []
+        #: Batches taken from the queue and not yet committed, oldest first (kept across a
+        #: restart of the loop, which commits them again in order).
+        self._taken: list[list[LedgerEntry]] = []
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._supervisor = supervisor
         self._task = supervisor.loop("ledger-writer", self._run)
 
     @property
@@ -71,26 +84,54 @@ class LedgerWriter:
             )
 
     async def _run(self) -> None:
-        """Commits batches until cancelled. A database error propagates to the supervisor
-        (logged with its traceback; the loop restarts with backoff) and the batch is retried
-        first; an entry the ledger cannot encode is logged and left out."""
-        while True:
-            if not self._batch:
-                self._batch.append(await self._queue.get())
-            while len(self._batch) < self._max_batch and not self._queue.empty():
-                self._batch.append(self._queue.get_nowait())
-            began = time.perf_counter()
-            commit = asyncio.ensure_future(asyncio.to_thread(self.store.append, self._batch))
+        """Commits batches until cancelled, two stages deep: while one batch commits on a
+        worker thread (SQLite inserts without the GIL), the next is numbered and hashed on
+        another. A database error propagates to the supervisor (logged with its traceback;
+        the loop restarts with backoff) and every batch not committed is prepared and
+        committed again, in order; an entry the ledger cannot encode is logged and left out."""
+        self.store.rewind()
+        for batch in list(self._taken):  # after a restart: what was taken, in order
+            prepared = await self._prepare(batch)
+            if prepared is not None:
+                await self._commit(self._start(prepared))
+        committing: asyncio.Future[list[StoredRow]] | None = None
+        try:
+            while True:
+                if committing is None or not self._queue.empty():
+                    batch = await self._take()
+                    prepared = await self._prepare(batch)
+                else:
+                    prepared = None  # nothing to prepare meanwhile: finish the commit first
+                if committing is not None:
+                    done, committing = committing, None
+                    await self._commit(done)
+                if prepared is not None:
+                    committing = self._start(prepared)
+        except asyncio.CancelledError:
+            if committing is not None:  # cancelled while preparing or waiting: count it
+                await self._commit(committing)
+            raise
+
+    async def _take(self) -> list[LedgerEntry]:
+        """The next batch: what is queued, up to max_batch, waiting for one entry if none."""
+        batch = [await self._queue.get()]
+        while len(batch) < self._max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        self._taken.append(batch)
+        return batch
+
+    async def _prepare(self, batch: list[LedgerEntry]) -> PreparedBatch | None:
+        """Numbers and hashes ``batch`` on a worker thread, leaving out (and logging) the
+        entries that can never be written; None when none is left."""
+        while batch:
+            work = asyncio.ensure_future(asyncio.to_thread(self.store.prepare, batch))
             try:
-                # A commit is never abandoned half-way: cancelling the writer waits for it,
-                # so no batch is both committed and retried.
-                await asyncio.shield(commit)
+                # Never abandoned half-way: the store numbers batches in order.
+                return await asyncio.shield(work)
             except InvalidEntryError as exc:
-                bad = self._batch.pop(exc.index)
+                bad = batch.pop(exc.index)
                 self.refused += 1
-                async with self._progress:
-                    self._durable += 1  # settled: it will never be written
-                    self._progress.notify_all()
+                await self._settled(1)  # it will never be written
                 log_event(
                     _log,
                     "ledger_entry_refused",
@@ -98,25 +139,51 @@ class LedgerWriter:
                     request_id=bad.request_id,
                     error=str(exc),
                 )
-                continue
             except asyncio.CancelledError:
-                await asyncio.wait({commit})
-                if not commit.cancelled() and commit.exception() is None:
-                    await self._committed(len(self._batch))
+                await asyncio.wait({work})
                 raise
-            await self._committed(len(self._batch))
-            if len(self._batch) >= 1000:
-                log_event(
-                    _log,
-                    "ledger_batch_committed",
-                    logging.DEBUG,
-                    rows=len(self._batch),
-                    ms=round((time.perf_counter() - began) * 1000, 1),
-                )
+        self._taken.remove(batch)
+        return None
+
+    def _start(self, prepared: PreparedBatch) -> asyncio.Future[list[StoredRow]]:
+        return asyncio.ensure_future(asyncio.to_thread(self.store.commit, prepared))
+
+    async def _commit(self, committing: asyncio.Future[list[StoredRow]]) -> None:
+        """Waits for the oldest taken batch's commit and counts its rows durable. A commit is
+        never abandoned half-way: cancelling the writer waits for it, so no batch is both
+        committed and committed again."""
+        began = time.perf_counter()
+        try:
+            rows = await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            await asyncio.wait({committing})
+            if not committing.cancelled() and committing.exception() is None:
+                await self._committed(len(committing.result()))
+            raise
+        await self._committed(len(rows))
+        if len(rows) >= 1000:
+            log_event(
+                _log,
+                "ledger_batch_committed",
+                logging.DEBUG,
+                rows=len(rows),
+                ms=round((time.perf_counter() - began) * 1000, 1),
+            )
 
     async def _committed(self, rows: int) -> None:
-        self._batch = []
+        self._taken.pop(0)
         self.commits += 1
+        self._since_checkpoint += rows
+        if self._since_checkpoint >= CHECKPOINT_ROWS and (
+            self._checkpointing is None or self._checkpointing.done()
+        ):
+            self._since_checkpoint = 0
+            self._checkpointing = self._supervisor.spawn(
+                "ledger-checkpoint", asyncio.to_thread(self.store.checkpoint)
+            )
+        await self._settled(rows)
+
+    async def _settled(self, rows: int) -> None:
         async with self._progress:
             self._durable += rows
             self._progress.notify_all()
@@ -128,3 +195,5 @@ class LedgerWriter:
         except TimeoutError:
             log_event(_log, "ledger_close_incomplete", logging.ERROR, pending=self.pending)
         self._task.cancel()
+        if self._checkpointing is not None:  # a checkpoint's thread ends before the engine
+            await asyncio.wait({self._checkpointing}, timeout=timeout_s)

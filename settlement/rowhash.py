@@ -26,7 +26,7 @@ from enum import StrEnum
 from functools import lru_cache
 from types import MappingProxyType
 
-import sha3  # type: ignore[import-untyped]  # safe-pysha3: C Keccak, 2x pycryptodome's speed
+from tiny_keccak import keccak256 as _keccak256  # Rust tiny-keccak: 1.4x safe-pysha3's speed
 
 from cgn_common.errors import InvalidArgumentError
 from settlement.fixed_point import UINT256_MAX
@@ -177,8 +177,7 @@ PRIVATE_COLUMNS_V1: Mapping[str, ColumnType] = MappingProxyType(
 
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 of ``data`` (Ethereum's, not NIST SHA3-256)."""
-    digest: bytes = sha3.keccak_256(data).digest()
-    return digest
+    return _keccak256(data)
 
 
 @lru_cache(maxsize=4096)

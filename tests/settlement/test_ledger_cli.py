@@ -48,10 +48,10 @@ def test_show_verify_and_export(tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == 3
 
     with engine.begin() as connection:
-        connection.execute(text("DROP TRIGGER ledger_rows_no_delete"))
-        connection.execute(text("DELETE FROM ledger_rows WHERE row_seq = 2"))
+        connection.execute(text("DROP TRIGGER ledger_rows_2026_11_no_delete"))
+        connection.execute(text("DELETE FROM ledger_rows_2026_11 WHERE row_seq = 2"))
     engine.dispose()
     broken = runner.invoke(cli, ["ledger", "verify", "--url", url])
     assert broken.exit_code == 1
     assert "row 3: rows 2 to 2 are missing before it" in broken.output
-    assert "ledger: the write-once triggers are missing" in broken.output
+    assert "ledger: the write-once triggers of ledger_rows_2026_11 are missing" in broken.output

@@ -121,10 +121,10 @@ def test_payouts_that_do_not_sum_to_the_fee_are_refused_and_nothing_is_written(
 @pytest.mark.parametrize(
     "statement",
     [
-        "UPDATE ledger_rows SET enterprise = 'p_other' WHERE row_seq = 1",
-        "UPDATE ledger_rows SET public_fields = custom_fields",
-        "DELETE FROM ledger_rows WHERE row_seq = 2",
-        "DELETE FROM ledger_rows",
+        "UPDATE ledger_rows_2026_11 SET enterprise = 'p_other' WHERE row_seq = 1",
+        "UPDATE ledger_rows_2026_11 SET public_fields = custom_fields",
+        "DELETE FROM ledger_rows_2026_11 WHERE row_seq = 2",
+        "DELETE FROM ledger_rows_2026_11",
     ],
 )
 def test_raw_sql_cannot_change_or_delete_a_row(ledger_url: str, statement: str) -> None:
@@ -135,7 +135,7 @@ def test_raw_sql_cannot_change_or_delete_a_row(ledger_url: str, statement: str) 
             connection.execute(text(statement))
         if engine.dialect.name == "postgresql":
             with pytest.raises(DBAPIError, match="write-once"), engine.begin() as connection:
-                connection.execute(text("TRUNCATE ledger_rows"))
+                connection.execute(text("TRUNCATE ledger_rows_2026_11"))
         assert store.count() == 3
         assert store.verify().ok
     finally:
@@ -145,11 +145,11 @@ def test_raw_sql_cannot_change_or_delete_a_row(ledger_url: str, statement: str) 
 def _drop_triggers(engine: Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
-            for name in ("ledger_rows_no_update", "ledger_rows_no_delete"):
+            for name in ("ledger_rows_2026_11_no_update", "ledger_rows_2026_11_no_delete"):
                 connection.execute(text(f"DROP TRIGGER {name}"))
         else:
-            for name in ("ledger_rows_no_change", "ledger_rows_no_truncate"):
-                connection.execute(text(f"DROP TRIGGER {name} ON ledger_rows"))
+            for name in ("ledger_rows_2026_11_no_change", "ledger_rows_2026_11_no_truncate"):
+                connection.execute(text(f"DROP TRIGGER {name} ON ledger_rows_2026_11"))
 
 
 def test_verify_names_rows_altered_or_deleted_behind_the_databases_back(ledger_url: str) -> None:
@@ -159,21 +159,21 @@ def test_verify_names_rows_altered_or_deleted_behind_the_databases_back(ledger_u
         _drop_triggers(engine)
         with engine.begin() as connection:
             connection.execute(
-                text("UPDATE ledger_rows SET enterprise = 'p_other' WHERE row_seq = 2")
+                text("UPDATE ledger_rows_2026_11 SET enterprise = 'p_other' WHERE row_seq = 2")
             )
             public = store.rows()[3].public_fields  # row 4: one byte of a hashed value
             connection.execute(
-                text("UPDATE ledger_rows SET public_fields = :v WHERE row_seq = 4"),
+                text("UPDATE ledger_rows_2026_11 SET public_fields = :v WHERE row_seq = 4"),
                 {"v": public.replace(b"p_dev", b"p_deV")},
             )
             connection.execute(
-                text("UPDATE ledger_rows SET private_fields = :v WHERE row_seq = 3"),
+                text("UPDATE ledger_rows_2026_11 SET private_fields = :v WHERE row_seq = 3"),
                 {"v": b"changed"},
             )
-            connection.execute(text("DELETE FROM ledger_rows WHERE row_seq = 5"))
+            connection.execute(text("DELETE FROM ledger_rows_2026_11 WHERE row_seq = 5"))
         report = store.verify()
         found = {(p.row_seq, p.what) for p in report.problems or []}
-        assert (None, "the write-once triggers are missing") in found
+        assert (None, "the write-once triggers of ledger_rows_2026_11 are missing") in found
         assert (2, "the indexed columns disagree with the hashed ones") in found
         assert (4, "the row hash does not match its public columns") in found
         assert (3, "the private columns do not match private_hash") in found
