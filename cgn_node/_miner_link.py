@@ -11,7 +11,9 @@ broker's pool until its stream ends or it is drained.
 A dispatch carries its timeout and a heartbeat lease. The miner must ack within the ack
 deadline, then be heard from (progress, response) at least once per lease; a miner that goes
 silent is sent a ``WorkCancel`` and dropped, and the broker re-dispatches. When the unit's
-deadline passes, or the DApp goes away, the miner is sent a ``WorkCancel`` and stays.
+deadline passes, or the DApp goes away, the miner is sent a ``WorkCancel`` and stays; it
+answers with a ``WorkCompletion`` carrying the usage up to the cancel, which the unit's
+``cancelled`` report receives (abandoned work is billed for it, SPEC 15).
 A ``WorkFailure`` is the DService's failure (502), never the miner's.
 """
 
@@ -39,10 +41,10 @@ from cgn_common.logs import log_event
 from cgn_common.streams import StreamWriter, read_hello
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
-from cgn_node._convert import assignment, result_from_parts
+from cgn_node._convert import assignment, result_from_parts, usage_from_proto
 from cgn_node.broker import Broker, MinerFailedError, MinerRefusedError
 from cgn_node.central_client import CentralClient
-from cgn_node.work import WorkResult, WorkUnit
+from cgn_node.work import CancelReport, Usage, WorkResult, WorkUnit
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -106,6 +108,9 @@ class MinerConnection:
         self._prefix = self.connection_id[-8:]
         #: dispatch token -> the dispatch.
         self._pending: dict[str, _Pending] = {}
+        #: dispatch token -> (the WorkCancel's nonce, the usage the miner reports for it):
+        #: dispatches cancelled for their caller, until the miner reports what they used.
+        self._cancelled: dict[str, tuple[str, asyncio.Future[Usage]]] = {}
         #: nonce -> the future its Ack resolves (assignments, drains).
         self._acks: dict[str, asyncio.Future[None]] = {}
         #: sequence numbers of assignments sent, for WorkSlots arithmetic.
@@ -135,8 +140,10 @@ class MinerConnection:
         """Writes one message; writes are serialized."""
         await self._writer.send(message)
 
-    def _cancel(self, pending: _Pending, reason: str) -> None:
-        """Tells the miner to stop a dispatch (best effort, in the background)."""
+    def _cancel(self, pending: _Pending, reason: str, unit: WorkUnit | None = None) -> None:
+        """Tells the miner to stop a dispatch (best effort, in the background). With ``unit``
+        (its caller went away or its deadline passed), the miner's answer, a WorkCompletion
+        with the usage up to the cancel, is awaited in ``unit.cancelled``."""
         if self.closed.is_set():
             return
         if pending.ack.done() and not pending.ack.exception():
@@ -145,6 +152,11 @@ class MinerConnection:
             nonce=self.next_nonce(),
             cancel=pb.WorkCancel(dispatch_token=pending.token, reason=reason),
         )
+        if unit is not None:
+            usage: asyncio.Future[Usage] = asyncio.get_running_loop().create_future()
+            self._cancelled[pending.token] = (message.nonce, usage)
+            usage.add_done_callback(lambda _: self._cancelled.pop(pending.token, None))
+            unit.cancelled = CancelReport(self.miner_id, usage)
         self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
 
     async def _send_quietly(self, message: pb.ConnectResponse) -> None:
@@ -164,10 +176,10 @@ class MinerConnection:
         try:
             return await self._run(unit, pending)
         except asyncio.CancelledError:
-            self._cancel(pending, "the caller went away")
+            self._cancel(pending, "the caller went away", unit)
             raise
         except DeadlineExceededError:
-            self._cancel(pending, "deadline exceeded")
+            self._cancel(pending, "deadline exceeded", unit)
             raise
         finally:
             self._pending.pop(pending.token, None)
@@ -269,7 +281,13 @@ class MinerConnection:
             if p is not None:
                 p.chunks.append(message.response_body.data)
         elif kind == "completion":
-            p = self._about(message.completion.dispatch_token, nonce)
+            token = message.completion.dispatch_token
+            cancelled = self._cancelled.get(token)
+            if cancelled is not None and cancelled[0] == nonce:  # answers our WorkCancel
+                if not cancelled[1].done():
+                    cancelled[1].set_result(usage_from_proto(message.completion.usage))
+                return
+            p = self._about(token, nonce)
             if p is not None and p.head is not None:
                 body = b"".join(p.chunks)
                 self._finish(p, result_from_parts(p.head, body, message.completion.usage))
@@ -294,6 +312,8 @@ class MinerConnection:
             _settle(p.result, MinerFailedError(reason))
         for acked in self._acks.values():
             _settle(acked, MinerFailedError(reason))
+        for _, usage in list(self._cancelled.values()):
+            _settle(usage, MinerFailedError(reason))
 
     def close(self, reason: str) -> None:
         """Drops the stream (the handler sees closed and returns)."""

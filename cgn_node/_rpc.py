@@ -24,13 +24,13 @@ from cgn_common.logs import log_event
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
-from cgn_node.broker import Broker
+from cgn_node.broker import Broker, MinerFailedError
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
 from cgn_node.throttle import LoginThrottle
-from cgn_node.work import WorkUnit
+from cgn_node.work import CancelReport, WorkUnit
 from generated.cgn.common.v1 import types_pb2
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
 from generated.cgn.node.v1 import status_service_pb2_grpc as status_grpc
@@ -51,6 +51,10 @@ _DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 #: Metadata in which a gateway names the DApp's address; trusted only from a gateway's
 #: certificate (anyone else's is ignored and the connection's own address is used).
 CLIENT_ADDRESS_METADATA = "x-cgn-client-address"
+
+#: How long the row of abandoned work waits for the miner's usage up to the cancel (it comes
+#: in milliseconds; longer means the miner is lost, and the row is written with a fee of 0).
+CANCEL_REPORT_WAIT_S = 5.0
 
 
 def client_address(context: Context) -> str:
@@ -230,8 +234,8 @@ class Work(work_grpc.WorkServiceServicer):
 
     def _record_unanswered(self, unit: WorkUnit, started: int, outcome: str) -> None:
         """Records a unit that reached a miner but got no answer to return: failed (not
-        billed), or abandoned by its caller (billed for nothing yet: the miner's usage up to
-        the cancel is not reported; docs/ledger.md)."""
+        billed), or abandoned by its caller or its deadline (billed for the usage the miner
+        reports up to the cancel, awaited off the call's path; docs/ledger.md)."""
         finished = FinishedWork(
             work_id=unit.work_id,
             request_id=unit.request_id,
@@ -252,10 +256,46 @@ class Work(work_grpc.WorkServiceServicer):
             headers=unit.request.headers,
             outcome=outcome,
         )
-        self._record(finished)
+        if outcome == "abandoned" and unit.cancelled is not None:
+            self._track(
+                self._supervisor.spawn(
+                    "record-abandoned", self._record_abandoned(finished, unit.cancelled)
+                )
+            )
+        else:
+            self._record(finished)
+
+    async def _record_abandoned(self, finished: FinishedWork, report: CancelReport) -> None:
+        """Records abandoned work once its miner reported the usage up to the cancel; with a
+        fee of 0 when no report comes within CANCEL_REPORT_WAIT_S (the miner was lost)."""
+        try:
+            usage = await asyncio.wait_for(report.usage, CANCEL_REPORT_WAIT_S)
+        except (TimeoutError, MinerFailedError) as exc:
+            log_event(
+                _log,
+                "abandoned_usage_unreported",
+                logging.WARNING,
+                request_id=finished.request_id,
+                miner_id=report.miner_id,
+                error=repr(exc),
+            )
+            await self._recorder.record(finished)
+            return
+        await self._recorder.record(
+            replace(
+                finished,
+                miner_id=report.miner_id,
+                execution_time_us=usage.wall_time_us,
+                cpu_time_us=usage.cpu_time_us,
+                bytes_in=usage.bytes_in,
+                bytes_out=usage.bytes_out,
+            )
+        )
 
     def _record(self, finished: FinishedWork) -> None:
-        task = self._supervisor.spawn("record-work", self._recorder.record(finished))
+        self._track(self._supervisor.spawn("record-work", self._recorder.record(finished)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self.recording.add(task)
         task.add_done_callback(self.recording.discard)
 

@@ -11,8 +11,8 @@ What pricing needs that the node does not know yet is stated here, not guessed s
   ``eth_addresses`` column.
 - Miners report no calibrated benchmark yet: every miner is priced as the reference hardware
   (premium 1.0), at the standard service level.
-- Failed work is recorded with a fee of 0 (SPEC 15); work abandoned before the miner answered
-  carries no usage report yet, so it is recorded as abandoned with a fee of 0 too.
+- Failed work is recorded with a fee of 0 (SPEC 15); abandoned work is priced on the usage
+  its miner reported up to the cancel (``cgn_node/_rpc.py``), or at 0 when none came.
 """
 
 from __future__ import annotations

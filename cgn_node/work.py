@@ -3,6 +3,7 @@ protos (``cgn_node/_convert.py`` turns protos into them and back)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,16 @@ class WorkResult:
     usage: Usage
 
 
+@dataclass(frozen=True)
+class CancelReport:
+    """A dispatch the node cancelled because its caller went away or its deadline passed:
+    the miner it ran on and, once that miner reports it, the usage up to the cancel (what
+    abandoned work is billed for, SPEC 15). ``usage`` fails when the miner is lost first."""
+
+    miner_id: str
+    usage: asyncio.Future[Usage]
+
+
 @dataclass(eq=False)
 class WorkUnit:
     """One DApp request travelling through the broker.
@@ -67,6 +78,9 @@ class WorkUnit:
     arrived: float = field(default_factory=time.monotonic)
     #: Miners that refused this unit: it is not offered to them again.
     refused_by: set[str] = field(default_factory=set)
+    #: Set when the node cancelled the unit's last dispatch (its caller left, or its deadline
+    #: passed): where the miner's usage up to the cancel arrives.
+    cancelled: CancelReport | None = None
 
     def remaining_s(self) -> float:
         """Seconds until the deadline (negative once past)."""

@@ -13,28 +13,16 @@ import grpc
 import pytest
 
 from cgn_common.rpc import open_channel
-from cgn_common.types import AccountKind
 from generated.cgn.ledger.v1 import ledger_service_pb2 as pb
 from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
-from generated.cgn.work.v1 import session_service_pb2 as session_pb
-from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
 from settlement.ledger import LedgerEntry, Outcome, custom_fields, private_fields
 from settlement.rowhash import encode_pairs, keccak256, new_salt
 from settlement.split import split_fee
-from tests.helpers.cluster import Cluster, start_cluster, stop_cluster
+from tests.helpers.cluster import Cluster, Enterprise, start_cluster, stop_cluster
 from tests.helpers.pki import Pki
 from tests.helpers.wait import until
 
 DAY = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@dataclass
-class Enterprise:
-    """An enterprise account with a session on the node."""
-
-    account_id: str
-    pseudonym: str
-    token: str
 
 
 @dataclass
@@ -93,25 +81,13 @@ def _entry(enterprise: str, request_id: str, finished_at: datetime, fee: int) ->
     )
 
 
-async def _enterprise(cluster: Cluster, name: str) -> Enterprise:
-    created = await cluster.central.accounts.create(AccountKind.ENTERPRISE, name)
-    async with open_channel(cluster.endpoints["work"], cluster.pki.client_only()) as channel:
-        session = await session_grpc.SessionServiceStub(channel).CreateSession(
-            session_pb.CreateSessionRequest(
-                account_id=created.account.account_id, api_key=created.api_key
-            ),
-            timeout=10,
-        )
-    return Enterprise(created.account.account_id, created.account.pseudonym, session.token)
-
-
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     cluster = await start_cluster(tmp_path, Pki.create(tmp_path / "ca"))
     try:
         await until(lambda: cluster.node.central.connected, "the central link")
-        alice = await _enterprise(cluster, "alice")
-        bob = await _enterprise(cluster, "bob")
+        alice = await cluster.enterprise("alice")
+        bob = await cluster.enterprise("bob")
         entries = [
             _entry(alice.pseudonym, "alice-1", DAY + timedelta(hours=1), 31_900_000_000_000),
             _entry(bob.pseudonym, "bob-1", DAY + timedelta(hours=2), 1_000_000_000_000),
@@ -125,10 +101,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield World(cluster, alice, bob, seqs)
     finally:
         await stop_cluster(cluster)
-
-
-def _bearer(who: Enterprise) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {who.token}"),)
 
 
 def _columns(row: pb.PublicRow) -> dict[str, bytes]:
@@ -157,7 +129,7 @@ async def test_anyone_reads_the_public_view_on_the_status_port(world: World) -> 
         # The owner view is not offered on the status port.
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.GetPrivateRow(
-                pb.GetPrivateRowRequest(row_seq=1), metadata=_bearer(world.alice), timeout=10
+                pb.GetPrivateRowRequest(row_seq=1), metadata=world.alice.bearer, timeout=10
             )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
@@ -221,7 +193,7 @@ async def test_the_owner_sees_its_row_with_the_private_columns(world: World) -> 
         stub = ledger_grpc.LedgerServiceStub(channel)
         row = await stub.GetPrivateRow(
             pb.GetPrivateRowRequest(row_seq=world.seqs["alice-1"]),
-            metadata=_bearer(world.alice),
+            metadata=world.alice.bearer,
             timeout=10,
         )
         public = _columns(row.row)
@@ -247,7 +219,7 @@ async def test_the_owner_sees_its_row_with_the_private_columns(world: World) -> 
         # A DApp looks up the fee and usage of its request by request id.
         by_request = await stub.ListRowsByRequest(
             pb.ListRowsByRequestRequest(request_id="alice-1"),
-            metadata=_bearer(world.alice),
+            metadata=world.alice.bearer,
             timeout=10,
         )
         assert list(by_request.rows) == [row]
@@ -259,19 +231,19 @@ async def test_another_enterprises_row_is_not_found(world: World) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as theirs:
             await stub.GetPrivateRow(
                 pb.GetPrivateRowRequest(row_seq=world.seqs["alice-1"]),
-                metadata=_bearer(world.bob),
+                metadata=world.bob.bearer,
                 timeout=10,
             )
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await stub.GetPrivateRow(
-                pb.GetPrivateRowRequest(row_seq=999), metadata=_bearer(world.bob), timeout=10
+                pb.GetPrivateRowRequest(row_seq=999), metadata=world.bob.bearer, timeout=10
             )
         # Not told apart from a row that does not exist.
         assert theirs.value.code() == missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert theirs.value.details() == missing.value.details()
         none = await stub.ListRowsByRequest(
             pb.ListRowsByRequestRequest(request_id="alice-1"),
-            metadata=_bearer(world.bob),
+            metadata=world.bob.bearer,
             timeout=10,
         )
         assert list(none.rows) == []

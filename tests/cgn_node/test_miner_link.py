@@ -17,12 +17,17 @@ from cgn_common.certs import Role
 from cgn_common.errors import DeadlineExceededError, DServiceFailedError, UnauthenticatedError
 from cgn_common.rpc import open_channel
 from cgn_common.types import AccountKind, Tier
+from cgn_node.broker import MinerFailedError
 from cgn_node.work import HttpRequest, WorkUnit
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
-from generated.cgn.common.v1 import dservice_pb2, http_pb2
+from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
+from generated.cgn.work.v1 import work_pb2 as work_types_pb
+from generated.cgn.work.v1 import work_service_pb2 as work_pb
+from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+from settlement.ledger import decode_pairs
 from tests.helpers.cluster import Cluster, start_cluster, stop_cluster
 from tests.helpers.pki import Pki
 from tests.helpers.wait import until
@@ -35,7 +40,9 @@ class ScriptedMiner:
     """A miner that does what its ``behaviour`` says with each assignment."""
 
     miner_id: str
-    behaviour: str  # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce"
+    # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce", or "reports-on-cancel"
+    # (heartbeats, and answers a cancel with its usage so far, as the real miner does)
+    behaviour: str
     assignments: list[pb.WorkAssignment] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     ended: str = ""
@@ -63,6 +70,15 @@ class ScriptedMiner:
                     elif kind == "cancel":
                         token = message.cancel.dispatch_token
                         self.cancels.append(self._work_ids.get(token, token))
+                        if self.behaviour == "reports-on-cancel":
+                            done = pb.WorkCompletion(dispatch_token=token)
+                            done.usage.cpu_time.FromMicroseconds(250_000)
+                            done.usage.wall_time.FromMicroseconds(900_000)
+                            done.usage.cpu_time_metering = resources_pb2.METERING_METHOD_ISOLATED
+                            done.usage.bytes_in = 7
+                            await call.write(
+                                pb.ConnectRequest(response_nonce=message.nonce, completion=done)
+                            )
                     elif kind == "assignment":
                         self.assignments.append(message.assignment)
                         self.assigned.set()
@@ -109,7 +125,7 @@ class ScriptedMiner:
             failure.status.code = 14
             failure.status.message = "DService answered with garbage"
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, failure=failure))
-        elif self.behaviour == "heartbeat":
+        elif self.behaviour in ("heartbeat", "reports-on-cancel"):
             while True:
                 await asyncio.sleep(LEASE_MS / 3000)
                 progress = pb.WorkProgress(dispatch_token=work_id)
@@ -186,6 +202,50 @@ async def test_a_deadline_cancels_the_work_and_keeps_the_miner(cluster: Cluster)
     assert [m.miner_id for m in cluster.node.broker.miners()] == [busy.miner_id]
     assert busy.ended == ""
     task.cancel()
+
+
+async def test_abandoned_work_is_billed_for_the_usage_its_miner_reports_on_cancel(
+    cluster: Cluster,
+) -> None:
+    miner, task = await _connect(cluster, "reports-on-cancel")
+    alice = await cluster.enterprise("alice")
+    async with open_channel(cluster.endpoints["work"], cluster.pki.client_only()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await work_grpc.WorkServiceStub(channel).Call(
+                work_pb.CallRequest(
+                    dservice="echo",
+                    head=http_pb2.HttpRequestHead(method="GET", path="/slow"),
+                    options=work_types_pb.WorkOptions(request_id="abandoned-1"),
+                ),
+                metadata=alice.bearer,
+                timeout=1.0,  # the deadline passes while the miner works
+            )
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await until(lambda: miner.cancels != [], "the cancel to reach the miner")
+    ledger = cluster.node.ledger
+    assert ledger is not None
+    await until(lambda: ledger.store.by_request("abandoned-1") != [], "the abandoned row")
+    (row,) = ledger.store.by_request("abandoned-1")
+    public, private = row.public, decode_pairs(row.private_fields)
+    assert public["outcome"] == b"abandoned"
+    assert public["contributor"] != b""  # the miner's pseudonym: it is paid its share
+    assert int.from_bytes(private["cpu_time_us"], "big") == 250_000  # as the miner reported
+    assert int.from_bytes(private["bytes_in"], "big") == 7
+    assert int.from_bytes(public["fee_atto"], "big") > 0  # billed for what it used
+    task.cancel()
+
+
+async def test_abandoned_work_whose_miner_is_lost_is_recorded_unbilled(cluster: Cluster) -> None:
+    busy, task = await _connect(cluster, "heartbeat")  # never reports on cancel
+    unit = _unit("w5", deadline_s=1.0)
+    with pytest.raises(DeadlineExceededError):
+        await cluster.node.broker.submit(unit)
+    assert unit.cancelled is not None
+    assert unit.cancelled.miner_id == busy.miner_id
+    assert not unit.cancelled.usage.done()
+    task.cancel()  # the miner goes away before reporting: the report fails, nothing hangs
+    with pytest.raises(MinerFailedError):
+        await asyncio.wait_for(unit.cancelled.usage, 10)
 
 
 async def test_a_work_failure_blames_the_dservice_not_the_miner(cluster: Cluster) -> None:

@@ -10,10 +10,27 @@ from central.config import CentralConfig
 from central.registry import NodeRecord
 from central.server import Central
 from cgn_common.certs import Role
+from cgn_common.rpc import open_channel
 from cgn_common.types import AccountKind
 from cgn_node.config import NodeConfig
 from cgn_node.server import Node
+from generated.cgn.work.v1 import session_service_pb2 as session_pb
+from generated.cgn.work.v1 import session_service_pb2_grpc as session_grpc
 from tests.helpers.pki import Pki
+
+
+@dataclass
+class Enterprise:
+    """An enterprise account with a session on the node."""
+
+    account_id: str
+    pseudonym: str
+    token: str
+
+    @property
+    def bearer(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata carrying the session."""
+        return (("authorization", f"Bearer {self.token}"),)
 
 
 @dataclass
@@ -26,6 +43,19 @@ class Cluster:
     node_id: str
     endpoints: dict[str, str]
     central_config: CentralConfig
+
+    async def enterprise(self, name: str) -> Enterprise:
+        """A new enterprise account with a session on the node (its bearer metadata in
+        ``bearer``)."""
+        created = await self.central.accounts.create(AccountKind.ENTERPRISE, name)
+        async with open_channel(self.endpoints["work"], self.pki.client_only()) as channel:
+            session = await session_grpc.SessionServiceStub(channel).CreateSession(
+                session_pb.CreateSessionRequest(
+                    account_id=created.account.account_id, api_key=created.api_key
+                ),
+                timeout=10,
+            )
+        return Enterprise(created.account.account_id, created.account.pseudonym, session.token)
 
     async def restart_central(self) -> None:
         """Stops Central and starts a new replica process-equivalent on the same database."""

@@ -210,7 +210,10 @@ class ConnectResponse(_message.Message):
 
     @_builtins.property
     def cancel(self) -> Global___WorkCancel:
-        """Stop running a work unit (client gone, race lost, deadline passed). No answer."""
+        """Stop running a work unit (client gone, race lost, deadline passed). The miner answers
+        with a WorkCompletion echoing this message's nonce, carrying the usage up to the cancel
+        (abandoned work is billed for it); the node does not wait for it to move on.
+        """
 
     @_builtins.property
     def key_grant(self) -> Global___KeyGrant:
@@ -798,7 +801,9 @@ Global___WorkFailure: _TypeAlias = WorkFailure  # noqa: Y015
 
 @_typing.final
 class WorkCancel(_message.Message):
-    """The node stops a work unit on the miner."""
+    """The node stops a work unit on the miner, which answers with a WorkCompletion for the same
+    dispatch token: the usage up to the cancel.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
