@@ -26,6 +26,7 @@ from cgn_node.ledger_recorder import Pseudonyms
 from generated.cgn.common.v1 import http_pb2, money_pb2, resources_pb2
 from generated.cgn.ledger.v1 import ledger_service_pb2 as pb
 from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
+from settlement.groups import row_settlements
 from settlement.ledger import LedgerStore, StoredRow, decode_pairs, iter_pairs
 
 #: grpc ships no type stubs, so the servicer context is untyped.
@@ -111,9 +112,12 @@ def _uint(columns: dict[str, bytes], name: str) -> int:
     return int.from_bytes(columns.get(name, b""), "big")
 
 
-def private_row(row: StoredRow) -> pb.GetPrivateRowResponse:
+def private_row(
+    row: StoredRow, settlements: list[tuple[str, bool, bytes]] | None = None
+) -> pb.GetPrivateRowResponse:
     """A stored row's owner view: the public view, the private columns as hashed, the custom
-    fields with their salt, and the same decoded into typed fields."""
+    fields with their salt, the same decoded into typed fields, and each entity's settlement
+    state (``settlement.groups.row_settlements``)."""
     public = row.public
     private = decode_pairs(row.private_fields)
     custom = decode_pairs(row.custom_fields)
@@ -141,6 +145,10 @@ def private_row(row: StoredRow) -> pb.GetPrivateRowResponse:
             nano_units=_uint(public, "fee_fiat_nano"),
         ),
         fee_tokens=money_pb2.TokenAmount(atto_units_be=public.get("fee_atto", b"").lstrip(b"\0")),
+        settlements=[
+            pb.SettlementStatus(pseudonym=who, settled=settled, transaction_hash=transaction)
+            for who, settled, transaction in settlements or []
+        ],
     )
     response.usage.cpu_time.FromMicroseconds(_uint(private, "cpu_time_us"))
     response.usage.wall_time.FromMicroseconds(_uint(private, "execution_time_us"))
@@ -215,7 +223,7 @@ class LedgerView(ledger_grpc.LedgerServiceServicer):
         # Another enterprise's row is answered as a missing one: its existence is not told.
         if row is None or not self._owned(row, owner):
             raise NotFoundError(_NOT_FOUND)
-        return private_row(row)
+        return private_row(row, await asyncio.to_thread(row_settlements, self._store, row))
 
     async def ListRowsByRequest(  # noqa: N802
         self, request: pb.ListRowsByRequestRequest, context: Context
@@ -225,5 +233,9 @@ class LedgerView(ledger_grpc.LedgerServiceServicer):
         owner = await self._owner()
         rows = await asyncio.to_thread(self._store.by_request, request.request_id)
         return pb.ListRowsByRequestResponse(
-            rows=[private_row(r) for r in rows if self._owned(r, owner)]
+            rows=[
+                private_row(r, await asyncio.to_thread(row_settlements, self._store, r))
+                for r in rows
+                if self._owned(r, owner)
+            ]
         )

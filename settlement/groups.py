@@ -167,6 +167,40 @@ def unsettled(store: LedgerStore, groups: list[Group]) -> list[str]:
     return problems
 
 
+def row_settlements(store: LedgerStore, row: StoredRow) -> list[tuple[str, bool, bytes]]:
+    """Per entity of ``row`` (its enterprise, then each beneficiary once): (pseudonym, whether
+    the entity's group of the row's day is settled, the settling transaction hash or b"")."""
+    public = decode_pairs(row.public_fields)
+    micros = int.from_bytes(public["finished_at"], "big", signed=True)
+    day = _day_number((_EPOCH + timedelta(microseconds=micros)).date())
+    entities: dict[tuple[GroupKind, str], None] = {}
+    if public["enterprise"]:
+        entities[GroupKind.ENTERPRISE, public["enterprise"].decode()] = None
+    for who, _ in _BENEFICIARIES:
+        if public[who]:
+            entities[GroupKind.BENEFICIARY, public[who].decode()] = None
+    if not entities:
+        return []
+    with store.engine.connect() as connection:
+        found = {
+            (GroupKind(r.group_kind), r.pseudonym): r
+            for r in connection.execute(
+                ledger_settlements.select().where(
+                    (ledger_settlements.c.day == day)
+                    & ledger_settlements.c.pseudonym.in_({p for _, p in entities})
+                )
+            )
+        }
+    statuses = []
+    for key in entities:
+        record = found.get(key)
+        if record is not None and record.settled:
+            statuses.append((key[1], True, bytes(record.transaction_hash or b"")))
+        else:
+            statuses.append((key[1], False, b""))
+    return statuses
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -15,6 +15,7 @@ import pytest
 from cgn_common.rpc import open_channel
 from generated.cgn.ledger.v1 import ledger_service_pb2 as pb
 from generated.cgn.ledger.v1 import ledger_service_pb2_grpc as ledger_grpc
+from settlement.groups import day_groups, record_settled
 from settlement.ledger import LedgerEntry, Outcome, custom_fields, private_fields
 from settlement.rowhash import encode_pairs, keccak256, new_salt
 from settlement.split import split_fee
@@ -223,6 +224,23 @@ async def test_the_owner_sees_its_row_with_the_private_columns(world: World) -> 
             timeout=10,
         )
         assert list(by_request.rows) == [row]
+        # Nothing is settled yet; once the day's groups are, each entity's state says so.
+        assert [(s.pseudonym, s.settled) for s in row.settlements] == [
+            (world.alice.pseudonym, False),
+            ("opr-miner", False),
+            ("nop-node", False),
+        ]
+        store = world.cluster.node.ledger.store  # type: ignore[union-attr]
+        groups = await asyncio.to_thread(day_groups, store, DAY.date())
+        await asyncio.to_thread(record_settled, store, groups, b"\x77" * 32)
+        settled = await stub.GetPrivateRow(
+            pb.GetPrivateRowRequest(row_seq=world.seqs["alice-1"]),
+            metadata=world.alice.bearer,
+            timeout=10,
+        )
+        assert [(s.settled, s.transaction_hash) for s in settled.settlements] == [
+            (True, b"\x77" * 32)
+        ] * 3
 
 
 async def test_another_enterprises_row_is_not_found(world: World) -> None:

@@ -578,7 +578,9 @@ class GetPrivateRowResponse(_message.Message):
 
     @_builtins.property
     def settlements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementStatus]:
-        """Per entity: payment status and settling transaction id (not filled yet)."""
+        """Per entity of the row (its enterprise, then each beneficiary once): whether its group of
+        the row's day is settled, and the settling transaction.
+        """
 
     @_builtins.property
     def private_columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
