@@ -146,21 +146,22 @@ def _executemany_rate(url: str, rows: list[dict[str, Any]], batch: int) -> float
 
 def _floor_rate(url: str, rows: list[dict[str, Any]], batch: int) -> float:
     """rows/s of the same (already hashed) rows inserted the way the ledger inserts them
-    (settlement.ledger.insert_rows: executemany on SQLite, COPY on PostgreSQL), one
-    commit per batch, nothing computed: the driver and the database alone."""
+    (settlement.ledger.insert_rows: multi-row INSERTs on SQLite, COPY on PostgreSQL), one
+    commit per batch, on one thread, nothing computed: the driver and the database alone."""
     engine: Engine = open_ledger(url)
     columns = [c.name for c in ledger_rows.columns]
-    tuples = [tuple(row[c] for c in columns) for row in rows]
+    values = [row[c] for row in rows for c in columns]
     table = _period_table(engine, rows)
+    width = len(columns)
     try:
         began = time.perf_counter()
-        for start in range(0, len(tuples), batch):
+        for start in range(0, len(values), batch * width):
             with engine.begin() as connection:
-                insert_rows(connection, table, tuples[start : start + batch])
+                insert_rows(connection, table, values[start : start + batch * width])
         elapsed = time.perf_counter() - began
     finally:
         engine.dispose()
-    return len(tuples) / elapsed
+    return len(rows) / elapsed
 
 
 def _best(runs: int, measure: Callable[[int], float]) -> float:

@@ -305,12 +305,13 @@ def _sqlite_insert(table: str, rows: int) -> str:
     return f"INSERT INTO {table} ({_COLUMNS}) VALUES " + ", ".join([one] * rows)
 
 
-def insert_rows(connection: Connection, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Inserts ledger rows (``ledger_rows``'s columns in order) into ``table`` (a period's) in
-    ``connection``'s transaction, the fastest way each database offers from Python: on SQLite
-    multi-row INSERTs of up to 4,095 rows (one call into SQLite, which runs without the GIL,
-    where an executemany takes it back for every row), on PostgreSQL a COPY.
-    bench/ledger_ingest.py measures its floor with it too."""
+def insert_rows(connection: Connection, table: str, values: Sequence[Any]) -> None:
+    """Inserts ledger rows into ``table`` (a period's) in ``connection``'s transaction:
+    ``values`` holds the rows one after the other, ``ledger_rows``' eight columns each, in
+    order. The fastest way each database offers from Python: on SQLite multi-row INSERTs of
+    up to 4,095 rows (one call into SQLite, which runs without the GIL, where an executemany
+    takes it back for every row), on PostgreSQL a COPY. bench/ledger_ingest.py measures its
+    floor with it too."""
     driver = connection.connection.driver_connection
     assert driver is not None
     if connection.dialect.name == "postgresql":
@@ -318,18 +319,27 @@ def insert_rows(connection: Connection, table: str, rows: Sequence[tuple[Any, ..
             driver.cursor() as cursor,
             cursor.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN") as copy,
         ):
-            for row in rows:
+            for row in zip(*[iter(values)] * _WIDTH, strict=True):
                 copy.write_row(row)
         return
     cursor = driver.cursor()
+    step = _SQLITE_CHUNK * _WIDTH
     try:
-        for start in range(0, len(rows), _SQLITE_CHUNK):
-            chunk = rows[start : start + _SQLITE_CHUNK]
-            cursor.execute(
-                _sqlite_insert(table, len(chunk)), [value for row in chunk for value in row]
-            )
+        for start in range(0, len(values), step):
+            chunk = values[start : start + step]
+            cursor.execute(_sqlite_insert(table, len(chunk) // _WIDTH), chunk)
     finally:
         cursor.close()
+
+
+def _stored_rows(values: Sequence[Any]) -> list[StoredRow]:
+    """The StoredRows of insert values (see insert_rows)."""
+    return [
+        StoredRow(seq, public, digest, private, custom)
+        for seq, _, _, _, digest, public, private, custom in zip(
+            *[iter(values)] * _WIDTH, strict=True
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -337,9 +347,15 @@ class PreparedBatch:
     """Entries numbered and hashed by :meth:`LedgerStore.prepare`, not yet committed."""
 
     first_seq: int
-    #: Insert tuples by period (a batch spans two periods at a month's turn).
-    rows: dict[str, list[tuple[Any, ...]]]
-    stored: list[StoredRow]
+    count: int
+    #: Insert values by period (see insert_rows; a batch spans two periods at a month's turn).
+    values: dict[str, list[Any]]
+
+    @property
+    def rows(self) -> list[StoredRow]:
+        """The batch's rows as they will be stored, by number."""
+        rows = [row for values in self.values.values() for row in _stored_rows(values)]
+        return sorted(rows, key=lambda row: row.row_seq)
 
 
 class LedgerStore:
@@ -427,16 +443,12 @@ class LedgerStore:
             ] = encoded  # fmt: skip
         return encoded
 
-    def _encode(
-        self, entries: Sequence[LedgerEntry], first_seq: int
-    ) -> tuple[dict[str, list[tuple[Any, ...]]], list[StoredRow]]:
-        """Numbers and hashes ``entries`` from ``first_seq``: their insert tuples by period and
-        their StoredRows. The public columns are encoded in hashing order, unrolled (a property test
-        holds every row equal to ``settlement.rowhash``'s canonical encoding), runs of
-        repeating columns from caches; everything the loop needs is a local name."""
-        by_period: dict[str, list[tuple[Any, ...]]] = {}
-        stored: list[StoredRow] = []
-        add_stored = stored.append
+    def _encode(self, entries: Sequence[LedgerEntry], first_seq: int) -> dict[str, list[Any]]:
+        """Numbers and hashes ``entries`` from ``first_seq``: their insert values by period
+        (see insert_rows). The public columns are encoded in hashing order, unrolled (a
+        property test holds every row equal to ``settlement.rowhash``'s canonical encoding),
+        runs of repeating columns from caches; everything the loop needs is a local name."""
+        by_period: dict[str, list[Any]] = {}
         # The period of the last row and its bounds: rows arrive in time order, so a batch
         # changes period at most at a month's turn.
         low = high = 0
@@ -447,7 +459,7 @@ class LedgerStore:
             self._splits,
             self._amounts,
         )
-        join, keccak, make = b"".join, _keccak, StoredRow
+        join, keccak = b"".join, _keccak
         ledger_id = _H_LEDGER_ID + self._text(self.ledger_id)
         epoch, custom_head, empty_custom = _EPOCH, _H_CUSTOM_HASH, _H_CUSTOM_HASH + _EMPTY_HASH
         seq = first_seq
@@ -470,7 +482,7 @@ class LedgerStore:
                     if period in self._retired:
                         raise ValueError(f"its period {period} is retired")
                     low, high = period_bounds(period)
-                    add_row = by_period.setdefault(period, []).append
+                    add_row = by_period.setdefault(period, []).extend
                 first = (e.contributor, e.contributor_charity, e.currency)
                 second = (e.developer, e.developer_charity, e.end_user, e.enterprise)
                 third = (e.node_operator, e.operator_charity, e.outcome)
@@ -496,26 +508,28 @@ class LedgerStore:
                 raise InvalidEntryError(offset, str(exc)) from exc
             digest = keccak(public)
             add_row((seq, micros, e.enterprise, e.request_id, digest, public, private, custom))
-            add_stored(make(seq, public, digest, private, custom))
             seq += 1
-        return by_period, stored
+        return by_period
 
     def append(self, entries: Sequence[LedgerEntry]) -> list[StoredRow]:
         """Numbers, hashes and inserts ``entries`` in one transaction; returns the rows once
         committed (durable as docs/ledger.md defines). Nothing is inserted when an entry is
         refused (InvalidEntryError) or the database fails."""
         self.rewind()
-        return self.commit(self.prepare(entries))
+        batch = self.prepare(entries)
+        self.commit(batch)
+        return batch.rows
 
     def prepare(self, entries: Sequence[LedgerEntry]) -> PreparedBatch:
         """Numbers ``entries`` after the last prepared batch and hashes them, without touching
         the database (the writer prepares one batch while the one before commits).
         InvalidEntryError names an entry that can never be written; nothing is numbered."""
-        rows, stored = self._encode(entries, self._reserved)
-        self._reserved += len(stored)
-        return PreparedBatch(self._reserved - len(stored), rows, stored)
+        first = self._reserved
+        values = self._encode(entries, first)
+        self._reserved += len(entries)
+        return PreparedBatch(first, len(entries), values)
 
-    def commit(self, batch: PreparedBatch) -> list[StoredRow]:
+    def commit(self, batch: PreparedBatch) -> int:
         """Inserts a prepared batch in one transaction (:func:`insert_rows`), creating the
         table of a period it is the first to reach. Batches commit in the order prepared;
         after a failure, :meth:`rewind` and prepare again what was not committed."""
@@ -523,11 +537,11 @@ class LedgerStore:
             raise RuntimeError(
                 f"batch from row {batch.first_seq} committed out of order (next {self._next_seq})"
             )
-        if not batch.stored:
-            return []
+        if not batch.count:
+            return 0
         created: dict[str, Table] = {}
         with self.engine.begin() as connection:
-            for period, rows in batch.rows.items():
+            for period, values in batch.values.items():
                 table = self._live.get(period)
                 if table is None:
                     table = created.get(period)
@@ -535,10 +549,10 @@ class LedgerStore:
                     table = created[period] = create_period(
                         connection, period, [*self._live, *created]
                     )
-                insert_rows(connection, table.name, rows)
+                insert_rows(connection, table.name, values)
         self._live.update(created)
-        self._next_seq += len(batch.stored)
-        return batch.stored
+        self._next_seq += batch.count
+        return batch.count
 
     def live_periods(self) -> list[str]:
         """The live periods ("YYYY-MM"), oldest first."""

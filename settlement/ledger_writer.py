@@ -28,7 +28,6 @@ from settlement.ledger import (
     LedgerEntry,
     LedgerStore,
     PreparedBatch,
-    StoredRow,
     check_entry,
 )
 
@@ -94,7 +93,7 @@ class LedgerWriter:
             prepared = await self._prepare(batch)
             if prepared is not None:
                 await self._commit(self._start(prepared))
-        committing: asyncio.Future[list[StoredRow]] | None = None
+        committing: asyncio.Future[int] | None = None
         try:
             while True:
                 if committing is None or not self._queue.empty():
@@ -145,10 +144,10 @@ class LedgerWriter:
         self._taken.remove(batch)
         return None
 
-    def _start(self, prepared: PreparedBatch) -> asyncio.Future[list[StoredRow]]:
+    def _start(self, prepared: PreparedBatch) -> asyncio.Future[int]:
         return asyncio.ensure_future(asyncio.to_thread(self.store.commit, prepared))
 
-    async def _commit(self, committing: asyncio.Future[list[StoredRow]]) -> None:
+    async def _commit(self, committing: asyncio.Future[int]) -> None:
         """Waits for the oldest taken batch's commit and counts its rows durable. A commit is
         never abandoned half-way: cancelling the writer waits for it, so no batch is both
         committed and committed again."""
@@ -158,15 +157,15 @@ class LedgerWriter:
         except asyncio.CancelledError:
             await asyncio.wait({committing})
             if not committing.cancelled() and committing.exception() is None:
-                await self._committed(len(committing.result()))
+                await self._committed(committing.result())
             raise
-        await self._committed(len(rows))
-        if len(rows) >= 1000:
+        await self._committed(rows)
+        if rows >= 1000:
             log_event(
                 _log,
                 "ledger_batch_committed",
                 logging.DEBUG,
-                rows=len(rows),
+                rows=rows,
                 ms=round((time.perf_counter() - began) * 1000, 1),
             )
 
