@@ -574,6 +574,15 @@ class LedgerStore:
         table = self._live[period]
         remaining = [p for p in self._live if p != period]
         with self.engine.begin() as connection:
+            held = connection.execute(
+                select(func.count(), func.min(table.c.row_seq), func.max(table.c.row_seq))
+            ).one()
+            if tuple(held) != (rows, first_seq, last_seq):
+                # A row arrived after the export (or one left behind the database's back).
+                raise ValueError(
+                    f"period {period} holds rows {held[1]}..{held[2]} ({held[0]}), "
+                    f"not the {rows} exported ({first_seq}..{last_seq})"
+                )
             changed = connection.execute(
                 ledger_periods.update()
                 .where((ledger_periods.c.period == period) & (ledger_periods.c.state == "live"))

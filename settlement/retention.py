@@ -230,15 +230,19 @@ def retire(
         raise RetentionError(f"period {period} has groups not settled as its rows say: {shown}")
     partial.replace(final)
     _fsync_directory(directory)
-    store.drop_period(
-        period,
-        first_seq=check.first_seq or 0,
-        last_seq=check.last_seq or 0,
-        rows=check.rows,
-        export_name=final.name,
-        export_sha256=check.sha256,
-        retired_at=moment,
-    )
+    try:
+        store.drop_period(
+            period,
+            first_seq=check.first_seq or 0,
+            last_seq=check.last_seq or 0,
+            rows=check.rows,
+            export_name=final.name,
+            export_sha256=check.sha256,
+            retired_at=moment,
+        )
+    except ValueError as exc:
+        final.unlink()
+        raise RetentionError(str(exc)) from exc
     return Retired(
         period, check.rows, check.first_seq or 0, check.last_seq or 0, final, check.sha256
     )

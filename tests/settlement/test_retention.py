@@ -178,3 +178,23 @@ def test_the_migration_moves_an_existing_ledgers_rows_into_their_periods(
         assert store.append([_at(1, NOW)])[0].row_seq == 49
     finally:
         store.engine.dispose()
+
+
+def test_a_period_holding_other_rows_than_exported_is_not_dropped(ledger_url: str) -> None:
+    store = _ledger(ledger_url)
+    try:
+        with pytest.raises(ValueError, match=r"holds rows 1\.\.40 \(40\), not the 39 exported"):
+            store.drop_period(
+                "2025-10",
+                first_seq=1,
+                last_seq=39,
+                rows=39,  # as if row 40 arrived after the export was written
+                export_name="node_1-2025-10.jsonl",
+                export_sha256="0" * 64,
+                retired_at=NOW,
+            )
+        assert store.live_periods() == ["2025-10", "2025-12", "2026-11"]
+        assert store.count() == 48
+        assert store.retired_periods() == []
+    finally:
+        store.engine.dispose()
