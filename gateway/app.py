@@ -276,6 +276,9 @@ def _timeout_s(request: web.Request, maximum_s: float) -> float:
 def _split_target(request: web.Request) -> tuple[str, str]:
     """The DService name and the path below it, from the raw path as the DApp wrote it."""
     raw_path = request.raw_path.split("?", 1)[0]
+    if not raw_path.startswith(_DSERVICES_PREFIX):
+        # The router matched a normalized path (e.g. "/v1/./dservices/..."): not as written.
+        raise web.HTTPNotFound(reason=f"no route for {raw_path[:200]}")
     rest = raw_path[len(_DSERVICES_PREFIX) :]
     name, slash, path = rest.partition("/")
     return name, slash + path or "/"
@@ -283,13 +286,13 @@ def _split_target(request: web.Request) -> tuple[str, str]:
 
 def _forwarded(request: web.Request, name: str) -> list[tuple[str, bytes]]:
     """The ``X-Forwarded-*`` headers the DService gets, so it can build its own URLs."""
-    host = request.headers.get("Host", "")
-    return [
+    out = [
         ("X-Forwarded-For", (request.remote or "").encode("latin-1")),
         ("X-Forwarded-Proto", request.scheme.encode("latin-1")),
-        ("X-Forwarded-Host", host.encode("utf-8", "surrogateescape")),
-        ("X-Forwarded-Prefix", f"/v1/dservices/{name}".encode("latin-1")),
     ]
+    out += [("X-Forwarded-Host", v) for n, v in request.raw_headers if n.lower() == b"host"][:1]
+    out.append(("X-Forwarded-Prefix", f"/v1/dservices/{name}".encode("latin-1")))
+    return out
 
 
 class ProxiedResponse(web.Response):

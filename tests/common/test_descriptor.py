@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from cgn_cli._dservice import scaffold
+from cgn_cli.main import cli
 from cgn_common.descriptor import Listen, builtin_descriptor, load_descriptor, parse_descriptor
 from cgn_common.errors import InvalidArgumentError
 
@@ -100,3 +102,16 @@ def test_the_scaffold_is_a_valid_descriptor_and_built_ins_are_descriptors(tmp_pa
     assert builtin_descriptor("echo").process.command[1:] == ("-m", "dservices.echo")
     with pytest.raises(InvalidArgumentError, match="unknown built-in"):
         builtin_descriptor("nope")
+
+
+def test_cgn_dservice_init_scaffolds_once_and_refuses_bad_names(tmp_path: Path) -> None:
+    runner = CliRunner()
+    made = runner.invoke(cli, ["dservice", "init", "svc", "--dir", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    assert f"--dservice {tmp_path / 'svc' / 'dservice.toml'}" in made.output
+    again = runner.invoke(cli, ["dservice", "init", "svc", "--dir", str(tmp_path)])
+    assert again.exit_code == 2
+    assert "exists and is not empty" in again.output
+    bad = runner.invoke(cli, ["dservice", "init", "Bad/Name", "--dir", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "is not a DService name" in bad.output

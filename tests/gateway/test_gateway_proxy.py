@@ -162,8 +162,14 @@ async def test_encoded_names_upgrades_and_missing_tokens_never_reach_the_node(
     upgrade = await gateway.send(b"GET", b"/v1/dservices/svc/ws", ws)
     basic = [(b"Authorization", b"Basic YTpi")]
     basic_only = await gateway.send(b"GET", b"/v1/dservices/svc/x", basic)
-    assert (encoded.status, upgrade.status, basic_only.status) == (404, 501, 401)
-    for answer in (encoded, upgrade, basic_only):
+    dotted = await gateway.send(b"GET", b"/v1/./dservices/svc/x", [SESSION])
+    assert (encoded.status, upgrade.status, basic_only.status, dotted.status) == (
+        404,
+        501,
+        401,
+        404,
+    )
+    for answer in (encoded, upgrade, basic_only, dotted):
         assert answer.values(b"X-CGN-Error") == [b"1"]
     assert b"DSERVICE_NAME_ENCODED" in encoded.body
     assert b"UPGRADE_NOT_SUPPORTED" in upgrade.body
