@@ -1,4 +1,4 @@
-"""``cgn central | node | miner run | gateway | sandbox | certs | accounts | ledger``.
+"""``cgn central | node | miner run | gateway | sandbox | certs | accounts | ledger | dservice``.
 
 Each process reads a TOML config file (``--config``), then environment variables
 (``CGN_<ROLE>_<OPTION>``), which win. ``--ready-file`` makes the process write its bound
@@ -15,6 +15,7 @@ import click
 
 from cgn_cli._accounts import accounts
 from cgn_cli._certs import certs
+from cgn_cli._dservice import dservice
 from cgn_cli._ledger import ledger
 from cgn_common.config import load_config
 from cgn_common.errors import CgnError
@@ -101,6 +102,7 @@ def gateway(config_path: Path | None, ready_file: Path | None) -> None:
 cli.add_command(certs)
 cli.add_command(accounts)
 cli.add_command(ledger)
+cli.add_command(dservice)
 
 
 @cli.command()
@@ -132,14 +134,33 @@ cli.add_command(ledger)
     show_default=True,
     help="Built-in DServices the miners offer (comma-separated; echo is always needed).",
 )
-def sandbox(state_dir: Path, miners: int, nodes: int, miner_tier: int, dservices: str) -> None:
+@click.option(
+    "--dservice",
+    "descriptors",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A DService's descriptor (PATH/dservice.toml) that every sandbox miner offers; "
+    "repeatable (docs/dservices.md).",
+)
+def sandbox(
+    state_dir: Path,
+    miners: int,
+    nodes: int,
+    miner_tier: int,
+    dservices: str,
+    descriptors: tuple[Path, ...],
+) -> None:
     """Start a complete local CGN on loopback and keep it running until Ctrl-C."""
     from cgn_cli.sandbox import run_sandbox
 
     setup_logging("sandbox")
     from cgn_common.types import Tier
 
-    sys.exit(run_sandbox(state_dir.resolve(), miners, Tier(miner_tier), dservices, nodes))
+    sys.exit(
+        run_sandbox(
+            state_dir.resolve(), miners, Tier(miner_tier), dservices, nodes, list(descriptors)
+        )
+    )
 
 
 def main() -> None:

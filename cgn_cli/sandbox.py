@@ -1,6 +1,7 @@
 """``cgn sandbox``: a complete local CGN on loopback.
 
-Starts Central, one node, N miners serving the built-in ``echo`` DService and the gateway,
+Starts Central, one node, N miners serving the built-in ``echo`` DService (and every
+developer DService given with ``--dservice PATH/dservice.toml``) and the gateway,
 each as its own process on 127.0.0.1 port 0; creates the demo enterprise account on a fresh
 state directory; checks the whole path with a real request; writes ``sandbox.json``
 (mode 0600); prints ready-to-paste curl lines; and stops every process on SIGINT/SIGTERM.
@@ -17,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,13 @@ import grpc
 
 from cgn_cli._admin import AdminClient
 from cgn_common.certs import Authority, Identity, Role, write_issued, write_key_file
-from cgn_common.errors import CgnError, FailedPreconditionError, UnavailableError
+from cgn_common.descriptor import load_descriptor
+from cgn_common.errors import (
+    CgnError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 from cgn_common.ready import write_json_atomic
@@ -83,12 +91,21 @@ class Sandbox:
         miner_tier: Tier = Tier.TIER_1_PRIVATE,
         dservices: str = "echo,mediagen",
         nodes: int = 1,
+        descriptors: Sequence[Path] = (),
     ) -> None:
         self.state_dir = state_dir
         self.nodes = nodes
         self.miners = miners
         self.miner_tier = miner_tier
         self.dservices = dservices
+        #: Developers' DServices (``--dservice PATH``), checked before anything starts.
+        self.descriptor_paths = [p.resolve() for p in descriptors]
+        self.descriptors = [load_descriptor(p) for p in self.descriptor_paths]
+        if any("," in str(p) for p in self.descriptor_paths):
+            raise InvalidArgumentError("a --dservice path may not contain ','")
+        names = self.dservice_names
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"a DService name is given twice: {names}")
         self.children: list[Child] = []
         self.stopping = False
         self.miner_restarts = 0
@@ -98,6 +115,11 @@ class Sandbox:
         self._info: dict[str, Any] = {}
         self._state_file = state_dir / "state.json"
         self.certs_dir = state_dir / "certs"
+
+    @property
+    def dservice_names(self) -> list[str]:
+        """Every DService the sandbox's miners offer: built-in ones, then the developer's."""
+        return [n for n in self.dservices.split(",") if n] + [d.name for d in self.descriptors]
 
     def _load_state(self) -> dict[str, Any]:
         """Account ids kept between runs (no secrets: keys live in their key files)."""
@@ -271,6 +293,7 @@ class Sandbox:
                 "CGN_MINER_MINER_ID": miner_id,
                 "CGN_MINER_MINER_KEY_FILE": str(self._miner_key_file(index)),
                 "CGN_MINER_DSERVICES": self.dservices,
+                "CGN_MINER_DESCRIPTORS": ",".join(str(p) for p in self.descriptor_paths),
                 "CGN_MINER_STATE_DIR": str(workdir),
                 **self.tls_env("CGN_MINER_", None),
                 # The sandbox's scripts and images are served from 127.0.0.1.
@@ -308,6 +331,20 @@ class Sandbox:
             ],
             "account_id": state["enterprise_id"],
             "api_key": api_key,
+            "dservices": [
+                {"name": n, "version": "0.1.0", "builtin": True}
+                for n in self.dservices.split(",")
+                if n
+            ]
+            + [
+                {
+                    "name": d.name,
+                    "version": d.descriptor.version,
+                    "builtin": False,
+                    "descriptor": str(p),
+                }
+                for d, p in zip(self.descriptors, self.descriptor_paths, strict=True)
+            ],
             "state_dir": str(self.state_dir),
             "pid": os.getpid(),
             "processes": {
@@ -336,7 +373,7 @@ class Sandbox:
             "CGN_NODE_MINER_LINK_LISTEN": "127.0.0.1:0",
             "CGN_NODE_STATUS_LISTEN": "127.0.0.1:0",
             "CGN_NODE_CENTRAL_LINK_LISTEN": "127.0.0.1:0",
-            "CGN_NODE_DSERVICES": self.dservices,
+            "CGN_NODE_DSERVICES": ",".join(self.dservice_names),
             **self.tls_env("CGN_NODE_", identity),
         }
         child = await self._spawn(name, ["node"], env)
@@ -445,11 +482,27 @@ def curl_lines(info: dict[str, Any]) -> str:
             f"curl -i -X POST '{url}/v1/dservices/echo/hello?name=cgn' "
             "-H \"Authorization: Bearer $TOKEN\" --data-binary 'hello, CGN'",
         ]
+        + [
+            f"curl -i '{url}/v1/dservices/{d['name']}/' -H \"X-CGN-Session: $TOKEN\""
+            for d in info.get("dservices", [])
+            if not d["builtin"]
+        ]
     )
 
 
-async def _main(state_dir: Path, miners: int, miner_tier: Tier, dservices: str, nodes: int) -> int:
-    sandbox = Sandbox(state_dir, miners, miner_tier, dservices, nodes)
+async def _main(
+    state_dir: Path,
+    miners: int,
+    miner_tier: Tier,
+    dservices: str,
+    nodes: int,
+    descriptors: Sequence[Path],
+) -> int:
+    try:
+        sandbox = Sandbox(state_dir, miners, miner_tier, dservices, nodes, descriptors)
+    except CgnError as exc:
+        print(f"sandbox failed: {exc.message}", file=sys.stderr, flush=True)
+        return 1
     supervisor = Supervisor("sandbox")
     stop = asyncio.create_task(wait_for_stop())
     start = asyncio.create_task(sandbox.start())
@@ -494,6 +547,7 @@ def run_sandbox(
     miner_tier: Tier = Tier.TIER_1_PRIVATE,
     dservices: str = "echo,mediagen",
     nodes: int = 1,
+    descriptors: Sequence[Path] = (),
 ) -> int:
     """Blocking entry point for ``cgn sandbox``; returns the exit status."""
-    return asyncio.run(_main(state_dir, miners, miner_tier, dservices, nodes))
+    return asyncio.run(_main(state_dir, miners, miner_tier, dservices, nodes, descriptors))

@@ -18,6 +18,7 @@ from cgn_common.errors import (
     InvalidArgumentError,
     UnauthenticatedError,
 )
+from cgn_common.http import check_request
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
@@ -137,8 +138,11 @@ class Work(work_grpc.WorkServiceServicer):
         node_id: str,
         supervisor: Supervisor,
         max_timeout_s: float = 60.0,
+        *,
+        max_body_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._broker = broker
+        self._max_body_bytes = max_body_bytes
         self._recorder = recorder
         self._node_id = node_id
         self._supervisor = supervisor
@@ -153,8 +157,16 @@ class Work(work_grpc.WorkServiceServicer):
         claims: SessionClaims = current_caller().session  # verified by the interceptor
         if not _DSERVICE_NAME.match(request.dservice):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
-        if not request.head.method or not request.head.path.startswith("/"):
-            raise InvalidArgumentError("head.method and a head.path starting with '/' are required")
+        head = request.head
+        # Before any DService sees it: what the gateway checks, for callers that skip it.
+        check_request(
+            head.method,
+            head.path,
+            head.query,
+            [(h.name, h.value) for h in head.headers],
+            len(request.body),
+            self._max_body_bytes,
+        )
         options = request.options
         if options.request_id and not REQUEST_ID.match(options.request_id):
             raise InvalidArgumentError("request_id: 1-128 of A-Z a-z 0-9 . _ -")

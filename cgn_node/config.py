@@ -65,6 +65,11 @@ class NodeConfig:
         "At shutdown, how long miners may finish work in flight after a Drain before the "
         "node stops.",
     )
+    max_work_body_bytes: int = option(
+        32 * 1024 * 1024,
+        "Largest DService request body a caller may send (INVALID_ARGUMENT above); the same "
+        "as the gateway's limit.",
+    )
     max_timeout_ms: int = option(
         60_000, "Longest deadline of one request; a caller's longer deadline is capped to it."
     )

@@ -136,7 +136,12 @@ class Node:
         self.recorder = recorder
         # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
         self.work = work = Work(  # type: ignore[abstract]
-            self.broker, recorder, config.node_id, self.supervisor, config.max_timeout_ms / 1000
+            self.broker,
+            recorder,
+            config.node_id,
+            self.supervisor,
+            config.max_timeout_ms / 1000,
+            max_body_bytes=config.max_work_body_bytes,
         )
         sessions = Sessions(self.issuer, self.central)
         self.work_server = GrpcServer(

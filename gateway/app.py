@@ -23,29 +23,41 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from multidict import CIMultiDict
 
-from cgn_common.http import HOP_BY_HOP
+from cgn_common.errors import CgnError
+from cgn_common.http import check_request, end_to_end
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
 from cgn_common.status import rpc_details
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
-from gateway.errors import SERVER_NAME, error_response
+from gateway.errors import SERVER_NAME, SESSION_HEADER, error_response
 from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
 
 _log = logging.getLogger(__name__)
 
-#: Request headers never forwarded to a DService: hop-by-hop (RFC 9110 7.6.1), the CGN's own
-#: credentials, and framing the gateway recomputes.
-STRIPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    "authorization",
-    "content-length",
-    # Carried as the request id and set again by the miner; never forwarded twice.
-    "x-request-id",
-    "x-cgn-timeout-ms",
-}
-_STRIPPED_RESPONSE_HEADERS = STRIPPED_REQUEST_HEADERS - {"authorization", "x-request-id"}
+#: Request headers the gateway never forwards to a DService (besides hop-by-hop ones and
+#: those named in ``Connection``): the CGN's own session header, ``Host`` (sent on as
+#: ``X-Forwarded-Host``; the miner writes the listener's own), the ``X-Forwarded-*`` headers
+#: the gateway sets itself, and the CGN's per-request options.
+STRIPPED_REQUEST_HEADERS = frozenset(
+    {
+        SESSION_HEADER.lower(),
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+        # Carried as the request id and set again by the miner; never forwarded twice.
+        "x-request-id",
+        "x-cgn-timeout-ms",
+    }
+)
+#: Answer headers the gateway replaces: ``Server`` (no DService version leaks) and
+#: ``X-Request-Id`` (the CGN's).
+_REPLACED_RESPONSE_HEADERS = frozenset({"server", "x-request-id"})
+
+_DSERVICES_PREFIX = "/v1/dservices/"
 
 #: Where a handler keeps the request id, for the error middleware.
 _REQUEST_ID = web.RequestKey("cgn_request_id", str)
@@ -150,10 +162,22 @@ def _bearer_token(request: web.Request) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
+def _session_token(request: web.Request) -> tuple[str, bool]:
+    """The session token of a DService call and whether ``Authorization`` carried it.
+
+    The rule (docs/dservices.md, "Authentication"): a request with ``X-CGN-Session`` carries
+    the token there, and its ``Authorization`` belongs to the DService, passed on untouched;
+    a request without it carries the token as ``Authorization: Bearer``, which is then the
+    CGN's and not forwarded (how every DApp did it before, and still may)."""
+    if SESSION_HEADER in request.headers:
+        return request.headers[SESSION_HEADER].strip(), False
+    return _bearer_token(request), True
+
+
 def _session_missing(request_id: str = "") -> web.Response:
     return error_response(
         grpc.StatusCode.UNAUTHENTICATED,
-        "a session token is required (Authorization: Bearer)",
+        f"a session token is required ({SESSION_HEADER}, or Authorization: Bearer)",
         reason="SESSION_MISSING",
         request_id=request_id,
     )
@@ -249,47 +273,128 @@ def _timeout_s(request: web.Request, maximum_s: float) -> float:
     return min(maximum_s, int(raw) / 1000)
 
 
+def _split_target(request: web.Request) -> tuple[str, str]:
+    """The DService name and the path below it, from the raw path as the DApp wrote it."""
+    raw_path = request.raw_path.split("?", 1)[0]
+    if not raw_path.startswith(_DSERVICES_PREFIX):
+        # The router matched a normalized path (e.g. "/v1/./dservices/..."): not as written.
+        raise web.HTTPNotFound(reason=f"no route for {raw_path[:200]}")
+    rest = raw_path[len(_DSERVICES_PREFIX) :]
+    name, slash, path = rest.partition("/")
+    return name, slash + path or "/"
+
+
+def _forwarded(request: web.Request, name: str) -> list[tuple[str, bytes]]:
+    """The ``X-Forwarded-*`` headers the DService gets, so it can build its own URLs."""
+    out = [
+        ("X-Forwarded-For", (request.remote or "").encode("latin-1")),
+        ("X-Forwarded-Proto", request.scheme.encode("latin-1")),
+    ]
+    out += [("X-Forwarded-Host", v) for n, v in request.raw_headers if n.lower() == b"host"][:1]
+    out.append(("X-Forwarded-Prefix", f"/v1/dservices/{name}".encode("latin-1")))
+    return out
+
+
+class ProxiedResponse(web.Response):
+    """A DService's answer: its headers go out exactly as listed in :attr:`exact`, restored
+    after aiohttp prepared its own (which invents ``Content-Type`` and drops the framing of
+    HEAD and 304 answers); see :func:`_restore_headers`."""
+
+    exact: list[tuple[str, str]]
+
+
+def _response_headers(
+    headers: list[tuple[str, bytes]], request_id: str
+) -> list[tuple[str, str]] | None:
+    """The DService's end-to-end answer headers, ``Server`` and ``X-Request-Id`` ours, as
+    ``str`` (aiohttp writes ``str`` as UTF-8: a value that is not UTF-8 cannot pass, None)."""
+    out: list[tuple[str, str]] = []
+    for name, value in end_to_end(headers, _REPLACED_RESPONSE_HEADERS):
+        try:
+            out.append((name, value.decode("utf-8")))
+        except UnicodeDecodeError:
+            return None
+    out.append(("Server", SERVER_NAME))
+    out.append(("X-Request-Id", request_id))
+    return out
+
+
+async def _restore_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: a proxied answer's headers, exactly as the DService sent them
+    (plus ``Date`` when it sent none, as RFC 9110 6.6.1 asks of a proxy), and
+    ``Content-Length`` as aiohttp framed the body when the DService had chunked it."""
+    if not isinstance(response, ProxiedResponse):
+        return
+    prepared = response.headers
+    # aiohttp's framing and connection handling stay; nothing else of its own.
+    kept = {k: prepared[k] for k in ("Date", "Content-Length", "Connection") if k in prepared}
+    prepared.clear()
+    for name, value in response.exact:
+        prepared.add(name, value)
+    for name, value in kept.items():
+        if name not in prepared:
+            prepared[name] = value
+
+
 async def call_dservice(request: web.Request) -> web.Response:
     """``ANY /v1/dservices/{name}/{path}``: forwards the request unchanged."""
     config = request.app[CONFIG_KEY]
     request_id = request[_REQUEST_ID] = _request_id(request)
     timeout_s = _timeout_s(request, float(config.request_timeout_s))
-    token = _bearer_token(request)
+    name, path = _split_target(request)
+    if "%" in name:
+        return error_response(
+            grpc.StatusCode.NOT_FOUND,
+            f"DService names are matched as written: {name!r} is percent-encoded",
+            reason="DSERVICE_NAME_ENCODED",
+            request_id=request_id,
+        )
+    if "Upgrade" in request.headers:
+        return error_response(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "protocol upgrades (WebSocket) are not supported through the CGN yet",
+            reason="UPGRADE_NOT_SUPPORTED",
+            request_id=request_id,
+        )
+    token, in_authorization = _session_token(request)
     if not token:
         return _session_missing(request_id)
-    name = request.match_info["name"]
-    raw_path = request.raw_path.split("?", 1)[0]
-    prefix = f"/v1/dservices/{name}"
-    path = raw_path[len(prefix) :] if raw_path.startswith(prefix) else "/"
-    path = path or "/"
     try:
         body = await _read_limited(request, config.max_work_body_bytes)
     except _BodyTooLargeError:
         return _too_large(config.max_work_body_bytes)
-    headers = [
-        (n.decode("latin-1"), v)
-        for n, v in request.raw_headers
-        if n.decode("latin-1").lower() not in STRIPPED_REQUEST_HEADERS
-    ]
+    raw = [(n.decode("latin-1"), v) for n, v in request.raw_headers]
+    drop = STRIPPED_REQUEST_HEADERS | ({"authorization"} if in_authorization else set())
+    headers = end_to_end(raw, drop) + _forwarded(request, name)
+    query = request.rel_url.raw_query_string
+    try:
+        check_request(request.method, path, query, headers, len(body), config.max_work_body_bytes)
+    except CgnError as exc:
+        return error_response(exc.code, exc.message, request_id=request_id)
     status, response_headers, response_body = await request.app[NODE_KEY].call(
         token,
         name,
         request.method,
         path,
-        request.rel_url.raw_query_string,
+        query,
         headers,
         body,
         timeout_s=timeout_s,
         request_id=request_id,
     )
-    out: CIMultiDict[str] = CIMultiDict()
-    for n, v in response_headers:
-        if n.lower() not in _STRIPPED_RESPONSE_HEADERS:
-            out.add(n, v.decode("latin-1"))
-    if "Server" not in out:
-        out["Server"] = SERVER_NAME
-    out["X-Request-Id"] = request_id
-    return web.Response(status=status, headers=out, body=response_body)
+    exact = _response_headers(response_headers, request_id)
+    if exact is None:
+        log_event(_log, "dservice_header_not_utf8", logging.WARNING, dservice=name)
+        return error_response(
+            grpc.StatusCode.UNKNOWN,
+            "the DService answered a header value that is not UTF-8, which this gateway "
+            "cannot write (gRPC clients receive it as sent)",
+            reason="DSERVICE_FAILED",
+            request_id=request_id,
+        )
+    response = ProxiedResponse(status=status, body=response_body)
+    response.exact = exact
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -306,6 +411,7 @@ async def _not_found(request: web.Request) -> web.Response:
 def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
     """Builds the gateway application around a node client."""
     app = web.Application(middlewares=[_errors], client_max_size=config.max_work_body_bytes)
+    app.on_response_prepare.append(_restore_headers)
     app[CONFIG_KEY] = config
     app[NODE_KEY] = node
     app.router.add_post("/v1/sessions", create_session)

@@ -45,7 +45,11 @@ HTTP_STATUS_BY_REASON: dict[str, int] = {
 #: Marks an error made by the CGN, so a DService's own 404 stays distinguishable.
 CGN_ERROR_HEADER = "X-CGN-Error"
 
-#: The Server header on answers the gateway makes itself (no versions leaked).
+#: The request header that carries a DApp's session token when its ``Authorization`` is the
+#: DService's own (docs/dservices.md, "Authentication").
+SESSION_HEADER = "X-CGN-Session"
+
+#: The Server header on every answer of the gateway, a DService's too (no versions leaked).
 SERVER_NAME = "cgn-gateway"
 
 

@@ -72,7 +72,10 @@ class LinkSession:
             miner_id=self._config.miner_id,
             api_key=self._config.miner_key.reveal(),
             fitness=fitness,
-            dservices=[dservice_pb2.DServiceOffer(name=n) for n in self._runtime.dservices],
+            dservices=[
+                dservice_pb2.DServiceOffer(name=n, version=d.version)
+                for n, d in self._runtime.dservices.items()
+            ],
             software_version="0.1.0",
             max_concurrent_work_units=self._config.max_concurrent_work_units,
             runtime=self._config.runtime,

@@ -20,6 +20,11 @@ class MinerConfig:
     )
     miner_key_file: str = option("", "File holding this miner's API key (mode 0600).")
     dservices: list[str] = option(["echo"], "Built-in DServices to offer.")
+    descriptors: list[str] = option(
+        [],
+        "Descriptor files (dservice.toml) of further DServices to offer, comma-separated "
+        "(docs/dservices.md).",
+    )
     max_concurrent_work_units: int = option(16, "Work units run at once.")
     runtime: str = option("process", "DService runtime: 'process' (docker comes later).")
     state_dir: str = option(".", "Where the miner keeps DService sockets and temporary files.")

@@ -49,7 +49,12 @@ class MinerDaemon:
         """The production miner: the runtime the config names."""
         if config.runtime != "process":
             raise InvalidArgumentError(f"runtime {config.runtime!r} is not available yet")
-        return cls(config, ProcessRuntime(config.dservices))
+        runtime = ProcessRuntime(
+            config.dservices,
+            [Path(p) for p in config.descriptors],
+            state_dir=Path(config.state_dir) / "dservices",
+        )
+        return cls(config, runtime)
 
     async def run(self) -> None:
         """Connects and serves forever, reconnecting after failures."""

@@ -1,6 +1,14 @@
-"""The ``process`` DService runtime: each DService is a child process serving HTTP on a
-loopback port (``CGN_LISTEN``), restarted when it crashes, metered per request through /proc
-(``miner/metering.py``; what the figures mean: docs/metering.md)."""
+"""The ``process`` DService runtime: each DService is a child process serving HTTP/1.1 where
+``CGN_LISTEN`` says (a loopback port or a Unix socket), started from its descriptor
+(``dservice.toml``, :mod:`cgn_common.descriptor`), restarted when it crashes, metered per
+request through /proc (``miner/metering.py``; what the figures mean: docs/metering.md). Its
+stdout and stderr become the miner's log lines, tagged with the DService's name.
+
+Requests are proxied byte for byte (docs/dservices.md, "Proxying"): the miner sets ``Host``
+to the listener's address and adds ``X-Request-Id``, ``X-CGN-Attempt`` and, for a body sent
+without one, ``Content-Length``; it drops hop-by-hop headers and those named in
+``Connection``; it never follows a redirect, keeps no cookies and decodes nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,46 +17,65 @@ import contextlib
 import logging
 import os
 import socket
-import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-import aiohttp
-from yarl import URL
-
-from cgn_common.errors import FailedPreconditionError, UnavailableError
-from cgn_common.http import HOP_BY_HOP
+from cgn_common.descriptor import (
+    BUILTIN_DSERVICES,
+    Listen,
+    LoadedDescriptor,
+    builtin_descriptor,
+    load_descriptor,
+)
+from cgn_common.errors import (
+    DServiceFailedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from cgn_common.http import end_to_end
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
+from cgn_common.tasks import Supervisor
 from cgn_common.types import Metering
+from miner._http1 import ResponseTooLargeError, Upstream, UpstreamProtocolError
 from miner.metering import ProcessMeter
 
 _log = logging.getLogger(__name__)
 
-#: Built-in DServices the process runtime can start, by name.
-BUILTIN_DSERVICES: dict[str, list[str]] = {
-    "echo": [sys.executable, "-m", "dservices.echo"],
-    "mediagen": [sys.executable, "-m", "dservices.mediagen"],
-}
-
+__all__ = ["BUILTIN_DSERVICES", "ENV_ALLOW_LIST", "DServiceProcess", "ProcessRuntime"]
 
 #: The only variables of the miner's environment a DService process inherits. Everything
 #: else (the miner's id and key, TLS paths, the operator's shell) stays with the miner.
 ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
+#: The largest DService answer read (below gRPC's 64 MiB message limit); a larger one is the
+#: DService's failure (502) until bodies stream.
+MAX_RESPONSE_BYTES = 60 * 1024 * 1024
 
-def dservice_environment(name: str, environ: dict[str, str], listen: str) -> dict[str, str]:
+#: Request headers the miner writes itself (``Host``: the listener's address) or that carry
+#: the CGN's own credentials; a copy arriving with the work is dropped.
+_MINER_SETS = frozenset({"host", "x-cgn-session"})
+
+#: Longest DService output line logged whole; longer lines are cut (and say so).
+_MAX_LOG_LINE = 4096
+
+
+def dservice_environment(
+    name: str, environ: Mapping[str, str], listen: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment of DService ``name``: the allow-list, the variables the operator set
-    for this DService (``CGN_DSERVICE_<NAME>_*``), and ``CGN_LISTEN``."""
+    for this DService (``CGN_DSERVICE_<NAME>_*``), the descriptor's ``env`` (``extra``) and
+    ``CGN_LISTEN``."""
     own = "CGN_DSERVICE_" + "".join(c if c.isalnum() else "_" for c in name.upper()) + "_"
     env = {k: v for k, v in environ.items() if k in ENV_ALLOW_LIST or k.startswith(own)}
+    env.update(extra or {})
     env["CGN_LISTEN"] = listen
     return env
-
-
-_START_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -72,19 +99,76 @@ def _free_port() -> int:
         return port
 
 
+def request_headers(
+    headers: Sequence[tuple[str, bytes]], authority: str, body_length: int
+) -> list[tuple[bytes, bytes]]:
+    """The headers the DService receives: ``Host`` (the listener's address) first, then the
+    end-to-end headers as given, and ``Content-Length`` only when a body came without one."""
+    kept = end_to_end(headers, _MINER_SETS)
+    out = [(b"Host", authority.encode("ascii"))]
+    out += [(n.encode("latin-1"), v) for n, v in kept]
+    if body_length and not any(n.lower() == "content-length" for n, _ in kept):
+        out.append((b"Content-Length", str(body_length).encode()))
+    return out
+
+
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, bytes]]:
+    """The DService's answer headers as sent, minus hop-by-hop ones and those its
+    ``Connection`` names (``Content-Length`` stays: it is the DService's framing)."""
+    return end_to_end([(n.decode("latin-1"), v) for n, v in raw])
+
+
+class _OutputLog:
+    """Logs what a DService writes to one of its streams, a line at a time."""
+
+    def __init__(self, name: str, stream: str, pid: int) -> None:
+        self._name, self._stream, self._pid = name, stream, pid
+        self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        cut = len(line) > _MAX_LOG_LINE
+        text = line[:_MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
+        log_event(
+            _log,
+            "dservice_output",
+            dservice=self._name,
+            stream=self._stream,
+            pid=self._pid,
+            line=text,
+            truncated=cut,
+        )
+
+    async def pump(self, reader: asyncio.StreamReader) -> None:
+        """Reads until the stream ends (the process exited)."""
+        while data := await reader.read(64 * 1024):
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            if len(self._partial) > _MAX_LOG_LINE:
+                lines.append(self._partial)
+                self._partial = b""
+            for line in lines:
+                self._emit(line)
+        if self._partial:
+            self._emit(self._partial)
+
+
 class DServiceProcess:
     """One running DService child process."""
 
-    def __init__(self, name: str, command: Sequence[str]) -> None:
-        self.name = name
-        self._command = list(command)
+    def __init__(self, loaded: LoadedDescriptor, state_dir: Path | None = None) -> None:
+        self.name = loaded.name
+        self.version = loaded.descriptor.version
+        self.descriptor = loaded
+        self._state_dir = state_dir
         self._process: asyncio.subprocess.Process | None = None
         #: Meters the requests to the current child, made once per spawn (its /proc files stay
         #: open: the hot path reads them, never opens them).
         self._meter: ProcessMeter | None = None
-        self._port = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._listen = Listen()
+        self._upstream: Upstream | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._output = Supervisor(f"dservice-{self.name}-output")
+        self._socket_dir: str | None = None
         self._stopping = False
         self._ready = asyncio.Event()
         self.restarts = 0
@@ -104,42 +188,81 @@ class DServiceProcess:
         """The meter of the current child."""
         return self._meter
 
+    @property
+    def listen(self) -> Listen:
+        """Where the current child listens."""
+        return self._listen
+
     async def start(self) -> None:
         """Starts the child and waits until it accepts connections."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, force_close=False),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
         await self._spawn()
         self._monitor = asyncio.create_task(self._watch(), name=f"dservice-{self.name}")
 
+    def _next_listen(self) -> Listen:
+        if self.descriptor.process.listen == "tcp":
+            return Listen(port=_free_port())
+        if self._socket_dir is None:
+            base = self._state_dir
+            # A socket path longer than sun_path (108 bytes) cannot be bound: use /tmp then.
+            if base is None or len(str(base.resolve())) + len(self.name) > 70:
+                base = None
+            else:
+                base.mkdir(parents=True, exist_ok=True)
+            self._socket_dir = tempfile.mkdtemp(prefix=f"dsvc-{self.name}-", dir=base)
+        path = os.path.join(self._socket_dir, "http.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the previous child's
+        return Listen(socket=path)
+
     async def _spawn(self) -> None:
-        self._port = _free_port()
-        env = dservice_environment(self.name, dict(os.environ), f"127.0.0.1:{self._port}")
-        self._process = await asyncio.create_subprocess_exec(
-            *self._command, env=env, preexec_fn=die_with_parent
-        )
+        self._listen = listen = self._next_listen()
+        loaded = self.descriptor
+        env = dservice_environment(self.name, os.environ, listen.value, loaded.process.env)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *loaded.argv(listen),
+                env=env,
+                cwd=loaded.cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            raise FailedPreconditionError(f"DService {self.name!r} cannot start: {exc}") from None
+        process = self._process
+        for stream, reader in (("stdout", process.stdout), ("stderr", process.stderr)):
+            assert reader is not None
+            pump = _OutputLog(self.name, stream, process.pid).pump(reader)
+            self._output.spawn(f"dservice-{self.name}-{stream}", pump)
+        if self._upstream is not None:
+            self._upstream.close()  # the previous child's connections
+        self._upstream = Upstream(listen)
         if self._meter is not None:
             self._meter.close()  # the previous child's; requests still in flight finish first
         unmetered: OSError | None = None
         try:
-            self._meter = ProcessMeter(self._process.pid)
+            self._meter = ProcessMeter(process.pid)
         except OSError as exc:
             self._meter, unmetered = None, exc  # exited already, or no /proc
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + loaded.process.start_timeout_s
         while time.monotonic() < deadline:
-            if self._process.returncode is not None:
-                raise FailedPreconditionError(f"DService {self.name!r} exited at start")
+            if process.returncode is not None:
+                raise FailedPreconditionError(
+                    f"DService {self.name!r} exited at start with {process.returncode} "
+                    "(its output is in the miner's log as dservice_output)"
+                )
             if unmetered is not None:  # never serve work that cannot be metered
                 with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
+                    process.kill()
                 raise FailedPreconditionError(
                     f"DService {self.name!r} cannot be metered: {unmetered}"
                 )
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self._port)
+                if listen.socket:
+                    _, writer = await asyncio.open_unix_connection(listen.socket)
+                else:
+                    _, writer = await asyncio.open_connection(listen.host, listen.port)
             except OSError:
                 await asyncio.sleep(0.02)
                 continue
@@ -147,10 +270,20 @@ class DServiceProcess:
             await writer.wait_closed()
             self._ready.set()
             log_event(
-                _log, "dservice_started", dservice=self.name, pid=self._process.pid, port=self._port
+                _log,
+                "dservice_started",
+                dservice=self.name,
+                version=self.version,
+                pid=process.pid,
+                listen=listen.value,
             )
             return
-        raise FailedPreconditionError(f"DService {self.name!r} did not start listening in time")
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise FailedPreconditionError(
+            f"DService {self.name!r} did not accept connections on {listen.value} within "
+            f"{loaded.process.start_timeout_s} s"
+        )
 
     async def _watch(self) -> None:
         delay = 0.1
@@ -183,42 +316,41 @@ class DServiceProcess:
     async def call(
         self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
     ) -> DServiceResponse:
-        """Sends one request to the DService and meters it."""
+        """Sends one request to the DService, unchanged but for the headers the miner owns
+        (:func:`request_headers`), and meters it."""
         meter = self._meter
-        if not self._ready.is_set() or meter is None or self._session is None:
+        upstream = self._upstream
+        if not self._ready.is_set() or meter is None or upstream is None:
             raise UnavailableError(f"DService {self.name!r} is not running")
-        target = f"http://127.0.0.1:{self._port}{path}" + (f"?{query}" if query else "")
-        send_headers = [
-            (name, value.decode("latin-1"))
-            for name, value in headers
-            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
-        ]
+        target = path + (f"?{query}" if query else "")
+        send = request_headers(headers, self._listen.authority, len(body))
         ticket = meter.begin()
         started = time.perf_counter_ns()
         try:
-            async with self._session.request(
-                method, URL(target, encoded=True), headers=send_headers, data=body
-            ) as response:
-                payload = await response.read()
-                raw_headers = response.raw_headers
-                status = response.status
-        except aiohttp.ClientError as exc:
+            raw = await upstream.request(
+                method.encode("ascii", "replace"),
+                target.encode("utf-8", "surrogateescape"),
+                send,
+                body,
+                MAX_RESPONSE_BYTES,
+            )
+        except UpstreamProtocolError as exc:
+            if exc.local:
+                raise InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}") from None
+            raise DServiceFailedError(f"DService {self.name!r} failed: {exc}") from None
+        except ResponseTooLargeError as exc:
+            raise DServiceFailedError(f"DService {self.name!r}: {exc}") from None
+        except OSError as exc:
             raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
         finally:
             # Also when the call fails or is cancelled: its share must not go to the others.
             # (Billing abandoned work for its share is the ledger's part, SPEC section 15.)
             metered = meter.end(ticket)
         wall_us = (time.perf_counter_ns() - started) // 1000
-        kept = [
-            (name.decode("latin-1"), value)
-            for name, value in raw_headers
-            if name.decode("latin-1").lower() not in HOP_BY_HOP
-            and name.lower() != b"content-length"
-        ]
         return DServiceResponse(
-            status=status,
-            headers=kept,
-            body=payload,
+            status=raw.status,
+            headers=response_headers(raw.headers),
+            body=raw.body,
             cpu_time_us=metered.cpu_time_us,
             wall_time_us=wall_us,
             peak_memory_bytes=metered.peak_memory_bytes,
@@ -240,16 +372,22 @@ class DServiceProcess:
             except TimeoutError:
                 self._process.kill()
                 await self._process.wait()
-        if self._session is not None:
-            await self._session.close()
+        await self._output.close()
+        if self._upstream is not None:
+            self._upstream.close()
         if self._meter is not None:
             self._meter.close()
+        if self._socket_dir is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self._socket_dir, "http.sock"))
+                os.rmdir(self._socket_dir)
 
 
 class DService(Protocol):
     """One DService a runtime runs, as the miner's link uses it."""
 
     name: str
+    version: str
 
     @property
     def running(self) -> bool:
@@ -279,13 +417,24 @@ class Runtime(Protocol):
 
 
 class ProcessRuntime:
-    """Runs the configured DServices as child processes."""
+    """Runs DServices as child processes: built-in ones by name, others from their
+    descriptor files."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        unknown = [n for n in names if n not in BUILTIN_DSERVICES]
-        if unknown:
-            raise FailedPreconditionError(f"unknown built-in DServices: {unknown}")
-        self.dservices = {n: DServiceProcess(n, BUILTIN_DSERVICES[n]) for n in names}
+    def __init__(
+        self,
+        names: Sequence[str] = (),
+        descriptors: Sequence[LoadedDescriptor | Path] = (),
+        state_dir: Path | None = None,
+    ) -> None:
+        loaded = [builtin_descriptor(n) for n in names]
+        for item in descriptors:
+            loaded.append(item if isinstance(item, LoadedDescriptor) else load_descriptor(item))
+        seen: set[str] = set()
+        for item in loaded:
+            if item.name in seen:
+                raise FailedPreconditionError(f"DService {item.name!r} is configured twice")
+            seen.add(item.name)
+        self.dservices = {d.name: DServiceProcess(d, state_dir) for d in loaded}
 
     async def start(self) -> None:
         """Starts every DService."""

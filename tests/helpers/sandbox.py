@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,12 @@ def start_sandbox(
     miner_tier: int = 1,
     dservices: str = "echo,mediagen",
     env: dict[str, str] | None = None,
+    descriptors: Sequence[Path] = (),
 ) -> RunningSandbox:
     """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded).
 
     ``env`` adds variables to the sandbox's environment, which its children inherit (e.g.
-    ``CGN_NODE_ACCOUNT_LIMIT``)."""
+    ``CGN_NODE_ACCOUNT_LIMIT``); each of ``descriptors`` is a ``--dservice`` file."""
     with open(log, "wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
@@ -98,6 +100,7 @@ def start_sandbox(
                 str(miner_tier),
                 "--dservices",
                 dservices,
+                *[arg for path in descriptors for arg in ("--dservice", str(path))],
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -59,16 +59,25 @@ class HttpRequestHead(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     CONTENT_LENGTH_FIELD_NUMBER: _builtins.int
     method: _builtins.str
-    """The request method, e.g. "GET" or "POST"."""
+    """The request method, e.g. "GET" or "POST": an RFC 9110 token."""
     path: _builtins.str
-    """The path below the DService's root, starting with "/" (e.g. "/resize")."""
+    """The path below the DService's root, starting with "/" (e.g. "/resize"), as
+    written: percent-encoding kept; visible ASCII only.
+    """
     query: _builtins.str
-    """The raw query string without the leading "?" (empty when absent)."""
+    """The raw query string without the leading "?" (empty when absent); visible
+    ASCII only.
+    """
     content_length: _builtins.int
     """The declared body length in bytes; absent when unknown (chunked upload)."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
-        """End-to-end request headers; hop-by-hop headers and Authorization are removed."""
+        """End-to-end request headers in order, duplicates kept, values as raw bytes:
+        hop-by-hop headers, those named in Connection and the CGN's own credentials
+        are removed; a Content-Length header, if present, must match the body. The
+        node refuses with INVALID_ARGUMENT a name that is not a token or a value with
+        CR, LF, NUL or another control character (docs/dservices.md).
+        """
 
     def __init__(
         self,
@@ -104,7 +113,10 @@ class HttpResponseHead(_message.Message):
     """The declared body length in bytes; absent when unknown (streamed)."""
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HttpHeader]:
-        """End-to-end response headers; hop-by-hop headers are removed."""
+        """End-to-end response headers in order, duplicates and raw value bytes kept;
+        hop-by-hop headers and those named in Connection are removed. The DService's
+        Content-Length stays (also on HEAD, 204 and 304 answers).
+        """
 
     def __init__(
         self,

@@ -1,0 +1,197 @@
+"""The miner's HTTP/1.1 client of a DService: it sends exactly the request it is given.
+
+Built on h11 (python-hyper's sans-I/O HTTP/1.1 state machine) rather than aiohttp's client,
+because a proxy must not be a browser: aiohttp's client adds headers (``Accept``,
+``Content-Length: 0``, ``Host`` from the URL), keeps a cookie jar, follows redirects and
+writes header values as UTF-8 of ``str`` (so raw bytes cannot pass). Here the request line
+and headers go out as the given bytes, in order, duplicates kept; the answer comes back as
+raw bytes with its header names as the DService spelled them; nothing is decoded, followed
+or remembered between requests. h11 validates both directions (token method, visible-ASCII
+target, no CR/LF/NUL in header values, framing), so a bad message is an error, not a smuggle.
+
+What is hand-written: the connection pool (idle connections kept per DService, reused only
+when both sides left their last message cleanly) and the read loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h11
+
+from cgn_common.descriptor import Listen
+
+_READ_SIZE = 64 * 1024
+#: Idle connections kept per DService.
+_MAX_IDLE = 32
+#: Limits of an answer's head: one header line (aiohttp's and nginx's usual 8 KiB) and all.
+MAX_FIELD_LINE_BYTES = 8190
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class UpstreamProtocolError(Exception):
+    """The DService's answer broke HTTP/1.1, or the request could not be written as HTTP/1.1
+    (``local`` True: the request itself was invalid)."""
+
+    def __init__(self, message: str, *, local: bool = False) -> None:
+        super().__init__(message)
+        self.local = local
+
+
+class ResponseTooLargeError(Exception):
+    """The DService's body exceeded the limit."""
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A DService's answer: status, headers as sent (raw names and values), body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def _check_head(head: h11.Response) -> None:
+    total = 0
+    for name, value in head.headers.raw_items():
+        line = len(name) + len(value) + 2
+        if line > MAX_FIELD_LINE_BYTES:
+            raise UpstreamProtocolError(
+                f"header {name[:40]!r} is longer than {MAX_FIELD_LINE_BYTES} bytes"
+            )
+        total += line
+    if total > MAX_HEAD_BYTES:
+        raise UpstreamProtocolError(f"headers exceed {MAX_HEAD_BYTES} bytes")
+
+
+class _Connection:
+    __slots__ = ("conn", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Upstream:
+    """Keep-alive HTTP/1.1 connections to one DService listener."""
+
+    def __init__(self, listen: Listen) -> None:
+        self._listen = listen
+        self._idle: list[_Connection] = []
+
+    async def _connect(self) -> _Connection:
+        if self._listen.socket:
+            reader, writer = await asyncio.open_unix_connection(self._listen.socket)
+        else:
+            reader, writer = await asyncio.open_connection(self._listen.host, self._listen.port)
+        return _Connection(reader, writer)
+
+    def _take(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.writer.is_closing() and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        return None
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        max_body: int,
+    ) -> RawResponse:
+        """Sends one request and reads the whole answer. A cancel closes the connection."""
+        try:
+            request = h11.Request(method=method, target=target, headers=list(headers))
+        except h11.LocalProtocolError as exc:
+            raise UpstreamProtocolError(str(exc), local=True) from None
+        reused = self._take()
+        connection = reused or await self._connect()
+        try:
+            return await self._exchange(connection, request, body, max_body)
+        except (ConnectionError, h11.RemoteProtocolError) as exc:
+            connection.close()
+            if reused is None or not isinstance(exc, ConnectionError):
+                raise
+        except BaseException:
+            connection.close()
+            raise
+        # A kept connection the DService had closed meanwhile: once more on a fresh one.
+        connection = await self._connect()
+        try:
+            return await self._exchange(connection, request, body, max_body)
+        except BaseException:
+            connection.close()
+            raise
+
+    async def _exchange(
+        self, connection: _Connection, request: h11.Request, body: bytes, max_body: int
+    ) -> RawResponse:
+        conn = connection.conn
+        try:
+            out = conn.send(request) or b""
+            if body:
+                out += conn.send(h11.Data(data=body)) or b""
+            out += conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            connection.close()
+            raise UpstreamProtocolError(str(exc), local=True) from None
+        connection.writer.write(out)
+        await connection.writer.drain()
+        head: h11.Response | None = None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamProtocolError(f"the DService broke HTTP/1.1: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = await connection.reader.read(_READ_SIZE)
+                if not data and head is None:
+                    raise ConnectionResetError("the DService closed the connection")
+                conn.receive_data(data)
+            elif isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue and friends: the final answer follows
+            elif isinstance(event, h11.Response):
+                _check_head(event)
+                head = event
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > max_body:
+                    raise ResponseTooLargeError(f"DService answer exceeds {max_body} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionResetError("the DService closed the connection mid-answer")
+            else:  # pragma: no cover - h11 has no other client-side events
+                raise UpstreamProtocolError(f"unexpected HTTP event {type(event).__name__}")
+        assert head is not None
+        self._release(connection)
+        return RawResponse(head.status_code, list(head.headers.raw_items()), b"".join(chunks))
+
+    def _release(self, connection: _Connection) -> None:
+        conn = connection.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            with contextlib.suppress(h11.LocalProtocolError):
+                conn.start_next_cycle()
+                if len(self._idle) < _MAX_IDLE:
+                    self._idle.append(connection)
+                    return
+        connection.close()
+
+    def close(self) -> None:
+        """Closes every idle connection."""
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
