@@ -45,7 +45,7 @@ from cgn_node._convert import assignment, result_from_parts, usage_from_proto
 from cgn_node.broker import Broker, MinerFailedError, MinerRefusedError
 from cgn_node.central_client import CentralClient
 from cgn_node.work import CancelReport, Usage, WorkResult, WorkUnit
-from generated.cgn.common.v1 import http_pb2
+from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 
@@ -108,9 +108,9 @@ class MinerConnection:
         self._prefix = self.connection_id[-8:]
         #: dispatch token -> the dispatch.
         self._pending: dict[str, _Pending] = {}
-        #: dispatch token -> (the WorkCancel's nonce, the usage the miner reports for it):
-        #: dispatches cancelled for their caller, until the miner reports what they used.
-        self._cancelled: dict[str, tuple[str, asyncio.Future[Usage]]] = {}
+        #: dispatch token -> the usage the miner reports for it: dispatches cancelled for
+        #: their caller, until the miner reports what they used.
+        self._cancelled: dict[str, asyncio.Future[Usage]] = {}
         #: nonce -> the future its Ack resolves (assignments, drains).
         self._acks: dict[str, asyncio.Future[None]] = {}
         #: sequence numbers of assignments sent, for WorkSlots arithmetic.
@@ -154,7 +154,7 @@ class MinerConnection:
         )
         if unit is not None:
             usage: asyncio.Future[Usage] = asyncio.get_running_loop().create_future()
-            self._cancelled[pending.token] = (message.nonce, usage)
+            self._cancelled[pending.token] = usage
             usage.add_done_callback(lambda _: self._cancelled.pop(pending.token, None))
             unit.cancelled = CancelReport(self.miner_id, usage)
         self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
@@ -270,6 +270,8 @@ class MinerConnection:
             r = message.response
             p = self._about(r.dispatch_token, nonce)
             if p is None:
+                if r.body_complete:  # finished as it was cancelled: it used all of it
+                    self._cancelled_usage(r.dispatch_token, r.completion.usage)
                 return
             if r.body_complete:
                 self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
@@ -282,21 +284,32 @@ class MinerConnection:
                 p.chunks.append(message.response_body.data)
         elif kind == "completion":
             token = message.completion.dispatch_token
-            cancelled = self._cancelled.get(token)
-            if cancelled is not None and cancelled[0] == nonce:  # answers our WorkCancel
-                if not cancelled[1].done():
-                    cancelled[1].set_result(usage_from_proto(message.completion.usage))
+            if self._cancelled_usage(token, message.completion.usage):
                 return
             p = self._about(token, nonce)
             if p is not None and p.head is not None:
                 body = b"".join(p.chunks)
                 self._finish(p, result_from_parts(p.head, body, message.completion.usage))
         elif kind == "failure":
+            cancelled = self._cancelled.get(message.failure.dispatch_token)
+            if cancelled is not None:  # failed as it was cancelled: failed work is not billed
+                _settle(cancelled, MinerFailedError("the unit failed as it was cancelled"))
             p = self._about(message.failure.dispatch_token, nonce)
             if p is not None:
                 if not p.ack.done():
                     p.ack.set_result(None)
                 _settle(p.result, DServiceFailedError(message.failure.status.message))
+
+    def _cancelled_usage(self, token: str, usage: resources_pb2.ResourceUsage) -> bool:
+        """Gives the usage of a dispatch cancelled for its caller to whoever waits for it: the
+        miner's answer to the WorkCancel, or the answer it had finished as the cancel crossed
+        it. False when ``token`` names no such dispatch."""
+        cancelled = self._cancelled.get(token)
+        if cancelled is None:
+            return False
+        if not cancelled.done():
+            cancelled.set_result(usage_from_proto(usage))
+        return True
 
     @staticmethod
     def _finish(p: _Pending, result: WorkResult) -> None:
@@ -312,7 +325,7 @@ class MinerConnection:
             _settle(p.result, MinerFailedError(reason))
         for acked in self._acks.values():
             _settle(acked, MinerFailedError(reason))
-        for _, usage in list(self._cancelled.values()):
+        for usage in list(self._cancelled.values()):
             _settle(usage, MinerFailedError(reason))
 
     def close(self, reason: str) -> None:

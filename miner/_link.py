@@ -27,13 +27,16 @@ from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 from miner.config import MinerConfig
 from miner.fitness import FitnessResult
-from miner.runtime import DServiceResponse, Runtime
+from miner.runtime import DServiceResponse, Runtime, Spent
 
 _log = logging.getLogger(__name__)
 
 #: The largest DService answer sent back whole (below gRPC's 64 MiB message limit); a larger
 #: one is the DService's failure (502) until bodies stream.
 MAX_RESPONSE_BYTES = 60 * 1024 * 1024
+#: How long after a unit's timeout the miner stops it itself, failing it, if the node has
+#: not cancelled it by then.
+DEADLINE_GRACE_S = 1.0
 
 #: Request headers the miner sets itself; a DApp's copies are dropped.
 _OURS = frozenset({"x-cgn-attempt", "x-request-id"})
@@ -48,6 +51,8 @@ class LinkSession:
         self._fitness = fitness
         #: dispatch token -> the task running it.
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: dispatch token -> what its call to the DService used (filled when the call ends).
+        self._spent: dict[str, Spent] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
         self._last_nonce = ""
@@ -131,9 +136,12 @@ class LinkSession:
             if nack is None:
                 self._start_work(call, nonce, message.assignment)
         elif kind == "cancel":
-            cancelled = self._tasks.get(message.cancel.dispatch_token)
-            if cancelled is not None:
+            token = message.cancel.dispatch_token
+            cancelled = self._tasks.get(token)
+            spent = self._spent.get(token)
+            if cancelled is not None and spent is not None:
                 cancelled.cancel()
+                self._spawn(call, self._report_cancelled(call, nonce, token, cancelled, spent))
         elif kind == "ping":
             await self._send(call, pb.ConnectRequest(response_nonce=nonce, pong=pb.Pong()))
         elif kind == "drain":
@@ -187,13 +195,40 @@ class LinkSession:
         self._drained.set()
         log_event(_log, "miner_drained", stopped=sum(not t.done() for t in running))
 
+    async def _report_cancelled(
+        self, call: Any, nonce: str, token: str, task: asyncio.Task[None], spent: Spent
+    ) -> None:
+        """Once a unit the node cancelled has stopped, answers the WorkCancel with a
+        WorkCompletion carrying the usage up to the cancel (abandoned work is billed for it,
+        SPEC 15); the bytes in are the request body's, the bytes out none."""
+        await asyncio.wait({task})
+        usage = resources_pb2.ResourceUsage(
+            bytes_in=spent.bytes_in,
+            cpu_time_metering=int(spent.cpu_metering),  # type: ignore[arg-type]
+        )
+        usage.cpu_time.FromMicroseconds(spent.cpu_time_us)
+        usage.wall_time.FromMicroseconds(spent.wall_time_us)
+        completion = pb.WorkCompletion(dispatch_token=token, usage=usage)
+        await self._send_quietly(
+            call, pb.ConnectRequest(response_nonce=nonce, completion=completion)
+        )
+        log_event(
+            _log,
+            "work_cancelled",
+            cpu_us=spent.cpu_time_us,
+            wall_us=spent.wall_time_us,
+            metered=spent.ended,
+        )
+
     def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
         token = assignment.dispatch_token
-        task = asyncio.create_task(self._work(call, nonce, assignment))
+        spent = self._spent[token] = Spent(bytes_in=len(assignment.body))
+        task = asyncio.create_task(self._work(call, nonce, assignment, spent))
         self._tasks[token] = task
 
         def finished(_: asyncio.Task[None]) -> None:
             self._tasks.pop(token, None)
+            self._spent.pop(token, None)
             free = max(0, self._config.max_concurrent_work_units - len(self._tasks))
             slots = pb.ConnectRequest(
                 response_nonce=self._last_nonce, slots=pb.WorkSlots(free=free)
@@ -217,15 +252,22 @@ class LinkSession:
                 call, pb.ConnectRequest(response_nonce=nonce, progress=progress)
             )
 
-    async def _work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
-        """Runs one unit; every outcome but a cancel from the node is answered."""
+    async def _work(
+        self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
+    ) -> None:
+        """Runs one unit; every outcome is answered (a cancel from the node, by
+        _report_cancelled)."""
         token = assignment.dispatch_token
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
-        timeout_s = assignment.timeout.ToMilliseconds() / 1000 or None
+        # The node cancels the unit at its deadline, and the miner answers the cancel with the
+        # usage so far (abandoned work is billed for it); the miner's own timeout, a grace
+        # later, only stops a unit whose node never cancels it.
+        timeout = assignment.timeout.ToMilliseconds() / 1000
+        timeout_s = timeout + DEADLINE_GRACE_S if timeout else None
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
         try:
             async with asyncio.timeout(timeout_s):
-                answer = await self._call_dservice(assignment)
+                answer = await self._call_dservice(assignment, spent)
         except TimeoutError:
             await self._fail(call, nonce, assignment, DeadlineExceededError("DService timed out"))
             return
@@ -253,14 +295,16 @@ class LinkSession:
             return
         await self._answer(call, nonce, assignment, answer)
 
-    async def _call_dservice(self, assignment: pb.WorkAssignment) -> DServiceResponse:
+    async def _call_dservice(self, assignment: pb.WorkAssignment, spent: Spent) -> DServiceResponse:
         head = assignment.head
         headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
         if assignment.request_id:
             headers.append(("X-Request-Id", assignment.request_id.encode()))
         headers.append(("X-CGN-Attempt", str(assignment.attempt or 1).encode()))
         dservice = self._runtime.get(assignment.dservice)
-        return await dservice.call(head.method, head.path, head.query, headers, assignment.body)
+        return await dservice.call(
+            head.method, head.path, head.query, headers, assignment.body, spent
+        )
 
     async def _fail(
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, error: CgnError

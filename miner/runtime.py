@@ -92,6 +92,21 @@ class DServiceResponse:
     peak_memory_metering: Metering
 
 
+@dataclass
+class Spent:
+    """What one call to a DService used, filled in when the call ends however it ends: a call
+    the node cancels is billed for its share up to the cancel (SPEC 15), which the miner
+    reports from here (a figure that is not measured is zero)."""
+
+    bytes_in: int = 0
+    cpu_time_us: int = 0
+    wall_time_us: int = 0
+    cpu_metering: Metering = Metering.NOT_MEASURED
+    #: Whether the call to the DService got as far as ending (a unit cancelled before it
+    #: reached the DService used nothing).
+    ended: bool = False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -314,10 +329,17 @@ class DServiceProcess:
                 )
 
     async def call(
-        self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, bytes]],
+        body: bytes,
+        spent: Spent | None = None,
     ) -> DServiceResponse:
         """Sends one request to the DService, unchanged but for the headers the miner owns
-        (:func:`request_headers`), and meters it."""
+        (:func:`request_headers`), and meters it; ``spent`` gets the usage even when the call
+        fails or is cancelled."""
         meter = self._meter
         upstream = self._upstream
         if not self._ready.is_set() or meter is None or upstream is None:
@@ -343,10 +365,15 @@ class DServiceProcess:
         except OSError as exc:
             raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
         finally:
-            # Also when the call fails or is cancelled: its share must not go to the others.
-            # (Billing abandoned work for its share is the ledger's part, SPEC section 15.)
+            # Also when the call fails or is cancelled: its share must not go to the others,
+            # and abandoned work is billed for it (SPEC 15).
             metered = meter.end(ticket)
-        wall_us = (time.perf_counter_ns() - started) // 1000
+            wall_us = (time.perf_counter_ns() - started) // 1000
+            if spent is not None:
+                spent.cpu_time_us = metered.cpu_time_us
+                spent.wall_time_us = wall_us
+                spent.cpu_metering = metered.cpu_metering
+                spent.ended = True
         return DServiceResponse(
             status=raw.status,
             headers=response_headers(raw.headers),
@@ -394,9 +421,16 @@ class DService(Protocol):
         """True while it can take requests."""
 
     async def call(
-        self, method: str, path: str, query: str, headers: Sequence[tuple[str, bytes]], body: bytes
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, bytes]],
+        body: bytes,
+        spent: Spent | None = None,
     ) -> DServiceResponse:
-        """Sends one request to the DService and meters it."""
+        """Sends one request to the DService and meters it (into ``spent`` too, however the
+        call ends)."""
 
 
 class Runtime(Protocol):

@@ -26,7 +26,7 @@ from enum import StrEnum
 from functools import lru_cache
 from types import MappingProxyType
 
-from tiny_keccak import keccak256 as _keccak256  # Rust tiny-keccak: 1.4x safe-pysha3's speed
+from tiny_keccak import keccak256 as _keccak256  # Rust tiny-keccak: docs/ledger.md
 
 from cgn_common.errors import InvalidArgumentError
 from settlement.fixed_point import UINT256_MAX

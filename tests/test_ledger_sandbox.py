@@ -88,7 +88,7 @@ async def test_every_answered_call_has_one_priced_row(sandbox: RunningSandbox) -
         assert b"[redacted]" in headers
 
 
-async def test_a_call_whose_deadline_passed_on_the_miner_is_recorded_as_abandoned(
+async def test_a_call_whose_deadline_passed_on_the_miner_is_billed_as_abandoned(
     sandbox: RunningSandbox,
 ) -> None:
     request_id = f"ledger-abandoned-{uuid.uuid4().hex[:12]}"
@@ -103,16 +103,22 @@ async def test_a_call_whose_deadline_passed_on_the_miner_is_recorded_as_abandone
             headers={
                 "Authorization": f"Bearer {token}",
                 "X-Request-Id": request_id,
-                "X-Echo-Hold-Ms": "3000",
-                "X-CGN-Timeout-Ms": "500",
+                "X-Echo-Burn-Cpu-Ms": "1500",  # CPU-bound past the deadline
+                "X-CGN-Timeout-Ms": "600",
             },
         ) as response:
             assert response.status == 504
     rows = await _rows(sandbox, [request_id])
     assert len(rows) == 1
     public = decode_pairs(rows[0].public_fields)
+    private = decode_pairs(rows[0].private_fields)
     assert public["outcome"] == b"abandoned"
-    assert int.from_bytes(public["fee_atto"], "big") == 0  # the usage to the cancel: not yet
+    # Billed for the CPU the miner metered up to the cancel, reported in its answer to the
+    # WorkCancel: some of the burn (the deadline cut it), not all of it, not nothing.
+    cpu_us = int.from_bytes(private["cpu_time_us"], "big")
+    assert 50_000 <= cpu_us < 1_500_000
+    assert int.from_bytes(public["fee_atto"], "big") > 0
+    assert public["contributor"] != b""
 
 
 async def test_the_gateway_shows_public_rows_to_anyone_and_private_ones_to_their_owner(
