@@ -171,7 +171,7 @@ def _best(runs: int, measure: Callable[[int], float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     entries = _entries(args.rows)

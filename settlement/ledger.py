@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -202,13 +201,6 @@ _EMPTY_HASH = keccak256(b"")
 _HEADS_1 = (_H_CONTRIBUTOR, _H_CONTRIBUTOR_CHARITY, _H_CURRENCY)
 _HEADS_2 = (_H_DEVELOPER, _H_DEVELOPER_CHARITY, _H_END_USER, _H_ENTERPRISE)
 _HEADS_3 = (_H_NODE_OPERATOR, _H_OPERATOR_CHARITY, _H_OUTCOME)
-
-
-#: The encoder lets other threads run every this many rows plus one (a power of two, less
-#: one): the writer's commit thread, which runs SQLite without the GIL, needs it back after
-#: each statement, and would otherwise wait for Python's switch interval (5 ms) each time.
-_YIELD_EVERY = 127
-yield_gil = functools.partial(time.sleep, 0)
 
 
 def _uint256(value: int) -> bytes:
@@ -464,8 +456,6 @@ class LedgerStore:
         epoch, custom_head, empty_custom = _EPOCH, _H_CUSTOM_HASH, _H_CUSTOM_HASH + _EMPTY_HASH
         seq = first_seq
         for offset, e in enumerate(entries):
-            if not offset & _YIELD_EVERY:
-                yield_gil()
             try:
                 p = e.payouts
                 fee_atto = e.fee_atto

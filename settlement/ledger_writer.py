@@ -43,7 +43,7 @@ class LedgerWriter:
         supervisor: Supervisor,
         *,
         max_queue: int = 50_000,
-        max_batch: int = 5_000,
+        max_batch: int = 20_000,
     ) -> None:
         self.store = store
         self._queue: asyncio.Queue[LedgerEntry] = asyncio.Queue(max_queue)
