@@ -173,7 +173,9 @@ class Upstream:
             elif isinstance(event, h11.EndOfMessage):
                 break
             elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("the DService closed the connection mid-answer")
+                # Not a ConnectionError: part of an answer came, so the request is not sent
+                # again (it reached the DService, which may have acted on it).
+                raise UpstreamProtocolError("the DService closed the connection mid-answer")
             else:  # pragma: no cover - h11 has no other client-side events
                 raise UpstreamProtocolError(f"unexpected HTTP event {type(event).__name__}")
         assert head is not None

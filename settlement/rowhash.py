@@ -327,8 +327,11 @@ def xor_aggregate(hashes: Iterable[bytes]) -> bytes:
 
 
 #: Request headers that carry credentials (compared case-insensitively); the CGN's own
-#: session token travels in ``Authorization``. Their values are stored as :data:`REDACTED`.
-CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
+#: session token travels in ``X-CGN-Session`` or ``Authorization`` (docs/dservices.md). Their
+#: values are stored as :data:`REDACTED`.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "set-cookie", "x-cgn-session"}
+)
 #: What a credential header's value is replaced with.
 REDACTED = b"[redacted]"
 

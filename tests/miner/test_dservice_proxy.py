@@ -213,3 +213,24 @@ env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
     lines = [(r.__dict__["dservice"], r.__dict__["stream"], r.__dict__["line"]) for r in outputs]
     assert ("echo-uds", "stdout", f"socket arg {dservice.listen.socket}") in lines
     assert json.dumps(lines)  # plain values, fit for the JSON log
+
+
+async def test_an_answer_cut_mid_way_is_an_error_and_the_request_is_not_sent_again(
+    scripted: Scripted,
+) -> None:
+    """A kept connection that dies before any answer byte is retried once on a fresh one;
+    one that dies after part of the answer is not: the DService got the request and may have
+    acted on it (a POST must not run twice)."""
+    scripted.answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\npartial",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ]
+    upstream = Upstream(Listen(host="127.0.0.1", port=scripted.port))
+    try:
+        assert (await _call(scripted, upstream, b"POST", b"/one", [], b"1"))[2] == b"ok"
+        with pytest.raises(UpstreamProtocolError):
+            await _call(scripted, upstream, b"POST", b"/two", [], b"2")
+        assert len(scripted.received) == 2  # /two reached the DService once, not twice
+    finally:
+        upstream.close()

@@ -365,6 +365,7 @@ def test_redact_headers_replaces_credentials_case_insensitively_and_keeps_the_re
         ("PROXY-AUTHORIZATION", b"Basic eDp5"),
         ("Set-Cookie", b"a=b"),
         ("Set-Cookie", b"c=d"),
+        ("x-cgn-session", b"the-cgn-session-token"),
         ("X-Authorization-Hint", b"not a credential"),
     ]
     assert redact_headers(given_headers) == (
@@ -374,6 +375,7 @@ def test_redact_headers_replaces_credentials_case_insensitively_and_keeps_the_re
         ("PROXY-AUTHORIZATION", REDACTED),
         ("Set-Cookie", REDACTED),
         ("Set-Cookie", REDACTED),
+        ("x-cgn-session", REDACTED),
         ("X-Authorization-Hint", b"not a credential"),
     )
     assert REDACTED == b"[redacted]"

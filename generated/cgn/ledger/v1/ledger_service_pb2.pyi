@@ -564,8 +564,8 @@ class GetPrivateRowResponse(_message.Message):
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[_http_pb2.HttpHeader]:
         """The request headers as recorded, in order, values as raw bytes; the values of
-        credential headers (Authorization, Cookie, Proxy-Authorization, Set-Cookie) read
-        "[redacted]".
+        credential headers (Authorization, Cookie, Proxy-Authorization, Set-Cookie, X-CGN-Session)
+        read "[redacted]".
         """
 
     @_builtins.property
