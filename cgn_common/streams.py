@@ -11,6 +11,13 @@ import grpc
 
 from cgn_common.errors import InvalidArgumentError
 
+#: The largest body that travels inline on a miner's control stream; a larger one, request or
+#: response, goes on the dispatch's data plane (``MinerLinkService.Exchange``), where it
+#: delays no other unit's messages.
+INLINE_BODY_BYTES = 64 * 1024
+#: The size of each body slice on the data plane.
+BODY_CHUNK_BYTES = 256 * 1024
+
 #: What writing to a stream that has already ended raises.
 STREAM_GONE: tuple[type[Exception], ...] = (
     grpc.aio.AioRpcError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cgn_common.streams import INLINE_BODY_BYTES
 from cgn_common.types import Metering
 from cgn_node.work import Headers, HttpRequest, Usage, WorkResult, WorkUnit
 from generated.cgn.common.v1 import http_pb2, resources_pb2
@@ -71,8 +72,10 @@ def usage_to_proto(usage: Usage) -> resources_pb2.ResourceUsage:
 def assignment(
     unit: WorkUnit, *, timeout_s: float, lease_s: float, dispatch_token: str
 ) -> link_pb.WorkAssignment:
-    """The WorkAssignment that dispatches ``unit`` (attempt ``unit.attempts``)."""
+    """The WorkAssignment that dispatches ``unit`` (attempt ``unit.attempts``). A body over
+    INLINE_BODY_BYTES is left out: the miner fetches it on the dispatch's data plane."""
     r = unit.request
+    inline = len(r.body) <= INLINE_BODY_BYTES
     message = link_pb.WorkAssignment(
         work_id=unit.work_id,
         dservice=unit.dservice,
@@ -83,8 +86,9 @@ def assignment(
             headers=_headers(r.headers),
             content_length=len(r.body),
         ),
-        body=r.body,
-        body_complete=True,
+        body=r.body if inline else b"",
+        body_complete=inline,
+        body_size=len(r.body),
         affinity_key=unit.affinity_key,
         role=link_pb.WORK_ROLE_PRIMARY,
         attempt=unit.attempts,

@@ -34,11 +34,13 @@ from cgn_common.errors import (
     AbortedError,
     DeadlineExceededError,
     DServiceFailedError,
+    InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
 )
 from cgn_common.ids import new_id
 from cgn_common.logs import log_event
-from cgn_common.streams import StreamWriter, read_hello
+from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES, StreamWriter, read_hello
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import assignment, result_from_parts, usage_from_proto
@@ -55,6 +57,9 @@ _log = logging.getLogger(__name__)
 Context: TypeAlias = Any
 
 _MAX_CONCURRENCY = 256
+#: The largest answer the node holds for a unary Call (a larger one fails the unit: bounded
+#: memory whatever a miner sends).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def _settle(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -74,6 +79,10 @@ class _Pending:
     heard: float = field(default_factory=time.monotonic)
     head: http_pb2.HttpResponseHead | None = None
     chunks: list[bytes] = field(default_factory=list)
+    #: Response bytes received so far (bounded by MAX_RESPONSE_BYTES).
+    size: int = 0
+    #: The request body, served on the data plane when too large to go inline.
+    body: bytes = b""
 
 
 class MinerConnection:
@@ -169,7 +178,11 @@ class MinerConnection:
             raise MinerFailedError("miner disconnected")
         loop = asyncio.get_running_loop()
         pending = _Pending(
-            self.next_nonce(), new_id("d"), loop.create_future(), loop.create_future()
+            self.next_nonce(),
+            new_id("d"),
+            loop.create_future(),
+            loop.create_future(),
+            body=unit.request.body,
         )
         self._pending[pending.token] = pending
         self._acks[pending.nonce] = pending.ack
@@ -273,32 +286,75 @@ class MinerConnection:
                 if r.body_complete:  # finished as it was cancelled: it used all of it
                     self._cancelled_usage(r.dispatch_token, r.completion.usage)
                 return
-            if r.body_complete:
-                self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
-            else:
-                p.head = r.head
-                p.chunks.append(r.body)
+            self._on_response(p, r)
         elif kind == "response_body":
             p = self._about(message.response_body.dispatch_token, nonce)
             if p is not None:
-                p.chunks.append(message.response_body.data)
+                self._on_body(p, message.response_body.data)
         elif kind == "completion":
             token = message.completion.dispatch_token
             if self._cancelled_usage(token, message.completion.usage):
                 return
             p = self._about(token, nonce)
-            if p is not None and p.head is not None:
-                body = b"".join(p.chunks)
-                self._finish(p, result_from_parts(p.head, body, message.completion.usage))
+            if p is not None:
+                self._on_completion(p, message.completion)
         elif kind == "failure":
             cancelled = self._cancelled.get(message.failure.dispatch_token)
             if cancelled is not None:  # failed as it was cancelled: failed work is not billed
                 _settle(cancelled, MinerFailedError("the unit failed as it was cancelled"))
             p = self._about(message.failure.dispatch_token, nonce)
             if p is not None:
-                if not p.ack.done():
-                    p.ack.set_result(None)
-                _settle(p.result, DServiceFailedError(message.failure.status.message))
+                self._on_failure(p, message.failure)
+
+    def dispatch(self, token: str) -> _Pending | None:
+        """The dispatch in flight that ``token`` names (for its data plane)."""
+        return self._pending.get(token)
+
+    def on_exchange(self, p: _Pending, message: pb.ExchangeRequest) -> None:
+        """Routes one message of ``p``'s data plane (the stream itself names the dispatch)."""
+        p.heard = time.monotonic()
+        kind = message.WhichOneof("kind")
+        if kind == "response":
+            self._on_response(p, message.response)
+        elif kind == "response_body":
+            self._on_body(p, message.response_body.data)
+        elif kind == "completion":
+            self._on_completion(p, message.completion)
+        elif kind == "failure":
+            self._on_failure(p, message.failure)
+        else:
+            raise InvalidArgumentError(f"unexpected {kind} on a data plane")
+
+    def _on_response(self, p: _Pending, r: pb.WorkResponse) -> None:
+        if r.body_complete:
+            self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
+        else:
+            p.head = r.head
+            self._on_body(p, r.body)
+
+    @staticmethod
+    def _on_body(p: _Pending, data: bytes) -> None:
+        p.size += len(data)
+        if p.size > MAX_RESPONSE_BYTES:
+            # Bounded: a miner cannot fill the node's memory (CallStream streams instead).
+            p.chunks.clear()
+            _settle(
+                p.result,
+                DServiceFailedError(f"the answer exceeds {MAX_RESPONSE_BYTES} bytes"),
+            )
+            return
+        p.chunks.append(data)
+
+    def _on_completion(self, p: _Pending, completion: pb.WorkCompletion) -> None:
+        if p.head is not None and not p.result.done():
+            body = b"".join(p.chunks)
+            self._finish(p, result_from_parts(p.head, body, completion.usage))
+
+    @staticmethod
+    def _on_failure(p: _Pending, failure: pb.WorkFailure) -> None:
+        if not p.ack.done():
+            p.ack.set_result(None)
+        _settle(p.result, DServiceFailedError(failure.status.message))
 
     def _cancelled_usage(self, token: str, usage: resources_pb2.ResourceUsage) -> bool:
         """Gives the usage of a dispatch cancelled for its caller to whoever waits for it: the
@@ -436,6 +492,48 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
                 log_event(_log, "miner_reader_failed", logging.ERROR, exc=exc)
         if miner.close_reason:
             raise AbortedError(miner.close_reason, reason="MINER_DROPPED")
+
+    def _dispatch(self, token: str) -> tuple[MinerConnection, _Pending] | None:
+        for miner in self._miners:
+            found = miner.dispatch(token)
+            if found is not None:
+                return miner, found
+        return None
+
+    async def Exchange(  # type: ignore[override]  # noqa: N802
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        """Serves one dispatch's data plane: sends its request body (when it did not go
+        inline), routes the miner's response messages to the dispatch. The dispatch token is
+        the credential; a token that names no dispatch in flight is NOT_FOUND."""
+        opened = await read_hello(context, "open", "ExchangeOpen")
+        found = self._dispatch(opened.dispatch_token)
+        if found is None:
+            raise NotFoundError("no dispatch in flight has this token", reason="DISPATCH_UNKNOWN")
+        miner, pending = found
+        sender = asyncio.create_task(self._send_body(context, pending))
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                miner.on_exchange(pending, message)
+            await sender
+        finally:
+            sender.cancel()
+
+    @staticmethod
+    async def _send_body(context: Context, pending: _Pending) -> None:
+        """The request body in BODY_CHUNK_BYTES slices, paced by gRPC flow control."""
+        body = pending.body
+        if len(body) <= INLINE_BODY_BYTES:
+            return  # it went inline
+        view = memoryview(body)
+        for start in range(0, len(body), BODY_CHUNK_BYTES):
+            end = min(len(body), start + BODY_CHUNK_BYTES)
+            chunk = pb.RequestBodyChunk(
+                dispatch_token=pending.token,
+                data=bytes(view[start:end]),
+                end_of_body=end == len(body),
+            )
+            await context.write(pb.ExchangeResponse(request_body=chunk))
 
     @staticmethod
     async def _read(context: Context, miner: MinerConnection) -> None:

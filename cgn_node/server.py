@@ -79,11 +79,18 @@ INTERNAL_RULES: Rules = {
     **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.peer(Role.GATEWAY)),
     **rules_for(LEDGER_SERVICE, LEDGER_OWNER_METHODS, Rule.with_session(Role.GATEWAY)),
 }
-MINER_LINK_RULES: Rules = rules_for(
-    MINER_LINK_SERVICE,
-    ["Connect"],
-    Rule.checked_in_band("miner id and API key in MinerHello, verified by Central"),
-)
+MINER_LINK_RULES: Rules = {
+    **rules_for(
+        MINER_LINK_SERVICE,
+        ["Connect"],
+        Rule.checked_in_band("miner id and API key in MinerHello, verified by Central"),
+    ),
+    **rules_for(
+        MINER_LINK_SERVICE,
+        ["Exchange"],
+        Rule.checked_in_band("the dispatch token in ExchangeOpen, sent only to its miner"),
+    ),
+}
 STATUS_RULES: Rules = {
     **rules_for(STATUS_SERVICE, ["GetStatus"], Rule.open_to_all()),
     **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.open_to_all()),

@@ -32,6 +32,12 @@ MAX_FIELD_LINE_BYTES = 8190
 MAX_HEAD_BYTES = 64 * 1024
 
 
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Marks a finished write's error seen: the read that ran beside it reports the failure."""
+    if not task.cancelled():
+        task.exception()
+
+
 class UpstreamProtocolError(Exception):
     """The DService's answer broke HTTP/1.1, or the request could not be written as HTTP/1.1
     (``local`` True: the request itself was invalid)."""
@@ -146,7 +152,23 @@ class Upstream:
             connection.close()
             raise UpstreamProtocolError(str(exc), local=True) from None
         connection.writer.write(out)
-        await connection.writer.drain()
+        # Read while the request is still going out: a DService that answers as it reads (an
+        # echo, a transform) would otherwise fill both socket buffers and wait for us forever.
+        sending = asyncio.ensure_future(connection.writer.drain())
+        sending.add_done_callback(_retrieved)
+        try:
+            response = await self._receive(connection, max_body)
+        finally:
+            sending.cancel()  # nothing when it is done
+        if connection.writer.transport.get_write_buffer_size():
+            connection.close()  # answered before it read the whole request: not reusable
+        else:
+            self._release(connection)
+        return response
+
+    async def _receive(self, connection: _Connection, max_body: int) -> RawResponse:
+        """Reads one whole answer."""
+        conn = connection.conn
         head: h11.Response | None = None
         chunks: list[bytes] = []
         size = 0
@@ -179,7 +201,6 @@ class Upstream:
             else:  # pragma: no cover - h11 has no other client-side events
                 raise UpstreamProtocolError(f"unexpected HTTP event {type(event).__name__}")
         assert head is not None
-        self._release(connection)
         return RawResponse(head.status_code, list(head.headers.raw_items()), b"".join(chunks))
 
     def _release(self, connection: _Connection) -> None:

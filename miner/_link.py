@@ -21,7 +21,7 @@ from cgn_common.errors import (
 )
 from cgn_common.logs import log_event
 from cgn_common.rpc import status_proto
-from cgn_common.streams import STREAM_GONE, StreamWriter
+from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES, STREAM_GONE, StreamWriter
 from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -34,12 +34,75 @@ _log = logging.getLogger(__name__)
 #: The largest DService answer sent back whole (below gRPC's 64 MiB message limit); a larger
 #: one is the DService's failure (502) until bodies stream.
 MAX_RESPONSE_BYTES = 60 * 1024 * 1024
+#: The largest request body a miner takes (it is held in memory until bodies stream into
+#: the DService).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: How long after a unit's timeout the miner stops it itself, failing it, if the node has
 #: not cancelled it by then.
 DEADLINE_GRACE_S = 1.0
 
 #: Request headers the miner sets itself; a DApp's copies are dropped.
 _OURS = frozenset({"x-cgn-attempt", "x-request-id"})
+
+
+class _Exchange:
+    """A dispatch's data plane (``MinerLinkService.Exchange``), opened by the miner: the
+    request body comes on it, the answer goes on it; ``close`` ends it either way."""
+
+    def __init__(self, call: Any, token: str) -> None:
+        self._call = call
+        self._token = token
+
+    @classmethod
+    async def open(cls, stub: pb_grpc.MinerLinkServiceStub, token: str) -> _Exchange:
+        """Opens the data plane of the dispatch ``token``."""
+        call: Any = stub.Exchange()
+        await call.write(pb.ExchangeRequest(open=pb.ExchangeOpen(dispatch_token=token)))
+        return cls(call, token)
+
+    async def request_body(self, size: int) -> bytes:
+        """Reads the request body the node sends (``size`` bytes, bounded)."""
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidArgumentError(f"a {size}-byte body exceeds {MAX_REQUEST_BYTES}")
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await self._call.read()
+            if message is grpc.aio.EOF:
+                raise UnavailableError("the node ended the data plane before the body did")
+            data = message.request_body.data
+            received += len(data)
+            if received > size:
+                raise InvalidArgumentError(f"the body exceeds its announced {size} bytes")
+            chunks.append(data)
+            if message.request_body.end_of_body:
+                break
+        if received != size:
+            raise InvalidArgumentError(f"the body has {received} bytes, not {size}")
+        return b"".join(chunks)
+
+    async def answer(self, response: pb.WorkResponse, body: bytes) -> None:
+        """Sends the answer: its head, the body in BODY_CHUNK_BYTES slices (each write paced
+        by gRPC flow control), the completion; then waits for the node to end the stream."""
+        completion = pb.WorkCompletion()
+        completion.CopyFrom(response.completion)
+        head = pb.WorkResponse(dispatch_token=self._token, body_complete=False)
+        head.head.CopyFrom(response.head)
+        await self._call.write(pb.ExchangeRequest(response=head))
+        view = memoryview(body)
+        for start in range(0, len(body), BODY_CHUNK_BYTES):
+            chunk = pb.ResponseBodyChunk(
+                dispatch_token=self._token, data=bytes(view[start : start + BODY_CHUNK_BYTES])
+            )
+            await self._call.write(pb.ExchangeRequest(response_body=chunk))
+        await self._call.write(pb.ExchangeRequest(completion=completion))
+        await self._call.done_writing()
+        while await self._call.read() is not grpc.aio.EOF:
+            pass
+
+    def close(self) -> None:
+        """Ends the stream (nothing if it ended already)."""
+        self._call.cancel()
 
 
 class LinkSession:
@@ -55,6 +118,7 @@ class LinkSession:
         self._spent: dict[str, Spent] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
+        self._stub: pb_grpc.MinerLinkServiceStub | None = None
         self._last_nonce = ""
         self._draining = False
         self._drained = asyncio.Event()
@@ -100,7 +164,8 @@ class LinkSession:
 
     async def run(self, channel: grpc.aio.Channel, connected: asyncio.Event) -> None:
         """Says hello and serves node messages until the stream ends or a drain finishes."""
-        call: Any = pb_grpc.MinerLinkServiceStub(channel).Connect()
+        self._stub = pb_grpc.MinerLinkServiceStub(channel)
+        call: Any = self._stub.Connect()
         await call.write(pb.ConnectRequest(hello=self._hello()))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
@@ -256,7 +321,34 @@ class LinkSession:
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
     ) -> None:
         """Runs one unit; every outcome is answered (a cancel from the node, by
-        _report_cancelled)."""
+        _report_cancelled). A body too large to travel inline comes, and a large answer
+        goes, on the dispatch's data plane (_Exchange), closed whatever happens."""
+        exchange: _Exchange | None = None
+        try:
+            answer, exchange = await self._run_unit(call, nonce, assignment, spent)
+            if answer is None:
+                return
+            if len(answer.body) > MAX_RESPONSE_BYTES:
+                too_big = DServiceFailedError(
+                    f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
+                )
+                await self._fail(call, nonce, assignment, too_big)
+                return
+            if exchange is None and len(answer.body) > INLINE_BODY_BYTES:
+                assert self._stub is not None
+                exchange = await _Exchange.open(self._stub, assignment.dispatch_token)
+            await self._answer(call, nonce, assignment, answer, exchange)
+        except grpc.aio.AioRpcError as exc:  # the data plane broke (the node knows why)
+            log_event(_log, "data_plane_failed", logging.WARNING, error=exc.details())
+        finally:
+            if exchange is not None:
+                exchange.close()
+
+    async def _run_unit(
+        self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
+    ) -> tuple[DServiceResponse | None, _Exchange | None]:
+        """Fetches the body when it did not come inline and calls the DService: its answer
+        (None when the unit failed, already answered) and the data plane, when opened."""
         token = assignment.dispatch_token
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
         # The node cancels the unit at its deadline, and the miner answers the cancel with the
@@ -265,15 +357,21 @@ class LinkSession:
         timeout = assignment.timeout.ToMilliseconds() / 1000
         timeout_s = timeout + DEADLINE_GRACE_S if timeout else None
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
+        exchange: _Exchange | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                answer = await self._call_dservice(assignment, spent)
+                body = assignment.body
+                if not assignment.body_complete:
+                    assert self._stub is not None
+                    exchange = await _Exchange.open(self._stub, token)
+                    body = await exchange.request_body(assignment.body_size)
+                return await self._call_dservice(assignment, body, spent), exchange
         except TimeoutError:
-            await self._fail(call, nonce, assignment, DeadlineExceededError("DService timed out"))
-            return
+            error: CgnError = DeadlineExceededError("DService timed out")
         except CgnError as exc:
-            await self._fail(call, nonce, assignment, exc)
-            return
+            error = exc
+        except grpc.aio.AioRpcError as exc:
+            error = UnavailableError(f"the request body did not arrive: {exc.details()}")
         except Exception as exc:  # the unit must be answered whatever went wrong
             log_event(
                 _log,
@@ -283,28 +381,28 @@ class LinkSession:
                 work_id=assignment.work_id,
                 request_id=assignment.request_id,
             )
-            await self._fail(call, nonce, assignment, DServiceFailedError("the miner failed"))
-            return
+            error = DServiceFailedError("the miner failed")
+        except BaseException:
+            if exchange is not None:
+                exchange.close()
+            raise
         finally:
             heartbeat.cancel()
-        if len(answer.body) > MAX_RESPONSE_BYTES:
-            too_big = DServiceFailedError(
-                f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
-            )
-            await self._fail(call, nonce, assignment, too_big)
-            return
-        await self._answer(call, nonce, assignment, answer)
+        if exchange is not None:
+            exchange.close()
+        await self._fail(call, nonce, assignment, error)
+        return None, None
 
-    async def _call_dservice(self, assignment: pb.WorkAssignment, spent: Spent) -> DServiceResponse:
+    async def _call_dservice(
+        self, assignment: pb.WorkAssignment, body: bytes, spent: Spent
+    ) -> DServiceResponse:
         head = assignment.head
         headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
         if assignment.request_id:
             headers.append(("X-Request-Id", assignment.request_id.encode()))
         headers.append(("X-CGN-Attempt", str(assignment.attempt or 1).encode()))
         dservice = self._runtime.get(assignment.dservice)
-        return await dservice.call(
-            head.method, head.path, head.query, headers, assignment.body, spent
-        )
+        return await dservice.call(head.method, head.path, head.query, headers, body, spent)
 
     async def _fail(
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, error: CgnError
@@ -324,10 +422,17 @@ class LinkSession:
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
 
     async def _answer(
-        self, call: Any, nonce: str, assignment: pb.WorkAssignment, answer: DServiceResponse
+        self,
+        call: Any,
+        nonce: str,
+        assignment: pb.WorkAssignment,
+        answer: DServiceResponse,
+        exchange: _Exchange | None = None,
     ) -> None:
+        """Sends the answer: inline on the control stream, or on the dispatch's data plane
+        (``exchange``) in BODY_CHUNK_BYTES slices."""
         usage = resources_pb2.ResourceUsage(
-            bytes_in=len(assignment.body),
+            bytes_in=assignment.body_size or len(assignment.body),
             bytes_out=len(answer.body),
             peak_memory_bytes=answer.peak_memory_bytes,
             cpu_time_metering=int(answer.cpu_metering),  # type: ignore[arg-type]
@@ -343,9 +448,14 @@ class LinkSession:
                 headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in answer.headers],
                 content_length=len(answer.body),
             ),
-            body=answer.body,
+            body=answer.body if exchange is None else b"",
             body_complete=True,
             completion=completion,
         )
-        await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, response=response))
+        if exchange is not None:
+            await exchange.answer(response, answer.body)
+        else:
+            await self._send_quietly(
+                call, pb.ConnectRequest(response_nonce=nonce, response=response)
+            )
         self.completed += 1

@@ -16,6 +16,7 @@ import pytest
 from cgn_common.certs import Role
 from cgn_common.errors import DeadlineExceededError, DServiceFailedError, UnauthenticatedError
 from cgn_common.rpc import open_channel
+from cgn_common.streams import BODY_CHUNK_BYTES
 from cgn_common.types import AccountKind, Tier
 from cgn_node.broker import MinerFailedError
 from cgn_node.work import HttpRequest, WorkUnit
@@ -40,8 +41,10 @@ class ScriptedMiner:
     """A miner that does what its ``behaviour`` says with each assignment."""
 
     miner_id: str
-    # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce", or "reports-on-cancel"
-    # (heartbeats, and answers a cancel with its usage so far, as the real miner does)
+    # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce", "reports-on-cancel"
+    # (heartbeats, and answers a cancel with its usage so far, as the real miner does), or
+    # "exchange" (takes the body and answers on the dispatch's data plane: the body
+    # reversed, so that a wrong or reordered slice shows)
     behaviour: str
     assignments: list[pb.WorkAssignment] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
@@ -50,10 +53,14 @@ class ScriptedMiner:
     assigned: asyncio.Event = field(default_factory=asyncio.Event)
     _work_ids: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
+    #: The sizes of the body slices the node sent on data planes.
+    slices: list[int] = field(default_factory=list)
+    _stub: Any = None
 
     async def run(self, address: str, pki: Pki, api_key: str) -> None:
         async with open_channel(address, pki.client_only()) as channel:
-            call: Any = pb_grpc.MinerLinkServiceStub(channel).Connect()
+            self._stub = pb_grpc.MinerLinkServiceStub(channel)
+            call: Any = self._stub.Connect()
             hello = pb.MinerHello(
                 miner_id=self.miner_id,
                 api_key=api_key,
@@ -125,6 +132,37 @@ class ScriptedMiner:
             failure.status.code = 14
             failure.status.message = "DService answered with garbage"
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, failure=failure))
+        elif self.behaviour == "exchange":
+            assignment = message.assignment
+            assert not assignment.body_complete
+            assert assignment.body == b""
+            plane: Any = self._stub.Exchange()
+            await plane.write(pb.ExchangeRequest(open=pb.ExchangeOpen(dispatch_token=work_id)))
+            parts = []
+            while True:
+                got = await plane.read()
+                parts.append(got.request_body.data)
+                self.slices.append(len(got.request_body.data))
+                if got.request_body.end_of_body:
+                    break
+            body = b"".join(parts)[::-1]
+            assert len(body) == assignment.body_size
+            first = pb.WorkResponse(
+                dispatch_token=work_id,
+                head=http_pb2.HttpResponseHead(status_code=200),
+                body_complete=False,
+            )
+            await plane.write(pb.ExchangeRequest(response=first))
+            for start in range(0, len(body), 100_000):
+                piece = pb.ResponseBodyChunk(
+                    dispatch_token=work_id, data=body[start : start + 100_000]
+                )
+                await plane.write(pb.ExchangeRequest(response_body=piece))
+            done = pb.WorkCompletion(dispatch_token=work_id)
+            done.usage.bytes_in = len(body)
+            await plane.write(pb.ExchangeRequest(completion=done))
+            await plane.done_writing()
+            assert await plane.read() is grpc.aio.EOF
         elif self.behaviour in ("heartbeat", "reports-on-cancel"):
             while True:
                 await asyncio.sleep(LEASE_MS / 3000)
@@ -159,13 +197,13 @@ async def _connect(cluster: Cluster, behaviour: str) -> tuple[ScriptedMiner, asy
     return miner, task
 
 
-def _unit(work_id: str, deadline_s: float = 30) -> WorkUnit:
+def _unit(work_id: str, deadline_s: float = 30, body: bytes = b"") -> WorkUnit:
     return WorkUnit(
         work_id,
         "echo",
         "acct_enterprise",
         (Tier.TIER_2_DATACENTER,),
-        HttpRequest("GET", "/x", "", (), b""),
+        HttpRequest("POST" if body else "GET", "/x", "", (), body),
         request_id=f"req-{work_id}",
         deadline=time.monotonic() + deadline_s,
     )
@@ -246,6 +284,36 @@ async def test_abandoned_work_whose_miner_is_lost_is_recorded_unbilled(cluster: 
     task.cancel()  # the miner goes away before reporting: the report fails, nothing hangs
     with pytest.raises(MinerFailedError):
         await asyncio.wait_for(unit.cancelled.usage, 10)
+
+
+async def test_a_large_body_travels_on_the_dispatchs_data_plane_both_ways(
+    cluster: Cluster,
+) -> None:
+    miner, task = await _connect(cluster, "exchange")
+    body = bytes(range(256)) * 12_289  # ~3 MiB, not a multiple of a slice
+    outcome = await asyncio.wait_for(cluster.node.broker.submit(_unit("w6", body=body)), 20)
+    assert outcome.result.body == body[::-1]  # every slice, in order, both ways
+    assert outcome.result.usage.bytes_in == len(body)
+    (assigned,) = miner.assignments
+    assert assigned.body == b""
+    assert assigned.body_size == len(body)
+    assert len(miner.slices) == -(-len(body) // BODY_CHUNK_BYTES)
+    assert max(miner.slices) == BODY_CHUNK_BYTES
+    task.cancel()
+
+
+async def test_a_data_plane_needs_a_dispatch_token_in_flight(cluster: Cluster) -> None:
+    async with open_channel(cluster.endpoints["miner_link"], cluster.pki.client_only()) as channel:
+        plane: Any = pb_grpc.MinerLinkServiceStub(channel).Exchange()
+        await plane.write(pb.ExchangeRequest(open=pb.ExchangeOpen(dispatch_token="d_guessed")))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await plane.read()
+        assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+        plane = pb_grpc.MinerLinkServiceStub(channel).Exchange()
+        await plane.write(pb.ExchangeRequest(completion=pb.WorkCompletion()))  # no open first
+        with pytest.raises(grpc.aio.AioRpcError) as unopened:
+            await plane.read()
+        assert unopened.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_work_failure_blames_the_dservice_not_the_miner(cluster: Cluster) -> None:

@@ -234,3 +234,34 @@ async def test_an_answer_cut_mid_way_is_an_error_and_the_request_is_not_sent_aga
         assert len(scripted.received) == 2  # /two reached the DService once, not twice
     finally:
         upstream.close()
+
+
+async def test_a_dservice_that_answers_while_it_reads_gets_a_large_body_without_deadlock() -> None:
+    """An echo that streams its answer as it reads the request (as aiohttp's or a transform
+    service may): the miner must read while it still writes, or both socket buffers fill and
+    each side waits for the other forever (a 24 MiB body through the echo DService hung)."""
+    size = 24 * 1024 * 1024
+
+    async def streaming_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        left = size
+        while left:
+            data = await reader.read(min(left, 65536))
+            left -= len(data)
+            writer.write(data)
+            await writer.drain()  # blocks while the miner does not read
+        writer.close()
+
+    server = await asyncio.start_server(streaming_echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream(Listen(host="127.0.0.1", port=port))
+    body = bytes(range(256)) * (size // 256)
+    try:
+        send = request_headers([], f"127.0.0.1:{port}", len(body))
+        raw = await asyncio.wait_for(upstream.request(b"POST", b"/", send, body, size), 30)
+        assert raw.body == body
+    finally:
+        upstream.close()
+        server.close()
+        await server.wait_closed()

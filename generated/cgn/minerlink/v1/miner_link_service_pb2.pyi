@@ -64,6 +64,104 @@ WORK_ROLE_RACE: WorkRole.ValueType  # 5
 Global___WorkRole: _TypeAlias = WorkRole  # noqa: Y015
 
 @_typing.final
+class ExchangeRequest(_message.Message):
+    """A message from the miner on a dispatch's data plane."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open(self) -> Global___ExchangeOpen:
+        """Names the dispatch; must be the first message."""
+
+    @_builtins.property
+    def response(self) -> Global___WorkResponse:
+        """The DService's response head, possibly with the whole body and completion."""
+
+    @_builtins.property
+    def response_body(self) -> Global___ResponseBodyChunk:
+        """A slice of the response body."""
+
+    @_builtins.property
+    def completion(self) -> Global___WorkCompletion:
+        """The end of the response, with usage."""
+
+    @_builtins.property
+    def failure(self) -> Global___WorkFailure:
+        """The DService failed or answered something the miner cannot pass on."""
+
+    def __init__(
+        self,
+        *,
+        open: Global___ExchangeOpen | None = ...,
+        response: Global___WorkResponse | None = ...,
+        response_body: Global___ResponseBodyChunk | None = ...,
+        completion: Global___WorkCompletion | None = ...,
+        failure: Global___WorkFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "failure", b"failure", "kind", b"kind", "open", b"open", "response", b"response", "response_body", b"response_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "failure", b"failure", "kind", b"kind", "open", b"open", "response", b"response", "response_body", b"response_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "response", "response_body", "completion", "failure"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ExchangeRequest: _TypeAlias = ExchangeRequest  # noqa: Y015
+
+@_typing.final
+class ExchangeOpen(_message.Message):
+    """Opens a dispatch's data plane."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
+    dispatch_token: _builtins.str
+    """The dispatch token of the assignment."""
+    def __init__(
+        self,
+        *,
+        dispatch_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_token", b"dispatch_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeOpen: _TypeAlias = ExchangeOpen  # noqa: Y015
+
+@_typing.final
+class ExchangeResponse(_message.Message):
+    """A message from the node on a dispatch's data plane."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_BODY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request_body(self) -> Global___RequestBodyChunk:
+        """A slice of the request body, in order; the last one has end_of_body."""
+
+    def __init__(
+        self,
+        *,
+        request_body: Global___RequestBodyChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "request_body", b"request_body"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "request_body", b"request_body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["request_body"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015
+
+@_typing.final
 class ConnectRequest(_message.Message):
     """A message from the miner to the node."""
 
@@ -444,6 +542,7 @@ class WorkAssignment(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DISPATCH_TOKEN_FIELD_NUMBER: _builtins.int
+    BODY_SIZE_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """The work unit id (the node's, also the ledger row's): for logs. A re-dispatch of the same
     unit keeps it; correlate with `dispatch_token`.
@@ -455,7 +554,10 @@ class WorkAssignment(_message.Message):
     body: _builtins.bytes
     """The request body, or its first part."""
     body_complete: _builtins.bool
-    """False when RequestBodyChunk messages with this dispatch token follow."""
+    """False when the body comes on the dispatch's data plane (Exchange): the miner opens it
+    and reads RequestBodyChunk messages until end_of_body. (RequestBodyChunk messages on the
+    control stream are not sent.)
+    """
     affinity_key: _builtins.str
     """The affinity key, for the miner's per-key working directory."""
     grade: _types_pb2.WorkGrade.ValueType
@@ -474,6 +576,8 @@ class WorkAssignment(_message.Message):
     """Names this dispatch (unguessable, unique per attempt): every miner message about the unit
     carries it, and the node's WorkCancel names it.
     """
+    body_size: _builtins.int
+    """The whole request body's size in bytes (also when it comes on the data plane)."""
     @_builtins.property
     def head(self) -> _http_pb2.HttpRequestHead:
         """The HTTP request head, unchanged from the DApp."""
@@ -513,10 +617,11 @@ class WorkAssignment(_message.Message):
         attempt: _builtins.int = ...,
         request_id: _builtins.str = ...,
         dispatch_token: _builtins.str = ...,
+        body_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "head", b"head", "lease", b"lease", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "attempt", b"attempt", "body", b"body", "body_complete", b"body_complete", "data_ttl", b"data_ttl", "dispatch_token", b"dispatch_token", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "lease", b"lease", "request_id", b"request_id", "role", b"role", "timeout", b"timeout", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "attempt", b"attempt", "body", b"body", "body_complete", b"body_complete", "body_size", b"body_size", "data_ttl", b"data_ttl", "dispatch_token", b"dispatch_token", "dservice", b"dservice", "dservice_version", b"dservice_version", "grade", b"grade", "head", b"head", "lease", b"lease", "request_id", b"request_id", "role", b"role", "timeout", b"timeout", "verify_result_digest", b"verify_result_digest", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -55,6 +55,11 @@ class MinerLinkServiceStub(object):
                 request_serializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/cgn.minerlink.v1.MinerLinkService/Exchange',
+                request_serializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class MinerLinkServiceServicer(object):
@@ -82,6 +87,18 @@ class MinerLinkServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """The data plane: one stream per dispatch, beside the control stream, for bodies too large
+        to travel inline (docs/architecture.md, "Data plane"). The miner opens it with the
+        dispatch token it was assigned (the token is the credential: unguessable, sent only to
+        that miner, valid while the dispatch runs); the node sends the request body, the miner
+        sends the response. A large body never delays another unit's messages on the control
+        stream, and gRPC flow control paces each body.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MinerLinkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +106,11 @@ def add_MinerLinkServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectRequest.FromString,
                     response_serializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeRequest.FromString,
+                    response_serializer=cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +155,33 @@ class MinerLinkService(object):
             '/cgn.minerlink.v1.MinerLinkService/Connect',
             cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectRequest.SerializeToString,
             cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cgn.minerlink.v1.MinerLinkService/Exchange',
+            cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeRequest.SerializeToString,
+            cgn_dot_minerlink_dot_v1_dot_miner__link__service__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,14 @@ class MinerLinkServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MinerLinkServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_miner_link_service_pb2.ConnectRequest, _miner_link_service_pb2.ConnectResponse]
     """Opens the miner's work stream."""
+    Exchange: _grpc.StreamStreamMultiCallable[_miner_link_service_pb2.ExchangeRequest, _miner_link_service_pb2.ExchangeResponse]
+    """The data plane: one stream per dispatch, beside the control stream, for bodies too large
+    to travel inline (docs/architecture.md, "Data plane"). The miner opens it with the
+    dispatch token it was assigned (the token is the credential: unguessable, sent only to
+    that miner, valid while the dispatch runs); the node sends the request body, the miner
+    sends the response. A large body never delays another unit's messages on the control
+    stream, and gRPC flow control paces each body.
+    """
 
 @_typing.type_check_only
 class MinerLinkServiceAsyncStub(MinerLinkServiceStub):
@@ -74,6 +82,14 @@ class MinerLinkServiceAsyncStub(MinerLinkServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_miner_link_service_pb2.ConnectRequest, _miner_link_service_pb2.ConnectResponse]  # type: ignore[assignment]
     """Opens the miner's work stream."""
+    Exchange: _aio.StreamStreamMultiCallable[_miner_link_service_pb2.ExchangeRequest, _miner_link_service_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """The data plane: one stream per dispatch, beside the control stream, for bodies too large
+    to travel inline (docs/architecture.md, "Data plane"). The miner opens it with the
+    dispatch token it was assigned (the token is the credential: unguessable, sent only to
+    that miner, valid while the dispatch runs); the node sends the request body, the miner
+    sends the response. A large body never delays another unit's messages on the control
+    stream, and gRPC flow control paces each body.
+    """
 
 class MinerLinkServiceServicer(metaclass=_abc_1.ABCMeta):
     """MinerLinkService is the node's miner endpoint (the paper's port 8080). A miner holds one
@@ -100,5 +116,19 @@ class MinerLinkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_miner_link_service_pb2.ConnectResponse], _abc.AsyncIterator[_miner_link_service_pb2.ConnectResponse]]:
         """Opens the miner's work stream."""
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_miner_link_service_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_miner_link_service_pb2.ExchangeResponse], _abc.AsyncIterator[_miner_link_service_pb2.ExchangeResponse]]:
+        """The data plane: one stream per dispatch, beside the control stream, for bodies too large
+        to travel inline (docs/architecture.md, "Data plane"). The miner opens it with the
+        dispatch token it was assigned (the token is the credential: unguessable, sent only to
+        that miner, valid while the dispatch runs); the node sends the request body, the miner
+        sends the response. A large body never delays another unit's messages on the control
+        stream, and gRPC flow control paces each body.
+        """
 
 def add_MinerLinkServiceServicer_to_server(servicer: MinerLinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
