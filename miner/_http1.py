@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 
@@ -49,6 +50,20 @@ class UpstreamProtocolError(Exception):
 
 class ResponseTooLargeError(Exception):
     """The DService's body exceeded the limit."""
+
+
+@dataclass(frozen=True)
+class RawStream:
+    """A DService's answer as it arrives: status, headers as sent, then the body; ``aclose``
+    ends it early (the connection is closed, not reused)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: AsyncGenerator[bytes, None]
+
+    async def aclose(self) -> None:
+        """Stops reading the body (nothing when it was read to its end)."""
+        await self.body.aclose()
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,25 @@ class Upstream:
         max_body: int,
     ) -> RawResponse:
         """Sends one request and reads the whole answer. A cancel closes the connection."""
+        stream = await self.open(method, target, headers, body, max_body)
+        try:
+            chunks = [chunk async for chunk in stream.body]
+        finally:
+            await stream.aclose()
+        return RawResponse(stream.status, stream.headers, b"".join(chunks))
+
+    async def open(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        max_body: int,
+    ) -> RawStream:
+        """Sends one request and reads the answer's head; its body follows as it arrives
+        (``RawStream.body``, at most ``max_body`` bytes). A kept connection that died before
+        any answer byte is tried once more on a fresh one; nothing is sent again after the
+        first answer byte (the DService got the request, and may have acted on it)."""
         try:
             request = h11.Request(method=method, target=target, headers=list(headers))
         except h11.LocalProtocolError as exc:
@@ -123,7 +157,7 @@ class Upstream:
         reused = self._take()
         connection = reused or await self._connect()
         try:
-            return await self._exchange(connection, request, body, max_body)
+            return await self._start(connection, request, body, max_body)
         except (ConnectionError, h11.RemoteProtocolError) as exc:
             connection.close()
             if reused is None or not isinstance(exc, ConnectionError):
@@ -134,14 +168,14 @@ class Upstream:
         # A kept connection the DService had closed meanwhile: once more on a fresh one.
         connection = await self._connect()
         try:
-            return await self._exchange(connection, request, body, max_body)
+            return await self._start(connection, request, body, max_body)
         except BaseException:
             connection.close()
             raise
 
-    async def _exchange(
+    async def _start(
         self, connection: _Connection, request: h11.Request, body: bytes, max_body: int
-    ) -> RawResponse:
+    ) -> RawStream:
         conn = connection.conn
         try:
             out = conn.send(request) or b""
@@ -157,51 +191,72 @@ class Upstream:
         sending = asyncio.ensure_future(connection.writer.drain())
         sending.add_done_callback(_retrieved)
         try:
-            response = await self._receive(connection, max_body)
-        finally:
-            sending.cancel()  # nothing when it is done
-        if connection.writer.transport.get_write_buffer_size():
-            connection.close()  # answered before it read the whole request: not reusable
-        else:
-            self._release(connection)
-        return response
+            head = await self._head(connection)
+        except BaseException:
+            sending.cancel()
+            raise
+        return RawStream(
+            head.status_code,
+            list(head.headers.raw_items()),
+            self._body(connection, sending, max_body),
+        )
 
-    async def _receive(self, connection: _Connection, max_body: int) -> RawResponse:
-        """Reads one whole answer."""
-        conn = connection.conn
-        head: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
+    @staticmethod
+    def _event(connection: _Connection) -> Any:
+        try:
+            return connection.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamProtocolError(f"the DService broke HTTP/1.1: {exc}") from None
+
+    async def _head(self, connection: _Connection) -> h11.Response:
+        """Reads up to the answer's head."""
         while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamProtocolError(f"the DService broke HTTP/1.1: {exc}") from None
+            event = self._event(connection)
             if event is h11.NEED_DATA:
                 data = await connection.reader.read(_READ_SIZE)
-                if not data and head is None:
+                if not data:
                     raise ConnectionResetError("the DService closed the connection")
-                conn.receive_data(data)
+                connection.conn.receive_data(data)
             elif isinstance(event, h11.InformationalResponse):
                 continue  # 100 Continue and friends: the final answer follows
             elif isinstance(event, h11.Response):
                 _check_head(event)
-                head = event
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > max_body:
-                    raise ResponseTooLargeError(f"DService answer exceeds {max_body} bytes")
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                # Not a ConnectionError: part of an answer came, so the request is not sent
-                # again (it reached the DService, which may have acted on it).
-                raise UpstreamProtocolError("the DService closed the connection mid-answer")
-            else:  # pragma: no cover - h11 has no other client-side events
-                raise UpstreamProtocolError(f"unexpected HTTP event {type(event).__name__}")
-        assert head is not None
-        return RawResponse(head.status_code, list(head.headers.raw_items()), b"".join(chunks))
+                return event
+            else:  # ConnectionClosed before any answer
+                raise ConnectionResetError("the DService closed the connection")
+
+    async def _body(
+        self, connection: _Connection, sending: asyncio.Future[None], max_body: int
+    ) -> AsyncGenerator[bytes, None]:
+        """The answer's body as it arrives; then the connection is kept for the next request
+        when both sides finished cleanly, else closed."""
+        clean = False
+        size = 0
+        try:
+            while True:
+                event = self._event(connection)
+                if event is h11.NEED_DATA:
+                    connection.conn.receive_data(await connection.reader.read(_READ_SIZE))
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > max_body:
+                        raise ResponseTooLargeError(f"DService answer exceeds {max_body} bytes")
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    clean = True
+                    return
+                elif isinstance(event, h11.ConnectionClosed):
+                    # Not a ConnectionError: part of an answer came, so the request is not
+                    # sent again (it reached the DService, which may have acted on it).
+                    raise UpstreamProtocolError("the DService closed the connection mid-answer")
+                else:  # pragma: no cover - h11 has no other client-side events here
+                    raise UpstreamProtocolError(f"unexpected HTTP event {type(event).__name__}")
+        finally:
+            sending.cancel()  # nothing when it is done
+            if clean and not connection.writer.transport.get_write_buffer_size():
+                self._release(connection)
+            else:
+                connection.close()  # cut short, or answered before it read the whole request
 
     def _release(self, connection: _Connection) -> None:
         conn = connection.conn

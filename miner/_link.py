@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,13 +28,10 @@ from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 from miner.config import MinerConfig
 from miner.fitness import FitnessResult
-from miner.runtime import DServiceResponse, Runtime, Spent
+from miner.runtime import DServiceAnswer, Runtime, Spent
 
 _log = logging.getLogger(__name__)
 
-#: The largest DService answer sent back whole (below gRPC's 64 MiB message limit); a larger
-#: one is the DService's failure (502) until bodies stream.
-MAX_RESPONSE_BYTES = 60 * 1024 * 1024
 #: The largest request body a miner takes (it is held in memory until bodies stream into
 #: the DService).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -81,20 +79,23 @@ class _Exchange:
             raise InvalidArgumentError(f"the body has {received} bytes, not {size}")
         return b"".join(chunks)
 
-    async def answer(self, response: pb.WorkResponse, body: bytes) -> None:
-        """Sends the answer: its head, the body in BODY_CHUNK_BYTES slices (each write paced
-        by gRPC flow control), the completion; then waits for the node to end the stream."""
-        completion = pb.WorkCompletion()
-        completion.CopyFrom(response.completion)
-        head = pb.WorkResponse(dispatch_token=self._token, body_complete=False)
-        head.head.CopyFrom(response.head)
-        await self._call.write(pb.ExchangeRequest(response=head))
-        view = memoryview(body)
-        for start in range(0, len(body), BODY_CHUNK_BYTES):
+    async def send_head(self, head: http_pb2.HttpResponseHead) -> None:
+        """Sends the answer's head (its body follows)."""
+        response = pb.WorkResponse(dispatch_token=self._token, head=head, body_complete=False)
+        await self._call.write(pb.ExchangeRequest(response=response))
+
+    async def send_body(self, data: bytes) -> None:
+        """Sends a part of the answer's body, in BODY_CHUNK_BYTES slices, each write paced by
+        gRPC flow control."""
+        view = memoryview(data)
+        for start in range(0, len(data), BODY_CHUNK_BYTES):
             chunk = pb.ResponseBodyChunk(
                 dispatch_token=self._token, data=bytes(view[start : start + BODY_CHUNK_BYTES])
             )
             await self._call.write(pb.ExchangeRequest(response_body=chunk))
+
+    async def finish(self, completion: pb.WorkCompletion) -> None:
+        """Ends the answer with its completion, then waits for the node to end the stream."""
         await self._call.write(pb.ExchangeRequest(completion=completion))
         await self._call.done_writing()
         while await self._call.read() is not grpc.aio.EOF:
@@ -321,34 +322,28 @@ class LinkSession:
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
     ) -> None:
         """Runs one unit; every outcome is answered (a cancel from the node, by
-        _report_cancelled). A body too large to travel inline comes, and a large answer
+        _report_cancelled). A body too large to travel inline comes, and an answer too large
         goes, on the dispatch's data plane (_Exchange), closed whatever happens."""
-        exchange: _Exchange | None = None
+        exchange: list[_Exchange] = []
         try:
-            answer, exchange = await self._run_unit(call, nonce, assignment, spent)
-            if answer is None:
-                return
-            if len(answer.body) > MAX_RESPONSE_BYTES:
-                too_big = DServiceFailedError(
-                    f"DService answer of {len(answer.body)} bytes exceeds {MAX_RESPONSE_BYTES}"
-                )
-                await self._fail(call, nonce, assignment, too_big)
-                return
-            if exchange is None and len(answer.body) > INLINE_BODY_BYTES:
-                assert self._stub is not None
-                exchange = await _Exchange.open(self._stub, assignment.dispatch_token)
-            await self._answer(call, nonce, assignment, answer, exchange)
+            await self._run_unit(call, nonce, assignment, spent, exchange)
         except grpc.aio.AioRpcError as exc:  # the data plane broke (the node knows why)
             log_event(_log, "data_plane_failed", logging.WARNING, error=exc.details())
         finally:
-            if exchange is not None:
-                exchange.close()
+            for plane in exchange:
+                plane.close()
 
     async def _run_unit(
-        self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
-    ) -> tuple[DServiceResponse | None, _Exchange | None]:
-        """Fetches the body when it did not come inline and calls the DService: its answer
-        (None when the unit failed, already answered) and the data plane, when opened."""
+        self,
+        call: Any,
+        nonce: str,
+        assignment: pb.WorkAssignment,
+        spent: Spent,
+        exchange: list[_Exchange],
+    ) -> None:
+        """Fetches the body when it did not come inline, calls the DService and sends its
+        answer as it arrives; a failure is answered with a WorkFailure. ``exchange`` gets the
+        data plane when one is opened."""
         token = assignment.dispatch_token
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
         # The node cancels the unit at its deadline, and the miner answers the cancel with the
@@ -357,21 +352,20 @@ class LinkSession:
         timeout = assignment.timeout.ToMilliseconds() / 1000
         timeout_s = timeout + DEADLINE_GRACE_S if timeout else None
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
-        exchange: _Exchange | None = None
         try:
             async with asyncio.timeout(timeout_s):
                 body = assignment.body
                 if not assignment.body_complete:
-                    assert self._stub is not None
-                    exchange = await _Exchange.open(self._stub, token)
-                    body = await exchange.request_body(assignment.body_size)
-                return await self._call_dservice(assignment, body, spent), exchange
+                    exchange.append(await self._open_exchange(token))
+                    body = await exchange[0].request_body(assignment.body_size)
+                await self._serve(call, nonce, assignment, body, spent, exchange)
+            return
         except TimeoutError:
             error: CgnError = DeadlineExceededError("DService timed out")
         except CgnError as exc:
             error = exc
         except grpc.aio.AioRpcError as exc:
-            error = UnavailableError(f"the request body did not arrive: {exc.details()}")
+            error = UnavailableError(f"the data plane failed: {exc.details()}")
         except Exception as exc:  # the unit must be answered whatever went wrong
             log_event(
                 _log,
@@ -382,27 +376,86 @@ class LinkSession:
                 request_id=assignment.request_id,
             )
             error = DServiceFailedError("the miner failed")
-        except BaseException:
-            if exchange is not None:
-                exchange.close()
-            raise
         finally:
             heartbeat.cancel()
-        if exchange is not None:
-            exchange.close()
         await self._fail(call, nonce, assignment, error)
-        return None, None
 
-    async def _call_dservice(
-        self, assignment: pb.WorkAssignment, body: bytes, spent: Spent
-    ) -> DServiceResponse:
+    async def _open_exchange(self, token: str) -> _Exchange:
+        assert self._stub is not None
+        return await _Exchange.open(self._stub, token)
+
+    async def _serve(
+        self,
+        call: Any,
+        nonce: str,
+        assignment: pb.WorkAssignment,
+        body: bytes,
+        spent: Spent,
+        exchange: list[_Exchange],
+    ) -> None:
+        """Calls the DService and sends the answer: inline on the control stream when its
+        body ends within INLINE_BODY_BYTES, else on the data plane as it arrives (a slice at
+        a time, paced by gRPC flow control: the miner never holds the whole answer)."""
         head = assignment.head
         headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
         if assignment.request_id:
             headers.append(("X-Request-Id", assignment.request_id.encode()))
         headers.append(("X-CGN-Attempt", str(assignment.attempt or 1).encode()))
         dservice = self._runtime.get(assignment.dservice)
-        return await dservice.call(head.method, head.path, head.query, headers, body, spent)
+        token = assignment.dispatch_token
+        buffered: list[bytes] = []
+        size = 0
+        async with dservice.stream(
+            head.method, head.path, head.query, headers, body, spent
+        ) as answer:
+            chunks: AsyncIterator[bytes] | None = aiter(answer.body)
+            assert chunks is not None
+            async for chunk in chunks:
+                buffered.append(chunk)
+                size += len(chunk)
+                if size > INLINE_BODY_BYTES:
+                    break
+            else:
+                chunks = None  # it ended within the inline size
+            if chunks is not None:  # too large to go inline: on the data plane, as it comes
+                if not exchange:
+                    exchange.append(await self._open_exchange(token))
+                await exchange[0].send_head(_response_head(answer, None))
+                for chunk in buffered:
+                    await exchange[0].send_body(chunk)
+                buffered = []
+                async for chunk in chunks:
+                    size += len(chunk)
+                    await exchange[0].send_body(chunk)
+        usage = resources_pb2.ResourceUsage(
+            bytes_in=assignment.body_size or len(assignment.body),
+            bytes_out=size,
+            peak_memory_bytes=answer.peak_memory_bytes,
+            cpu_time_metering=int(answer.cpu_metering),  # type: ignore[arg-type]
+            peak_memory_metering=int(answer.peak_memory_metering),  # type: ignore[arg-type]
+        )
+        usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
+        usage.wall_time.FromMicroseconds(answer.wall_time_us)
+        completion = pb.WorkCompletion(dispatch_token=token, usage=usage)
+        if chunks is not None:
+            await exchange[0].finish(completion)
+        elif exchange:  # the request came on the data plane: the answer goes back on it
+            await exchange[0].send_head(_response_head(answer, size))
+            if size:
+                await exchange[0].send_body(b"".join(buffered))
+            await exchange[0].finish(completion)
+        else:
+            response = pb.WorkResponse(
+                dispatch_token=token,
+                head=_response_head(answer, size),
+                body=b"".join(buffered),
+                body_complete=True,
+                completion=completion,
+            )
+            await self._send_quietly(
+                call, pb.ConnectRequest(response_nonce=nonce, response=response)
+            )
+        self.completed += 1
 
     async def _fail(
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, error: CgnError
@@ -421,41 +474,13 @@ class LinkSession:
         )
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
 
-    async def _answer(
-        self,
-        call: Any,
-        nonce: str,
-        assignment: pb.WorkAssignment,
-        answer: DServiceResponse,
-        exchange: _Exchange | None = None,
-    ) -> None:
-        """Sends the answer: inline on the control stream, or on the dispatch's data plane
-        (``exchange``) in BODY_CHUNK_BYTES slices."""
-        usage = resources_pb2.ResourceUsage(
-            bytes_in=assignment.body_size or len(assignment.body),
-            bytes_out=len(answer.body),
-            peak_memory_bytes=answer.peak_memory_bytes,
-            cpu_time_metering=int(answer.cpu_metering),  # type: ignore[arg-type]
-            peak_memory_metering=int(answer.peak_memory_metering),  # type: ignore[arg-type]
-        )
-        usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
-        usage.wall_time.FromMicroseconds(answer.wall_time_us)
-        completion = pb.WorkCompletion(dispatch_token=assignment.dispatch_token, usage=usage)
-        response = pb.WorkResponse(
-            dispatch_token=assignment.dispatch_token,
-            head=http_pb2.HttpResponseHead(
-                status_code=answer.status,
-                headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in answer.headers],
-                content_length=len(answer.body),
-            ),
-            body=answer.body if exchange is None else b"",
-            body_complete=True,
-            completion=completion,
-        )
-        if exchange is not None:
-            await exchange.answer(response, answer.body)
-        else:
-            await self._send_quietly(
-                call, pb.ConnectRequest(response_nonce=nonce, response=response)
-            )
-        self.completed += 1
+
+def _response_head(answer: DServiceAnswer, size: int | None) -> http_pb2.HttpResponseHead:
+    """The answer's head for the node; ``size`` when the whole body is known."""
+    head = http_pb2.HttpResponseHead(
+        status_code=answer.status,
+        headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in answer.headers],
+    )
+    if size is not None:
+        head.content_length = size
+    return head

@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,9 +53,9 @@ __all__ = ["BUILTIN_DSERVICES", "ENV_ALLOW_LIST", "DServiceProcess", "ProcessRun
 #: else (the miner's id and key, TLS paths, the operator's shell) stays with the miner.
 ENV_ALLOW_LIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 
-#: The largest DService answer read (below gRPC's 64 MiB message limit); a larger one is the
-#: DService's failure (502) until bodies stream.
-MAX_RESPONSE_BYTES = 60 * 1024 * 1024
+#: The largest DService answer passed on (2 GiB, SPEC 4); it streams through the miner a slice
+#: at a time, and a larger one is the DService's failure.
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024 * 1024
 
 #: Request headers the miner writes itself (``Host``: the listener's address) or that carry
 #: the CGN's own credentials; a copy arriving with the work is dropped.
@@ -90,6 +90,21 @@ class DServiceResponse:
     peak_memory_bytes: int
     cpu_metering: Metering
     peak_memory_metering: Metering
+
+
+@dataclass
+class DServiceAnswer:
+    """A DService's answer as it arrives: the head, then ``body`` to read; the metering
+    figures are set when the call's context ends (:meth:`DServiceProcess.stream`)."""
+
+    status: int
+    headers: list[tuple[str, bytes]]
+    body: AsyncIterator[bytes]
+    cpu_time_us: int = 0
+    wall_time_us: int = 0
+    peak_memory_bytes: int = 0
+    cpu_metering: Metering = Metering.NOT_MEASURED
+    peak_memory_metering: Metering = Metering.NOT_MEASURED
 
 
 @dataclass
@@ -337,9 +352,35 @@ class DServiceProcess:
         body: bytes,
         spent: Spent | None = None,
     ) -> DServiceResponse:
+        """Sends one request to the DService and reads the whole answer (:meth:`stream`)."""
+        async with self.stream(method, path, query, headers, body, spent) as answer:
+            content = b"".join([chunk async for chunk in answer.body])
+        return DServiceResponse(
+            status=answer.status,
+            headers=answer.headers,
+            body=content,
+            cpu_time_us=answer.cpu_time_us,
+            wall_time_us=answer.wall_time_us,
+            peak_memory_bytes=answer.peak_memory_bytes,
+            cpu_metering=answer.cpu_metering,
+            peak_memory_metering=answer.peak_memory_metering,
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, bytes]],
+        body: bytes,
+        spent: Spent | None = None,
+    ) -> AsyncIterator[DServiceAnswer]:
         """Sends one request to the DService, unchanged but for the headers the miner owns
-        (:func:`request_headers`), and meters it; ``spent`` gets the usage even when the call
-        fails or is cancelled."""
+        (:func:`request_headers`); yields its answer's head with the body to read as it
+        arrives (at most MAX_RESPONSE_BYTES). The call is metered until the context ends:
+        the answer's figures, and ``spent``, are set then, even when the call fails or is
+        cancelled."""
         meter = self._meter
         upstream = self._upstream
         if not self._ready.is_set() or meter is None or upstream is None:
@@ -348,14 +389,45 @@ class DServiceProcess:
         send = request_headers(headers, self._listen.authority, len(body))
         ticket = meter.begin()
         started = time.perf_counter_ns()
+        answer: DServiceAnswer | None = None
         try:
-            raw = await upstream.request(
-                method.encode("ascii", "replace"),
-                target.encode("utf-8", "surrogateescape"),
-                send,
-                body,
-                MAX_RESPONSE_BYTES,
-            )
+            with self._failures():
+                raw = await upstream.open(
+                    method.encode("ascii", "replace"),
+                    target.encode("utf-8", "surrogateescape"),
+                    send,
+                    body,
+                    MAX_RESPONSE_BYTES,
+                )
+            try:
+                answer = DServiceAnswer(
+                    raw.status, response_headers(raw.headers), self._mapped(raw.body)
+                )
+                yield answer
+            finally:
+                await raw.aclose()
+        finally:
+            # Also when the call fails or is cancelled: its share must not go to the others,
+            # and abandoned work is billed for it (SPEC 15).
+            metered = meter.end(ticket)
+            wall_us = (time.perf_counter_ns() - started) // 1000
+            if answer is not None:
+                answer.cpu_time_us = metered.cpu_time_us
+                answer.wall_time_us = wall_us
+                answer.peak_memory_bytes = metered.peak_memory_bytes
+                answer.cpu_metering = metered.cpu_metering
+                answer.peak_memory_metering = metered.peak_memory_metering
+            if spent is not None:
+                spent.cpu_time_us = metered.cpu_time_us
+                spent.wall_time_us = wall_us
+                spent.cpu_metering = metered.cpu_metering
+                spent.ended = True
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """The DService's and the connection's failures as the CGN's errors."""
+        try:
+            yield
         except UpstreamProtocolError as exc:
             if exc.local:
                 raise InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}") from None
@@ -364,26 +436,11 @@ class DServiceProcess:
             raise DServiceFailedError(f"DService {self.name!r}: {exc}") from None
         except OSError as exc:
             raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
-        finally:
-            # Also when the call fails or is cancelled: its share must not go to the others,
-            # and abandoned work is billed for it (SPEC 15).
-            metered = meter.end(ticket)
-            wall_us = (time.perf_counter_ns() - started) // 1000
-            if spent is not None:
-                spent.cpu_time_us = metered.cpu_time_us
-                spent.wall_time_us = wall_us
-                spent.cpu_metering = metered.cpu_metering
-                spent.ended = True
-        return DServiceResponse(
-            status=raw.status,
-            headers=response_headers(raw.headers),
-            body=raw.body,
-            cpu_time_us=metered.cpu_time_us,
-            wall_time_us=wall_us,
-            peak_memory_bytes=metered.peak_memory_bytes,
-            cpu_metering=metered.cpu_metering,
-            peak_memory_metering=metered.peak_memory_metering,
-        )
+
+    async def _mapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        with self._failures():
+            async for chunk in body:
+                yield chunk
 
     async def stop(self) -> None:
         """Stops the child (SIGTERM, then SIGKILL after 5 s)."""
@@ -431,6 +488,17 @@ class DService(Protocol):
     ) -> DServiceResponse:
         """Sends one request to the DService and meters it (into ``spent`` too, however the
         call ends)."""
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, bytes]],
+        body: bytes,
+        spent: Spent | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[DServiceAnswer]:
+        """The same call, its answer's body read as it arrives."""
 
 
 class Runtime(Protocol):
