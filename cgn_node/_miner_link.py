@@ -46,7 +46,7 @@ from cgn_common.types import Tier
 from cgn_node._convert import assignment, result_from_parts, usage_from_proto
 from cgn_node.broker import Broker, MinerFailedError, MinerRefusedError
 from cgn_node.central_client import CentralClient
-from cgn_node.work import CancelReport, Usage, WorkResult, WorkUnit
+from cgn_node.work import CancelReport, ResponseBody, Usage, WorkResult, WorkUnit
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -83,6 +83,10 @@ class _Pending:
     size: int = 0
     #: The request body, served on the data plane when too large to go inline.
     body: bytes = b""
+    #: The unit's streamed answer (a CallStream caller), and whether its head was relayed:
+    #: from then on the body goes to ``stream`` slice by slice.
+    stream: ResponseBody | None = None
+    streaming: bool = False
 
 
 class MinerConnection:
@@ -183,6 +187,7 @@ class MinerConnection:
             loop.create_future(),
             loop.create_future(),
             body=unit.request.body,
+            stream=unit.stream,
         )
         self._pending[pending.token] = pending
         self._acks[pending.nonce] = pending.ack
@@ -328,6 +333,12 @@ class MinerConnection:
     def _on_response(self, p: _Pending, r: pb.WorkResponse) -> None:
         if r.body_complete:
             self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
+        elif p.stream is not None and not r.body:
+            # A streamed answer: the head goes to the caller now, the body as it comes on
+            # the data plane (MinerLink.Exchange relays it to p.stream).
+            p.head = r.head
+            p.streaming = p.stream.started = True
+            self._finish(p, result_from_parts(r.head, b"", resources_pb2.ResourceUsage()))
         else:
             p.head = r.head
             self._on_body(p, r.body)
@@ -514,10 +525,33 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         sender = asyncio.create_task(self._send_body(context, pending))
         try:
             while (message := await context.read()) is not grpc.aio.EOF:
-                miner.on_exchange(pending, message)
+                if not pending.streaming:
+                    miner.on_exchange(pending, message)
+                elif not await self._relay(pending, message):
+                    return  # the caller has gone: ending the stream stops the miner
+
             await sender
         finally:
             sender.cancel()
+            if pending.stream is not None and pending.streaming:
+                # Ended before the answer did (the miner died, or broke the protocol): the
+                # caller's stream fails, never looks complete.
+                pending.stream.fail(MinerFailedError("the miner was lost mid-answer"))
+
+    @staticmethod
+    async def _relay(pending: _Pending, message: pb.ExchangeRequest) -> bool:
+        """One message of a streamed answer, after its head: a slice for the caller (waiting
+        while the caller is behind: flow control reaches the miner), or its end. False once
+        the caller has gone."""
+        assert pending.stream is not None
+        pending.heard = time.monotonic()
+        kind = message.WhichOneof("kind")
+        if kind == "response_body":
+            return await pending.stream.put(message.response_body.data)
+        if kind == "completion":
+            await pending.stream.end(usage_from_proto(message.completion.usage))
+            return True
+        raise InvalidArgumentError(f"unexpected {kind} in a streamed answer")
 
     @staticmethod
     async def _send_body(context: Context, pending: _Pending) -> None:

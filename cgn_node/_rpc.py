@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -17,22 +18,24 @@ from cgn_common.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from cgn_common.http import check_request
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
+from cgn_common.streams import BODY_CHUNK_BYTES
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
-from cgn_node.broker import Broker, MinerFailedError
+from cgn_node.broker import Broker, MinerFailedError, Outcome
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
 from cgn_node.throttle import LoginThrottle
-from cgn_node.work import CancelReport, WorkUnit
-from generated.cgn.common.v1 import types_pb2
+from cgn_node.work import CancelReport, ResponseBody, Usage, WorkUnit
+from generated.cgn.common.v1 import http_pb2, types_pb2
 from generated.cgn.node.v1 import status_service_pb2 as status_pb
 from generated.cgn.node.v1 import status_service_pb2_grpc as status_grpc
 from generated.cgn.work.v1 import session_service_pb2 as session_pb
@@ -154,6 +157,95 @@ class Work(work_grpc.WorkServiceServicer):
         self, request: work_pb.CallRequest, context: Context
     ) -> work_pb.CallResponse:
         started = time.perf_counter_ns()
+        unit = self._new_unit(request, context, None)
+        outcome = await self._submit(unit, started)
+        result = outcome.result
+        finished = self._finished(unit, outcome, started, result.usage)
+
+        def ended(ended_context: Context) -> None:
+            # Recorded once the call is over, off its critical path: delivered when the answer
+            # went out, abandoned when the caller left first (SPEC 15, Work: billing).
+            outcome = "abandoned" if ended_context.cancelled() else "delivered"
+            self._record(replace(finished, outcome=outcome))
+
+        context.add_done_callback(ended)
+        return work_pb.CallResponse(
+            head=response_head(result),
+            body=result.body,
+            receipt=self._receipt(unit, outcome, finished),
+        )
+
+    async def CallStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[work_pb.CallStreamRequest], context: Context
+    ) -> AsyncIterator[work_pb.CallStreamResponse]:
+        """One request, the answer streamed: its head as soon as the DService sent it, then its
+        body slice by slice as the miner relays it (a caller reading slowly slows the miner:
+        flow control end to end), then the receipt. The request body is collected (up to
+        ``max_body_bytes``) before dispatch."""
+        started = time.perf_counter_ns()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgumentError("a CallStream starts with a CallStart")
+        body = await self._request_body(request_iterator)
+        start = first.start
+        request = work_pb.CallRequest(
+            dservice=start.dservice, head=start.head, body=body, options=start.options
+        )
+        stream = ResponseBody()
+        unit = self._new_unit(request, context, stream)
+        outcome = await self._submit(unit, started)
+        result = outcome.result
+        head = response_head(result)
+        usage = result.usage
+        state = "abandoned"  # until the receipt went out
+        try:
+            if stream.started:
+                head.ClearField("content_length")
+                yield work_pb.CallStreamResponse(head=head)
+                try:
+                    async for piece in stream.slices():
+                        yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=piece))
+                except MinerFailedError as exc:
+                    state = "failed"
+                    raise UnavailableError(
+                        f"the answer was cut: {exc}", reason="ANSWER_CUT"
+                    ) from exc
+                usage = stream.usage or usage
+            else:
+                yield work_pb.CallStreamResponse(head=head)
+                view = memoryview(result.body)
+                for at in range(0, len(result.body), BODY_CHUNK_BYTES):
+                    data = bytes(view[at : at + BODY_CHUNK_BYTES])
+                    yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=data))
+            finished = self._finished(unit, outcome, started, usage)
+            yield work_pb.CallStreamResponse(receipt=self._receipt(unit, outcome, finished))
+            state = "delivered"
+        finally:
+            stream.close()  # a caller gone mid-answer: the relay stops, and with it the miner
+            finished = self._finished(unit, outcome, started, usage)
+            self._record(replace(finished, outcome=state))
+
+    async def _request_body(self, parts: AsyncIterator[work_pb.CallStreamRequest]) -> bytes:
+        """A CallStream's request body: its BodyChunks until end_of_body (or the end of the
+        stream), at most ``max_body_bytes``."""
+        chunks: list[bytes] = []
+        size = 0
+        async for part in parts:
+            if part.WhichOneof("kind") != "body":
+                raise InvalidArgumentError("after its CallStart, a CallStream sends BodyChunks")
+            size += len(part.body.data)
+            if size > self._max_body_bytes:
+                raise InvalidArgumentError(f"the body exceeds {self._max_body_bytes} bytes")
+            chunks.append(part.body.data)
+            if part.body.end_of_body:
+                break
+        return b"".join(chunks)
+
+    def _new_unit(
+        self, request: work_pb.CallRequest, context: Context, stream: ResponseBody | None
+    ) -> WorkUnit:
+        """The work unit of a checked request (INVALID_ARGUMENT for what no DService may
+        receive or no tier may run)."""
         claims: SessionClaims = current_caller().session  # verified by the interceptor
         if not _DSERVICE_NAME.match(request.dservice):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
@@ -184,7 +276,7 @@ class Work(work_grpc.WorkServiceServicer):
         remaining = context.time_remaining()
         timeout_s = min(self._max_timeout_s, remaining if remaining is not None else math.inf)
         work_id = new_id("work")
-        unit = WorkUnit(
+        return WorkUnit(
             work_id=work_id,
             dservice=request.dservice,
             account_id=claims.account_id,
@@ -193,27 +285,31 @@ class Work(work_grpc.WorkServiceServicer):
             request_id=options.request_id or work_id,
             affinity_key=options.affinity_key,
             deadline=time.monotonic() + timeout_s,
+            stream=stream,
         )
+
+    async def _submit(self, unit: WorkUnit, started: int) -> Outcome:
+        """Runs ``unit``; one that reached a miner and got no answer is recorded here."""
         try:
-            outcome = await self._broker.submit(unit)
+            return await self._broker.submit(unit)
         except (asyncio.CancelledError, CgnError) as exc:
             if unit.attempts:  # it reached a miner: work was done, so it has a row
                 abandoned = isinstance(exc, asyncio.CancelledError | DeadlineExceededError)
                 self._record_unanswered(unit, started, "abandoned" if abandoned else "failed")
             raise
-        result = outcome.result
-        usage = result.usage
-        total_us = (time.perf_counter_ns() - started) // 1000
-        finished = FinishedWork(
-            work_id=work_id,
+
+    @staticmethod
+    def _finished(unit: WorkUnit, outcome: Outcome, started: int, usage: Usage) -> FinishedWork:
+        return FinishedWork(
+            work_id=unit.work_id,
             request_id=unit.request_id,
-            account_id=claims.account_id,
-            dservice=request.dservice,
+            account_id=unit.account_id,
+            dservice=unit.dservice,
             miner_id=outcome.miner_id,
             tier=outcome.tier,
-            status_code=result.status,
+            status_code=outcome.result.status,
             attempts=outcome.attempts,
-            total_time_us=total_us,
+            total_time_us=(time.perf_counter_ns() - started) // 1000,
             execution_time_us=usage.wall_time_us,
             cpu_time_us=usage.cpu_time_us,
             bytes_in=usage.bytes_in,
@@ -224,25 +320,28 @@ class Work(work_grpc.WorkServiceServicer):
             headers=unit.request.headers,
         )
 
-        def ended(ended_context: Context) -> None:
-            # Recorded once the call is over, off its critical path: delivered when the answer
-            # went out, abandoned when the caller left first (SPEC 15, Work: billing).
-            outcome = "abandoned" if ended_context.cancelled() else "delivered"
-            self._record(replace(finished, outcome=outcome))
-
-        context.add_done_callback(ended)
+    def _receipt(
+        self, unit: WorkUnit, outcome: Outcome, finished: FinishedWork
+    ) -> work_pb2.WorkReceipt:
         receipt = work_pb2.WorkReceipt(
-            work_id=work_id,
-            usage=usage_to_proto(usage),
+            work_id=unit.work_id,
+            usage=usage_to_proto(
+                Usage(
+                    cpu_time_us=finished.cpu_time_us,
+                    wall_time_us=finished.execution_time_us,
+                    bytes_in=finished.bytes_in,
+                    bytes_out=finished.bytes_out,
+                )
+            ),
             tier=int(outcome.tier),  # type: ignore[arg-type]
             attempts=outcome.attempts,
             node_id=self._node_id,
             request_id=unit.request_id,
         )
-        receipt.total_time.FromMicroseconds(total_us)
-        receipt.execution_time.FromMicroseconds(usage.wall_time_us)
+        receipt.total_time.FromMicroseconds(finished.total_time_us)
+        receipt.execution_time.FromMicroseconds(finished.execution_time_us)
         receipt.network_latency.FromMicroseconds(finished.network_latency_us)
-        return work_pb.CallResponse(head=response_head(result), body=result.body, receipt=receipt)
+        return receipt
 
     def _record_unanswered(self, unit: WorkUnit, started: int, outcome: str) -> None:
         """Records a unit that reached a miner but got no answer to return: failed (not

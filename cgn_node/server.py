@@ -141,8 +141,7 @@ class Node:
         if recorder is None:
             recorder = self._ledger_recorder(config)
         self.recorder = recorder
-        # CallStream is not implemented yet: the generated base answers UNIMPLEMENTED.
-        self.work = work = Work(  # type: ignore[abstract]
+        self.work = work = Work(
             self.broker,
             recorder,
             config.node_id,

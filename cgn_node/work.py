@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cgn_common.types import Metering, Tier
@@ -48,6 +49,73 @@ class WorkResult:
     usage: Usage
 
 
+class ResponseBody:
+    """A streamed answer's body on its way from the miner's data plane to the caller: a few
+    slices at most are held (``put`` waits while the caller has not taken them, and the wait
+    stops the node reading the miner's stream, so gRPC flow control slows the miner). It ends
+    with the miner's usage, or fails when the miner is lost mid-answer."""
+
+    def __init__(self, slots: int = 8) -> None:
+        self._queue: asyncio.Queue[bytes | Usage | BaseException] = asyncio.Queue(slots)
+        self.ended = False
+        self.closed = False
+        self._gone = asyncio.Event()
+        #: Set by the miner link when the answer's head came without its body: the body
+        #: then comes through here.
+        self.started = False
+        #: Set when the answer ended: what the miner measured.
+        self.usage: Usage | None = None
+
+    async def put(self, data: bytes) -> bool:
+        """Hands one slice to the caller (waits while the caller is behind); False once the
+        caller has gone (:meth:`close`): the rest is not wanted."""
+        if self.closed:
+            return False
+        waiter = asyncio.ensure_future(self._queue.put(data))
+        gone = asyncio.ensure_future(self._gone.wait())
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not waiter.done():
+                waiter.cancel()
+        return not self.closed
+
+    def close(self) -> None:
+        """The caller has gone: slices still coming are dropped, and the relay stops."""
+        self.closed = True
+        self._gone.set()
+
+    async def end(self, usage: Usage) -> None:
+        """The answer is complete."""
+        self.ended = True
+        await self._queue.put(usage)
+
+    def fail(self, error: BaseException) -> None:
+        """The answer will not complete (never waits: the caller learns it after the slices
+        already held)."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            self._queue.put_nowait(error)
+        except asyncio.QueueFull:  # the caller is behind: it gets the error instead of them
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(error)
+
+    async def slices(self) -> AsyncIterator[bytes]:
+        """The body's slices as they arrive; raises the failure when there is one."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, Usage):
+                self.usage = item
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
 @dataclass(frozen=True)
 class CancelReport:
     """A dispatch the node cancelled because its caller went away or its deadline passed:
@@ -81,6 +149,10 @@ class WorkUnit:
     #: Set when the node cancelled the unit's last dispatch (its caller left, or its deadline
     #: passed): where the miner's usage up to the cancel arrives.
     cancelled: CancelReport | None = None
+    #: Set for a caller that takes the answer as it comes (``CallStream``): a large answer's
+    #: body is relayed through it and the unit's result holds only the head; None for a
+    #: caller that takes the whole answer at once.
+    stream: ResponseBody | None = None
 
     def remaining_s(self) -> float:
         """Seconds until the deadline (negative once past)."""

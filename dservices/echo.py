@@ -13,6 +13,8 @@ For tests and demos of the work path under faults, request headers ask for misbe
   requests still overlap, but a burn holds up the others (tests of metering use it).
 - ``X-Echo-Poison: huge-header`` answers with a 16 KiB header, which the miner's HTTP client
   refuses to parse (a DService answering badly).
+- ``X-Echo-Drip: COUNTxMS`` answers ``COUNT`` lines (``line 1\n`` ...), chunked, one every
+  ``MS`` ms, instead of the body (a DService that streams, e.g. server-sent events).
 
 With ``CGN_DSERVICE_ECHO_JOURNAL=DIR`` every request is journaled as JSON lines in
 ``DIR/<pid>.jsonl``: ``{"event": "start"|"done"|"aborted", "request_id", "attempt", "miner_pid"}``
@@ -77,8 +79,25 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     burn = request.headers.get("X-Echo-Burn-Cpu-Ms", "")
     if burn.isdigit():
         _burn_cpu(int(burn))
-    response = await _answer(request)
+    drip = request.headers.get("X-Echo-Drip", "")
+    count, _, every = drip.partition("x")
+    if count.isdigit() and every.isdigit():
+        response = await _drip(request, int(count), int(every))
+    else:
+        response = await _answer(request)
     _journal(request, "done")
+    return response
+
+
+async def _drip(request: web.Request, count: int, every_ms: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for n in range(1, count + 1):
+        if n > 1:
+            await asyncio.sleep(every_ms / 1000)
+        await response.write(f"line {n}\n".encode())
+    await response.write_eof()
     return response
 
 

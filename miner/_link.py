@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -393,9 +392,10 @@ class LinkSession:
         spent: Spent,
         exchange: list[_Exchange],
     ) -> None:
-        """Calls the DService and sends the answer: inline on the control stream when its
-        body ends within INLINE_BODY_BYTES, else on the data plane as it arrives (a slice at
-        a time, paced by gRPC flow control: the miner never holds the whole answer)."""
+        """Calls the DService and sends the answer: inline on the control stream when its head
+        says the body is at most INLINE_BODY_BYTES, else on the data plane as it arrives (a
+        slice at a time, paced by gRPC flow control: the miner never holds a large answer,
+        and a DService that streams, e.g. server-sent lines, reaches the caller at once)."""
         head = assignment.head
         headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
         if assignment.request_id:
@@ -408,25 +408,18 @@ class LinkSession:
         async with dservice.stream(
             head.method, head.path, head.query, headers, body, spent
         ) as answer:
-            chunks: AsyncIterator[bytes] | None = aiter(answer.body)
-            assert chunks is not None
-            async for chunk in chunks:
-                buffered.append(chunk)
-                size += len(chunk)
-                if size > INLINE_BODY_BYTES:
-                    break
-            else:
-                chunks = None  # it ended within the inline size
-            if chunks is not None:  # too large to go inline: on the data plane, as it comes
+            streamed = not _fits_inline(head.method, answer)
+            if streamed:  # on the data plane, each slice as the DService produces it
                 if not exchange:
                     exchange.append(await self._open_exchange(token))
                 await exchange[0].send_head(_response_head(answer, None))
-                for chunk in buffered:
-                    await exchange[0].send_body(chunk)
-                buffered = []
-                async for chunk in chunks:
+                async for chunk in answer.body:
                     size += len(chunk)
                     await exchange[0].send_body(chunk)
+            else:
+                async for chunk in answer.body:
+                    buffered.append(chunk)
+                    size += len(chunk)
         usage = resources_pb2.ResourceUsage(
             bytes_in=assignment.body_size or len(assignment.body),
             bytes_out=size,
@@ -437,7 +430,7 @@ class LinkSession:
         usage.cpu_time.FromMicroseconds(answer.cpu_time_us)
         usage.wall_time.FromMicroseconds(answer.wall_time_us)
         completion = pb.WorkCompletion(dispatch_token=token, usage=usage)
-        if chunks is not None:
+        if streamed:
             await exchange[0].finish(completion)
         elif exchange:  # the request came on the data plane: the answer goes back on it
             await exchange[0].send_head(_response_head(answer, size))
@@ -473,6 +466,22 @@ class LinkSession:
             dispatch_token=assignment.dispatch_token, status=status_proto(error)
         )
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
+
+
+def _fits_inline(method: str, answer: DServiceAnswer) -> bool:
+    """Whether the answer goes whole on the control stream: no body (HEAD, 204, 304), or a
+    Content-Length of at most INLINE_BODY_BYTES. Without a length (chunked, or until close)
+    it streams on the data plane, however short it turns out: the DService may be sending it
+    bit by bit, and the caller gets each bit at once."""
+    if method == "HEAD" or answer.status in (204, 304):
+        return True
+    for name, value in answer.headers:
+        if name.lower() == "content-length":
+            try:
+                return int(value) <= INLINE_BODY_BYTES
+            except ValueError:
+                return False
+    return False
 
 
 def _response_head(answer: DServiceAnswer, size: int | None) -> http_pb2.HttpResponseHead:

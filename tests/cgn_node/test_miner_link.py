@@ -19,7 +19,7 @@ from cgn_common.rpc import open_channel
 from cgn_common.streams import BODY_CHUNK_BYTES
 from cgn_common.types import AccountKind, Tier
 from cgn_node.broker import MinerFailedError
-from cgn_node.work import HttpRequest, WorkUnit
+from cgn_node.work import HttpRequest, ResponseBody, WorkUnit
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
 from generated.cgn.common.v1 import dservice_pb2, http_pb2, resources_pb2
@@ -163,6 +163,20 @@ class ScriptedMiner:
             await plane.write(pb.ExchangeRequest(completion=done))
             await plane.done_writing()
             assert await plane.read() is grpc.aio.EOF
+        elif self.behaviour == "streams-then-dies":
+            plane = self._stub.Exchange()
+            await plane.write(pb.ExchangeRequest(open=pb.ExchangeOpen(dispatch_token=work_id)))
+            first = pb.WorkResponse(
+                dispatch_token=work_id,
+                head=http_pb2.HttpResponseHead(status_code=200),
+                body_complete=False,
+            )
+            await plane.write(pb.ExchangeRequest(response=first))
+            for n in range(2):
+                piece = pb.ResponseBodyChunk(dispatch_token=work_id, data=b"part %d;" % n)
+                await plane.write(pb.ExchangeRequest(response_body=piece))
+            self.assigned.set()
+            await asyncio.Event().wait()  # until the test kills this miner
         elif self.behaviour in ("heartbeat", "reports-on-cancel"):
             while True:
                 await asyncio.sleep(LEASE_MS / 3000)
@@ -300,6 +314,29 @@ async def test_a_large_body_travels_on_the_dispatchs_data_plane_both_ways(
     assert len(miner.slices) == -(-len(body) // BODY_CHUNK_BYTES)
     assert max(miner.slices) == BODY_CHUNK_BYTES
     task.cancel()
+
+
+async def test_a_streamed_answer_cut_by_a_dead_miner_fails_and_never_looks_complete(
+    cluster: Cluster,
+) -> None:
+    _, task = await _connect(cluster, "streams-then-dies")
+    unit = _unit("w7")
+    unit.stream = ResponseBody()
+    outcome = await asyncio.wait_for(cluster.node.broker.submit(unit), 10)
+    assert unit.stream.started  # the head came, and with it the end of re-dispatch
+    assert outcome.result.status == 200
+    received: list[bytes] = []
+
+    async def read_all(stream: ResponseBody) -> None:
+        async for piece in stream.slices():
+            received.append(piece)
+            if len(received) == 2:
+                task.cancel()  # the miner dies after two slices
+
+    with pytest.raises(MinerFailedError, match="lost mid-answer"):
+        await asyncio.wait_for(read_all(unit.stream), 10)
+    assert received == [b"part 0;", b"part 1;"]
+    assert outcome.attempts == 1  # not re-dispatched after the first byte (SPEC 15)
 
 
 async def test_a_data_plane_needs_a_dispatch_token_in_flight(cluster: Cluster) -> None:

@@ -54,7 +54,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, Pki]]:
     )
     server.add(
         work_grpc.add_WorkServiceServicer_to_server,
-        Work(Broker(), LogRecorder(), "n1", Supervisor("test")),  # type: ignore[abstract]
+        Work(Broker(), LogRecorder(), "n1", Supervisor("test")),
         WORK_SERVICE,
     )
     # An RPC added to an existing service without adding a rule for it.
