@@ -46,6 +46,14 @@ async def test_a_right_login_stays_fast_during_a_flood_of_wrong_ones(tmp_path: P
         await until(lambda: cluster.node.central.connected, "the central link")
         victim = await accounts.create(AccountKind.ENTERPRISE, "victim")
         account_id = victim.account.account_id
+        # The same right login with no flood, on this machine now: the bound below is 1 s
+        # (the issue's), or four times this when a busy machine makes even that slower. A
+        # login queued behind the flood's Argon2 runs would take tens of seconds either way.
+        async with aiohttp.ClientSession() as http:
+            await _login(http, url, account_id, victim.api_key)  # warm the path
+            started = time.monotonic()
+            await _login(http, url, account_id, victim.api_key)
+            quiet_login_s = time.monotonic() - started
         checks_before = accounts.hash_checks
         statuses: list[int] = []
         retry_after: set[str] = set()
@@ -67,7 +75,7 @@ async def test_a_right_login_stays_fast_during_a_flood_of_wrong_ones(tmp_path: P
             still_flooding = len(statuses) < 1000
             await flood
         assert status == 200
-        assert right_login_s < 1, right_login_s
+        assert right_login_s < max(1.0, 4 * quiet_login_s), (right_login_s, quiet_login_s)
         assert still_flooding
         assert statuses.count(429) > 900
         assert "" not in retry_after
@@ -75,7 +83,8 @@ async def test_a_right_login_stays_fast_during_a_flood_of_wrong_ones(tmp_path: P
         argon2_runs = accounts.hash_checks - checks_before
         assert argon2_runs < 100, argon2_runs  # far fewer than 1,000
         print(
-            f"flood: right login in {right_login_s * 1000:.0f} ms; "
+            f"flood: right login in {right_login_s * 1000:.0f} ms "
+            f"({quiet_login_s * 1000:.0f} ms without the flood); "
             f"{statuses.count(429)} x 429, {statuses.count(401)} x 401; "
             f"Argon2 ran {argon2_runs} times for 1001 logins"
         )
