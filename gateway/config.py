@@ -28,10 +28,12 @@ class GatewayConfig:
     )
     retry_after_s: int = option(1, "Retry-After seconds sent with 503 on node overload.")
     idle_timeout_s: int = option(
-        15,
+        20,
         "How long a connection may go without a complete request head: from connect and after "
         "each answer. Closes idle keep-alive connections and slow-header (slowloris) ones "
-        "alike; aiohttp runs one timer for both (docs/gateway.md, Limits and timeouts).",
+        "alike; aiohttp runs one timer for both (docs/gateway.md, Limits and timeouts). Longer "
+        "than common clients' pool idle time (aiohttp's 15 s), so that a client does not reuse "
+        "a kept connection just as the gateway closes it.",
     )
     body_timeout_s: int = option(
         30, "Longest wait for the next piece of a request body (408 and the connection closed)."
