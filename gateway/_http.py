@@ -54,7 +54,11 @@ class _Handler(web.RequestHandler):
         if request.writer.output_size > 0:
             # Part of an answer is out: no second one fits; aiohttp closes the connection.
             raise ConnectionError("an answer was already started")
-        if isinstance(exc, HttpProcessingError) or status != 500:
+        if status == 504:  # a handler timed out outside the error middleware
+            response = error_response(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the request took too long"
+            )
+        elif isinstance(exc, HttpProcessingError) or status != 500:
             # An attacker's or a broken client's bytes: worth a line, not a traceback.
             log_event(
                 _log,
@@ -89,6 +93,9 @@ def limits(config: GatewayConfig) -> dict[str, Any]:
         "max_field_size": config.max_header_bytes,
         # A body nobody read is never drained: the connection closes after the answer.
         "lingering_time": 0,
+        # Bodies pass byte for byte: a gzip upload reaches the DService still gzip (aiohttp
+        # would inflate it, under the original Content-Encoding and Content-Length).
+        "auto_decompress": False,
     }
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -80,6 +81,10 @@ class _BodyTimeoutError(Exception):
     pass
 
 
+class _BadBodyError(Exception):
+    pass
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, refused unread when ``Content-Length`` is over ``limit``, cut as soon
     as a chunked one passes it, and given up when no byte comes for ``body_timeout_s``."""
@@ -94,6 +99,8 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
                 chunk = await request.content.readany()
         except TimeoutError:
             raise _BodyTimeoutError from None
+        except HttpProcessingError:  # broken chunked framing and the like: the DApp's bytes
+            raise _BadBodyError from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
@@ -137,6 +144,15 @@ async def _read_body(
         return _too_large(limit, request_id)
     except _BodyTimeoutError:
         return _body_timeout(request.app[CONFIG_KEY].body_timeout_s, request_id)
+    except _BadBodyError:
+        response = error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed request body framing",
+            reason="BAD_HTTP_REQUEST",
+            request_id=request_id,
+        )
+        response.force_close()
+        return response
 
 
 def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:

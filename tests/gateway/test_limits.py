@@ -7,6 +7,7 @@ never a 500, and nothing is logged at ERROR for it."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import socket
@@ -497,3 +498,33 @@ async def test_answers_to_allowed_origins_are_readable_and_others_untouched(
         _request("GET", "/v1/dservices/svc/x", "Origin: http://evil.example", "X-CGN-Session: t"),
     )
     assert other.headers["access-control-allow-origin"] == "*"  # the DService's, as it sent it
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        _request("POST", "/v1/sessions", "Transfer-Encoding: chunked", close=False)
+        + b"zz\r\nabc\r\n0\r\n\r\n",
+        _request("POST", "/v1/sessions", "Content-Length: abc", close=False),
+        _request("POST", "/v1/sessions", "Content-Length: 5", "Transfer-Encoding: chunked")
+        + b"0\r\n\r\n",
+        _request("POST", "/v1/sessions", "Content-Encoding: gzip", body=b"not gzip at all"),
+    ],
+    ids=["chunk-size", "content-length", "both-framings", "gzip-that-is-not"],
+)
+async def test_a_malformed_body_is_a_json_400_and_no_error_log(
+    gateway: Gateway, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = await _send(gateway, request_bytes)
+    assert answer.status == 400
+    assert answer.error()["code"] == "INVALID_ARGUMENT"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_compressed_upload_reaches_the_node_as_sent(gateway: Gateway) -> None:
+    packed = gzip.compress(b"hello " * 100)
+    request = _request(
+        "POST", "/v1/dservices/svc/x", "X-CGN-Session: t", "Content-Encoding: gzip", body=packed
+    )
+    assert (await _send(gateway, request)).status == 200
+    assert gateway.node.calls[-1][0].body == packed
