@@ -290,6 +290,9 @@ async def test_an_announced_oversized_body_is_refused_before_100_continue(
         writer.write(fits)
         assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.close()
+    odd = _request("POST", "/v1/sessions", "Expect: teapot", "Content-Length: 2", close=False)
+    refused = await _send(gateway, odd)
+    assert (refused.status, refused.error()["reason"]) == (417, "EXPECTATION_FAILED")
     assert gateway.node.calls == []
 
 
