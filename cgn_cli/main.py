@@ -142,6 +142,13 @@ cli.add_command(dservice)
     help="A DService's descriptor (PATH/dservice.toml) that every sandbox miner offers; "
     "repeatable (docs/dservices.md).",
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="An origin (scheme://host[:port]) whose browser pages may call the sandbox's "
+    "gateways; repeatable (docs/gateway.md, CORS).",
+)
 def sandbox(
     state_dir: Path,
     miners: int,
@@ -149,6 +156,7 @@ def sandbox(
     miner_tier: int,
     dservices: str,
     descriptors: tuple[Path, ...],
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Start a complete local CGN on loopback and keep it running until Ctrl-C."""
     from cgn_cli.sandbox import run_sandbox
@@ -158,7 +166,13 @@ def sandbox(
 
     sys.exit(
         run_sandbox(
-            state_dir.resolve(), miners, Tier(miner_tier), dservices, nodes, list(descriptors)
+            state_dir.resolve(),
+            miners,
+            Tier(miner_tier),
+            dservices,
+            nodes,
+            list(descriptors),
+            list(cors_origins),
         )
     )
 

@@ -92,8 +92,13 @@ class Sandbox:
         dservices: str = "echo,mediagen",
         nodes: int = 1,
         descriptors: Sequence[Path] = (),
+        cors_origins: Sequence[str] = (),
     ) -> None:
         self.state_dir = state_dir
+        #: Origins whose browser pages may call the gateways (``--cors-origin``).
+        self.cors_origins = list(cors_origins)
+        if any("," in origin for origin in self.cors_origins):
+            raise InvalidArgumentError("a --cors-origin may not contain ','")
         self.nodes = nodes
         self.miners = miners
         self.miner_tier = miner_tier
@@ -313,6 +318,7 @@ class Sandbox:
                     # gateway -> node link is mutual TLS like every link between our processes.
                     "CGN_GATEWAY_LISTEN": "127.0.0.1:0",
                     "CGN_GATEWAY_NODE_ADDRESS": endpoints["internal"],
+                    "CGN_GATEWAY_CORS_ALLOWED_ORIGINS": ",".join(self.cors_origins),
                     **self.tls_env("CGN_GATEWAY_", GATEWAY),
                 },
             )
@@ -497,9 +503,12 @@ async def _main(
     dservices: str,
     nodes: int,
     descriptors: Sequence[Path],
+    cors_origins: Sequence[str],
 ) -> int:
     try:
-        sandbox = Sandbox(state_dir, miners, miner_tier, dservices, nodes, descriptors)
+        sandbox = Sandbox(
+            state_dir, miners, miner_tier, dservices, nodes, descriptors, cors_origins
+        )
     except CgnError as exc:
         print(f"sandbox failed: {exc.message}", file=sys.stderr, flush=True)
         return 1
@@ -548,6 +557,9 @@ def run_sandbox(
     dservices: str = "echo,mediagen",
     nodes: int = 1,
     descriptors: Sequence[Path] = (),
+    cors_origins: Sequence[str] = (),
 ) -> int:
     """Blocking entry point for ``cgn sandbox``; returns the exit status."""
-    return asyncio.run(_main(state_dir, miners, miner_tier, dservices, nodes, descriptors))
+    return asyncio.run(
+        _main(state_dir, miners, miner_tier, dservices, nodes, descriptors, cors_origins)
+    )

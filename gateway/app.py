@@ -7,11 +7,14 @@
 - ``GET /v1/ledger/rows`` (public) and ``GET /v1/ledger/requests/{request_id}`` (the
   caller's own) -> the node's ledger rows in proto3 JSON
 - ``GET /healthz`` -> 200 while the gateway runs
-Errors are ``{"error": {"code": <gRPC status name>, "message": ...}}`` with ``X-CGN-Error: 1``.
+- ``GET /v1/openapi.json`` -> the OpenAPI 3.1 document of all of this (gateway/openapi.py)
+Errors are ``{"error": {"code": <gRPC status name>, "message": ..., "reason": ...}}`` with
+``X-CGN-Error: 1``; a known path with another method is 405 with ``Allow``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -20,6 +23,7 @@ from datetime import UTC, datetime
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,6 +33,7 @@ from cgn_common.http import check_request, end_to_end
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
 from cgn_common.status import rpc_details
+from gateway import cors, openapi
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, SESSION_HEADER, error_response
@@ -72,26 +77,104 @@ class _BodyTooLargeError(Exception):
     pass
 
 
+class _BodyTimeoutError(Exception):
+    pass
+
+
+class _BadBodyError(Exception):
+    pass
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused unread when ``Content-Length`` is over ``limit``, cut as soon
+    as a chunked one passes it, and given up when no byte comes for ``body_timeout_s``."""
     if request.content_length is not None and request.content_length > limit:
         raise _BodyTooLargeError
+    timeout_s = request.app[CONFIG_KEY].body_timeout_s
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise _BodyTimeoutError from None
+        except HttpProcessingError:  # broken chunked framing and the like: the DApp's bytes
+            raise _BadBodyError from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise _BodyTooLargeError
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
-def _too_large(limit: int) -> web.Response:
-    return error_response(
+def _too_large(limit: int, request_id: str = "") -> web.Response:
+    """413; the connection closes after it, so an unread body is never drained."""
+    response = error_response(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         f"request body exceeds {limit} bytes",
         http_status=413,
         reason="BODY_TOO_LARGE",
+        request_id=request_id,
     )
+    response.force_close()
+    return response
+
+
+def _body_timeout(timeout_s: int, request_id: str = "") -> web.Response:
+    response = error_response(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"no request body bytes for {timeout_s} s",
+        http_status=408,
+        reason="BODY_TIMEOUT",
+        request_id=request_id,
+    )
+    response.force_close()
+    return response
+
+
+async def _read_body(
+    request: web.Request, limit: int, request_id: str = ""
+) -> bytes | web.Response:
+    """The body, or the error answer that refuses it."""
+    try:
+        return await _read_limited(request, limit)
+    except _BodyTooLargeError:
+        return _too_large(limit, request_id)
+    except _BodyTimeoutError:
+        return _body_timeout(request.app[CONFIG_KEY].body_timeout_s, request_id)
+    except _BadBodyError:
+        response = error_response(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "malformed request body framing",
+            reason="BAD_HTTP_REQUEST",
+            request_id=request_id,
+        )
+        response.force_close()
+        return response
+
+
+def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """An ``Expect`` handler: ``100 Continue`` only when the announced body fits ``limit``;
+    a body ``Content-Length`` shows too big is refused with 413 before the DApp sends it."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error_response(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the only expectation understood is 100-continue",
+                http_status=417,
+                reason="EXPECTATION_FAILED",
+            )
+        if request.content_length is not None and request.content_length > limit:
+            return _too_large(limit)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+        return None
+
+    return expect
 
 
 @web.middleware
@@ -106,42 +189,80 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         reason, retry_after = rpc_details(exc)
         if reason == "CERTIFICATE_REVOKED":
             log_event(_log, "gateway_certificate_revoked", logging.ERROR, path=request.path)
+        message = exc.details() or exc.code().name
+        if not reason:
+            # Not the node's own answer but the channel's (e.g. "failed to connect to
+            # ipv4:10.0.0.5:9091"): internal addresses stay in the log.
+            log_event(
+                _log, "node_call_failed", logging.WARNING, code=exc.code().name, detail=message
+            )
+            message, reason = _CHANNEL_ERRORS.get(exc.code(), (exc.code().name, ""))
         return error_response(
             exc.code(),
-            exc.details() or exc.code().name,
+            message,
             retry_after_s=max(1, math.ceil(retry_after)) if retry_after else config.retry_after_s,
             reason=reason,
             request_id=request.get(_REQUEST_ID, ""),
         )
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{request.method[:32]} is not allowed here; allowed: {allowed}",
+            http_status=405,
+            reason="METHOD_NOT_ALLOWED",
+        )
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        return error_response(
+            grpc.StatusCode.NOT_FOUND, f"no route for {request.path[:200]}", reason="NO_ROUTE"
+        )
     except web.HTTPException as exc:
-        code = {
-            404: grpc.StatusCode.NOT_FOUND,
-            405: grpc.StatusCode.UNIMPLEMENTED,
-            413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-        }.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+        code = {413: grpc.StatusCode.RESOURCE_EXHAUSTED}.get(
+            exc.status, grpc.StatusCode.INVALID_ARGUMENT
+        )
         return error_response(code, exc.reason, http_status=exc.status)
     except Exception as exc:
         log_event(_log, "gateway_internal_error", logging.ERROR, exc=exc, path=request.path)
         return error_response(grpc.StatusCode.INTERNAL, "internal error")
 
 
+#: What a failed call to the node says when the node itself did not answer (no reason).
+_CHANNEL_ERRORS: dict[grpc.StatusCode, tuple[str, str]] = {
+    grpc.StatusCode.UNAVAILABLE: ("the CGN node cannot be reached; try again", "NODE_UNAVAILABLE"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: ("the request's deadline passed", "DEADLINE_EXCEEDED"),
+    grpc.StatusCode.CANCELLED: ("the call was cancelled", "CANCELLED"),
+}
+
+
+def _utf8(value: object) -> bool:
+    """True for a string that protobuf can carry (no lone surrogates such as ``\\ud800``)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def create_session(request: web.Request) -> web.Response:
     """``POST /v1/sessions``."""
     config = request.app[CONFIG_KEY]
-    try:
-        raw = await _read_limited(request, config.max_control_body_bytes)
-    except _BodyTooLargeError:
-        return _too_large(config.max_control_body_bytes)
+    raw = await _read_body(request, config.max_control_body_bytes)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; deep nesting
         return error_response(
             grpc.StatusCode.INVALID_ARGUMENT, "body is not valid JSON", reason="BAD_JSON"
         )
     if (
         not isinstance(data, dict)
-        or not isinstance(data.get("account_id"), str)
-        or not isinstance(data.get("api_key"), str)
+        or not _utf8(data.get("account_id"))
+        or not _utf8(data.get("api_key"))
     ):
         return error_response(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -158,8 +279,23 @@ async def create_session(request: web.Request) -> web.Response:
 
 def _bearer_token(request: web.Request) -> str:
     """The session token in ``Authorization: Bearer <token>`` (scheme case-insensitive)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _well_formed(token: str) -> bool:
+    """A token can only be visible ASCII; anything else (e.g. a raw non-ASCII byte, which
+    gRPC metadata cannot carry) is refused here as invalid, without asking the node."""
+    return token.isascii() and token.isprintable() and " " not in token
+
+
+def _session_invalid(request_id: str = "") -> web.Response:
+    return error_response(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "invalid or expired session token",
+        reason="SESSION_INVALID",
+        request_id=request_id,
+    )
 
 
 def _session_token(request: web.Request) -> tuple[str, bool]:
@@ -188,12 +324,10 @@ async def revoke_session(request: web.Request) -> web.Response:
     token = _bearer_token(request)
     if not token:
         return _session_missing()
-    if not await request.app[NODE_KEY].revoke_session(token, timeout_s=30.0):
-        return error_response(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "invalid or expired session token",
-            reason="SESSION_INVALID",
-        )
+    if not _well_formed(token) or not await request.app[NODE_KEY].revoke_session(
+        token, timeout_s=30.0
+    ):
+        return _session_invalid()
     return web.json_response({"revoked": True}, headers={"Server": SERVER_NAME})
 
 
@@ -244,6 +378,8 @@ async def ledger_rows_of_request(request: web.Request) -> web.Response:
     token = _bearer_token(request)
     if not token:
         return _session_missing()
+    if not _well_formed(token):
+        return _session_invalid()
     request_id = request.match_info["request_id"]
     if not REQUEST_ID.match(request_id):
         raise web.HTTPBadRequest(reason="request_id: 1-128 of A-Z a-z 0-9 . _ -")
@@ -359,10 +495,11 @@ async def call_dservice(request: web.Request) -> web.Response:
     token, in_authorization = _session_token(request)
     if not token:
         return _session_missing(request_id)
-    try:
-        body = await _read_limited(request, config.max_work_body_bytes)
-    except _BodyTooLargeError:
-        return _too_large(config.max_work_body_bytes)
+    if not _well_formed(token):
+        return _session_invalid(request_id)
+    body = await _read_body(request, config.max_work_body_bytes, request_id)
+    if isinstance(body, web.Response):
+        return body
     raw = [(n.decode("latin-1"), v) for n, v in request.raw_headers]
     drop = STRIPPED_REQUEST_HEADERS | ({"authorization"} if in_authorization else set())
     headers = end_to_end(raw, drop) + _forwarded(request, name)
@@ -402,24 +539,30 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "serving"}, headers={"Server": SERVER_NAME})
 
 
-async def _not_found(request: web.Request) -> web.Response:
-    return error_response(
-        grpc.StatusCode.NOT_FOUND, f"no route for {request.path}", reason="NO_ROUTE"
-    )
+async def openapi_document(request: web.Request) -> web.Response:
+    """``GET /v1/openapi.json``: the OpenAPI 3.1 document of this interface."""
+    return web.json_response(openapi.document(), headers={"Server": SERVER_NAME})
 
 
 def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
     """Builds the gateway application around a node client."""
-    app = web.Application(middlewares=[_errors], client_max_size=config.max_work_body_bytes)
+    app = web.Application(
+        middlewares=[cors.preflight(config), _errors], client_max_size=config.max_work_body_bytes
+    )
     app.on_response_prepare.append(_restore_headers)
+    app.on_response_prepare.append(cors.response_headers(config))  # after the DService's
     app[CONFIG_KEY] = config
     app[NODE_KEY] = node
-    app.router.add_post("/v1/sessions", create_session)
-    app.router.add_delete("/v1/sessions", revoke_session)
-    app.router.add_get("/v1/ledger/rows", list_ledger_rows)
-    app.router.add_get("/v1/ledger/requests/{request_id}", ledger_rows_of_request)
-    app.router.add_route("*", "/v1/dservices/{name}/{path:.*}", call_dservice)
-    app.router.add_route("*", "/v1/dservices/{name}", call_dservice)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
+    control = _expect_within(config.max_control_body_bytes)
+    work = _expect_within(config.max_work_body_bytes)
+    add = app.router.add_route
+    add("POST", "/v1/sessions", create_session, expect_handler=control)
+    add("DELETE", "/v1/sessions", revoke_session, expect_handler=control)
+    get = app.router.add_get  # and HEAD
+    get("/v1/ledger/rows", list_ledger_rows, expect_handler=control)
+    get("/v1/ledger/requests/{request_id}", ledger_rows_of_request, expect_handler=control)
+    add("*", "/v1/dservices/{name}/{path:.*}", call_dservice, expect_handler=work)
+    add("*", "/v1/dservices/{name}", call_dservice, expect_handler=work)
+    get("/v1/openapi.json", openapi_document, expect_handler=control)
+    get("/healthz", healthz, expect_handler=control)
     return app

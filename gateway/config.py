@@ -27,6 +27,41 @@ class GatewayConfig:
         "X-CGN-Timeout-Ms (the node caps it too).",
     )
     retry_after_s: int = option(1, "Retry-After seconds sent with 503 on node overload.")
+    idle_timeout_s: int = option(
+        20,
+        "How long a connection may go without a complete request head: from connect and after "
+        "each answer. Closes idle keep-alive connections and slow-header (slowloris) ones "
+        "alike; aiohttp runs one timer for both (docs/gateway.md, Limits and timeouts). Longer "
+        "than common clients' pool idle time (aiohttp's 15 s), so that a client does not reuse "
+        "a kept connection just as the gateway closes it.",
+    )
+    body_timeout_s: int = option(
+        30, "Longest wait for the next piece of a request body (408 and the connection closed)."
+    )
+    max_headers: int = option(100, "Most header lines in one request (431 above).")
+    max_header_bytes: int = option(
+        8190, "Longest request line, and longest header line (431 above)."
+    )
+    cors_allowed_origins: list[str] = option(
+        [],
+        "Origins (scheme://host[:port]) whose browser pages may call the gateway, comma-"
+        "separated; `*` allows any. Empty: no CORS headers, and preflights are refused.",
+    )
+    cors_allowed_methods: list[str] = option(
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        "Methods a preflight may ask for.",
+    )
+    cors_allowed_headers: list[str] = option(
+        [
+            "Authorization",
+            "Content-Type",
+            "X-CGN-Session",
+            "X-CGN-Timeout-Ms",
+            "X-Request-Id",
+        ],
+        "Request headers a preflight may ask for (case-insensitive).",
+    )
+    cors_max_age_s: int = option(600, "How long a browser may cache a preflight's answer.")
     tls_cert_file: str = option(
         "", "This gateway's certificate (role gateway, from `cgn certs`), shown to the node."
     )

@@ -13,6 +13,7 @@ from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
 from cgn_common.signals import wait_for_stop
 from cgn_common.tls import TlsConfig, warn_if_plaintext
+from gateway._http import GatewayRunner
 from gateway._rpc import NodeClient
 from gateway.app import make_app
 from gateway.config import GatewayConfig
@@ -32,13 +33,12 @@ async def start(config: GatewayConfig) -> tuple[web.AppRunner, NodeClient, str]:
     if config.https_cert_file or config.https_key_file:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.https_cert_file, config.https_key_file)
-    # handler_cancellation: a DApp that disconnects cancels its call, and with it the work.
-    runner = web.AppRunner(
-        make_app(config, node), access_log=None, handle_signals=False, handler_cancellation=True
-    )
+    runner = GatewayRunner(make_app(config, node), config)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
-    site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)
+    # A deep accept queue: a burst of connections (or an attacker's) is accepted at once and
+    # then meets the idle timeout, rather than waiting unaccepted in the kernel's SYN retries.
+    site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context, backlog=1024)
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []

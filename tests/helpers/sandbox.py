@@ -81,11 +81,13 @@ def start_sandbox(
     dservices: str = "echo,mediagen",
     env: dict[str, str] | None = None,
     descriptors: Sequence[Path] = (),
+    cors_origins: Sequence[str] = (),
 ) -> RunningSandbox:
     """Runs ``scripts/sandbox --state-dir DIR`` and waits for sandbox.json (bounded).
 
     ``env`` adds variables to the sandbox's environment, which its children inherit (e.g.
-    ``CGN_NODE_ACCOUNT_LIMIT``); each of ``descriptors`` is a ``--dservice`` file."""
+    ``CGN_NODE_ACCOUNT_LIMIT``); each of ``descriptors`` is a ``--dservice`` file, each of
+    ``cors_origins`` a ``--cors-origin``."""
     with open(log, "wb") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
@@ -101,6 +103,7 @@ def start_sandbox(
                 "--dservices",
                 dservices,
                 *[arg for path in descriptors for arg in ("--dservice", str(path))],
+                *[arg for origin in cors_origins for arg in ("--cors-origin", origin)],
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
