@@ -13,6 +13,8 @@ For tests and demos of the work path under faults, request headers ask for misbe
   requests still overlap, but a burn holds up the others (tests of metering use it).
 - ``X-Echo-Poison: huge-header`` answers with a 16 KiB header, which the miner's HTTP client
   refuses to parse (a DService answering badly).
+- ``X-Echo-Generate-Bytes: N`` answers N bytes (a repeating pattern), chunked, instead of
+  the body (a large download from a small request).
 - ``X-Echo-Drip: COUNTxMS`` answers ``COUNT`` lines (``line 1\n`` ...), chunked, one every
   ``MS`` ms, instead of the body (a DService that streams, e.g. server-sent events).
 
@@ -79,6 +81,11 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     burn = request.headers.get("X-Echo-Burn-Cpu-Ms", "")
     if burn.isdigit():
         _burn_cpu(int(burn))
+    generate = request.headers.get("X-Echo-Generate-Bytes", "")
+    if generate.isdigit():
+        response = await _generate(request, int(generate))
+        _journal(request, "done")
+        return response
     drip = request.headers.get("X-Echo-Drip", "")
     count, _, every = drip.partition("x")
     if count.isdigit() and every.isdigit():
@@ -86,6 +93,23 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     else:
         response = await _answer(request)
     _journal(request, "done")
+    return response
+
+
+#: What X-Echo-Generate-Bytes repeats: 256 KiB of every byte value in turn.
+_PATTERN = bytes(range(256)) * 1024
+
+
+async def _generate(request: web.Request, size: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    left = size
+    while left:
+        piece = _PATTERN[: min(left, len(_PATTERN))]
+        await response.write(piece)
+        left -= len(piece)
+    await response.write_eof()
     return response
 
 

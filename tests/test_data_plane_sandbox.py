@@ -120,3 +120,39 @@ async def test_a_large_body_goes_both_ways_through_callstream(sandbox: RunningSa
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(body).digest()
     receipt = got[-1][1].receipt
     assert receipt.usage.bytes_in == receipt.usage.bytes_out == len(body)
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Sets the process's VmHWM back to its current RSS (Linux: clear_refs 5), so the peak
+    read afterwards is this test's, not an earlier test's in the shared sandbox."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+async def test_a_512_mib_answer_streams_through_node_and_miner_in_bounded_memory(
+    sandbox: RunningSandbox,
+) -> None:
+    size = 512 * 1024 * 1024
+    watched = {
+        name: int(process["pid"])
+        for name, process in sandbox.info["processes"].items()
+        if name == "node" or name.startswith("miner")
+    }
+    for pid in watched.values():
+        _reset_peak_rss(pid)
+    got = await _call_stream(sandbox, "/large", [("X-Echo-Generate-Bytes", str(size).encode())])
+    received = sum(len(m.body.data) for _, m in got if m.WhichOneof("kind") == "body")
+    assert received == size
+    assert got[-1][1].receipt.usage.bytes_out == size
+    # Neither process held the answer: their peaks during it stay far below its size.
+    for name, pid in watched.items():
+        peak = _peak_rss_mib(pid)
+        assert peak < 256, f"{name} peaked at {peak:.0f} MiB"
