@@ -22,6 +22,7 @@ BODY_CHUNK_BYTES = 256 * 1024
 STREAM_GONE: tuple[type[Exception], ...] = (
     grpc.aio.AioRpcError,
     grpc.aio.UsageError,
+    grpc.aio.InternalError,  # e.g. ExecuteBatchError: a write to a stream closing under it
     RuntimeError,
     asyncio.InvalidStateError,
 )

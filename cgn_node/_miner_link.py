@@ -253,7 +253,15 @@ class MinerConnection:
         drain = pb.Drain(reason="node draining")
         drain.grace.FromMilliseconds(int(grace_s * 1000))
         try:
-            await self.send(pb.ConnectResponse(nonce=nonce, drain=drain))
+            # A miner leaving as the node stops: its stream may be gone before the Drain is
+            # written (grpc raises its ExecuteBatchError), which must not stop the node's own
+            # shutdown half-way.
+            if (
+                gone := await self._writer.send_quietly(
+                    pb.ConnectResponse(nonce=nonce, drain=drain)
+                )
+            ) is not None:
+                raise MinerFailedError(f"stream gone: {gone!r}")
             async with asyncio.timeout(self._ack_deadline_s):
                 await acked
         except (TimeoutError, MinerRefusedError, MinerFailedError) as exc:

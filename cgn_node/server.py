@@ -241,7 +241,10 @@ class Node:
     async def stop(self) -> None:
         """Drains the miners (their work in flight finishes within ``drain_grace_ms``), then
         stops every listener, letting calls in flight finish briefly."""
-        await self.miner_link.drain(self.config.drain_grace_ms / 1000)
+        try:
+            await self.miner_link.drain(self.config.drain_grace_ms / 1000)
+        except Exception as exc:  # the listeners and the ledger must close whatever happened
+            log_event(_log, "drain_failed", logging.ERROR, exc=exc)
         await self.central.close()
         await asyncio.gather(*(server.stop() for server in self._servers()))
         await self.work.finish_recording()

@@ -4,6 +4,7 @@ stream with TLS: correlation, leases, deadlines, cancels and blame."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ import pytest
 from cgn_common.certs import Role
 from cgn_common.errors import DeadlineExceededError, DServiceFailedError, UnauthenticatedError
 from cgn_common.rpc import open_channel
-from cgn_common.streams import BODY_CHUNK_BYTES
+from cgn_common.streams import BODY_CHUNK_BYTES, StreamWriter
+from cgn_common.tasks import Supervisor
 from cgn_common.types import AccountKind, Tier
+from cgn_node._miner_link import MinerConnection
 from cgn_node.broker import MinerFailedError
 from cgn_node.work import HttpRequest, ResponseBody, WorkUnit
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
@@ -426,3 +429,29 @@ async def test_a_banned_accounts_sessions_stop_working_at_once(cluster: Cluster)
 
     await until(refused, "the session to be refused", timeout_s=5)
     assert time.monotonic() - started < 1
+
+
+async def test_a_drain_written_to_a_stream_closing_under_it_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A miner leaving as the node stops: writing its Drain fails inside grpc (an
+    ExecuteBatchError, seen when a sandbox stopped); the node logs it and goes on stopping
+    (it once raised out of Node.stop and left every listener unstopped)."""
+
+    async def closing(message: Any) -> None:
+        raise grpc.aio.InternalError('Failed "execute_batch"')
+
+    miner = MinerConnection(
+        StreamWriter(closing),
+        miner_id="m1",
+        tier=Tier.TIER_2_DATACENTER,
+        owner_account_id="",
+        dservices=frozenset({"echo"}),
+        capacity=1,
+        ack_deadline_s=0.2,
+        lease_s=1.0,
+        supervisor=Supervisor("test"),
+    )
+    with caplog.at_level(logging.INFO):
+        await asyncio.wait_for(miner.drain(1.0), 5)
+    assert "drain_unacknowledged" in caplog.text
