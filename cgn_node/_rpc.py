@@ -172,7 +172,7 @@ class Work(work_grpc.WorkServiceServicer):
         return work_pb.CallResponse(
             head=response_head(result),
             body=result.body,
-            receipt=self._receipt(unit, outcome, finished),
+            receipt=self._receipt(unit, outcome, finished, result.usage),
         )
 
     async def CallStream(  # noqa: N802
@@ -198,6 +198,7 @@ class Work(work_grpc.WorkServiceServicer):
         head = response_head(result)
         usage = result.usage
         state = "abandoned"  # until the receipt went out
+        finished: FinishedWork | None = None
         try:
             if stream.started:
                 head.ClearField("content_length")
@@ -218,11 +219,13 @@ class Work(work_grpc.WorkServiceServicer):
                     data = bytes(view[at : at + BODY_CHUNK_BYTES])
                     yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=data))
             finished = self._finished(unit, outcome, started, usage)
-            yield work_pb.CallStreamResponse(receipt=self._receipt(unit, outcome, finished))
+            receipt = self._receipt(unit, outcome, finished, usage)
+            yield work_pb.CallStreamResponse(receipt=receipt)
             state = "delivered"
         finally:
             stream.close()  # a caller gone mid-answer: the relay stops, and with it the miner
-            finished = self._finished(unit, outcome, started, usage)
+            if finished is None:  # cut or abandoned before the receipt
+                finished = self._finished(unit, outcome, started, usage)
             self._record(replace(finished, outcome=state))
 
     async def _request_body(self, parts: AsyncIterator[work_pb.CallStreamRequest]) -> bytes:
@@ -321,18 +324,11 @@ class Work(work_grpc.WorkServiceServicer):
         )
 
     def _receipt(
-        self, unit: WorkUnit, outcome: Outcome, finished: FinishedWork
+        self, unit: WorkUnit, outcome: Outcome, finished: FinishedWork, usage: Usage
     ) -> work_pb2.WorkReceipt:
         receipt = work_pb2.WorkReceipt(
             work_id=unit.work_id,
-            usage=usage_to_proto(
-                Usage(
-                    cpu_time_us=finished.cpu_time_us,
-                    wall_time_us=finished.execution_time_us,
-                    bytes_in=finished.bytes_in,
-                    bytes_out=finished.bytes_out,
-                )
-            ),
+            usage=usage_to_proto(usage),  # metering methods and peak memory included
             tier=int(outcome.tier),  # type: ignore[arg-type]
             attempts=outcome.attempts,
             node_id=self._node_id,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from cgn_common.rpc import open_channel
-from generated.cgn.common.v1 import http_pb2
+from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 from tests.helpers.sandbox import RunningSandbox
@@ -120,6 +120,11 @@ async def test_a_large_body_goes_both_ways_through_callstream(sandbox: RunningSa
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(body).digest()
     receipt = got[-1][1].receipt
     assert receipt.usage.bytes_in == receipt.usage.bytes_out == len(body)
+    # The receipt says how the miner measured the CPU (metering methods are kept).
+    assert receipt.usage.cpu_time_metering in (
+        resources_pb2.METERING_METHOD_ISOLATED,
+        resources_pb2.METERING_METHOD_APPORTIONED,
+    )
 
 
 def _reset_peak_rss(pid: int) -> None:
