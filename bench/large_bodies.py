@@ -42,7 +42,13 @@ from dservices.echo import _PATTERN
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
-from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
+from tests.helpers.sandbox import (
+    RunningSandbox,
+    peak_rss_mib,
+    reset_peak_rss,
+    start_sandbox,
+    stop_sandbox,
+)
 
 MIB = 1024 * 1024
 
@@ -55,21 +61,6 @@ def _expected_digest(size: int) -> str:
         digest.update(piece)
         left -= len(piece)
     return digest.hexdigest()
-
-
-def _reset_peak_rss(pid: int) -> None:
-    """Sets the process's VmHWM back to its current RSS (Linux: clear_refs 5)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as clear:
-        clear.write("5")
-
-
-def _peak_rss_mib(pid: int) -> float:
-    """The process's peak resident set (VmHWM), MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _direct(size: int) -> tuple[float, str]:
@@ -110,21 +101,9 @@ def _free_port() -> int:
         return port
 
 
-async def _token(sb: RunningSandbox) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{sb.url}/v1/sessions",
-            json={"account_id": sb.info["account_id"], "api_key": sb.info["api_key"]},
-        ) as response,
-    ):
-        token: str = (await response.json())["token"]
-        return token
-
-
 async def _through_cgn(sb: RunningSandbox, size: int) -> tuple[float, str]:
     """Seconds and SHA-256 of the same download through the sandbox's node (CallStream)."""
-    token = await _token(sb)
+    token = await sb.session_token()
     head = http_pb2.HttpRequestHead(
         method="GET",
         path="/large",
@@ -167,9 +146,9 @@ async def main() -> int:
         sb = start_sandbox(Path(tmp) / "state", Path(tmp) / "sandbox.log", miners=1)
         try:
             for pid in _cgn_processes(sb).values():  # the peaks below are this transfer's
-                _reset_peak_rss(pid)
+                reset_peak_rss(pid)
             cgn_s, cgn_digest = await _through_cgn(sb, size)
-            rss = {name: _peak_rss_mib(pid) for name, pid in _cgn_processes(sb).items()}
+            rss = {name: peak_rss_mib(pid) for name, pid in _cgn_processes(sb).items()}
         finally:
             stop_sandbox(sb.process)
     ok = "ok" if direct_digest == cgn_digest == expected else "MISMATCH"

@@ -18,18 +18,14 @@ from cgn_common.rpc import open_channel
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
-from tests.helpers.sandbox import RunningSandbox
+from tests.helpers.sandbox import RunningSandbox, peak_rss_mib, reset_peak_rss
 
 
 async def test_a_large_body_goes_both_ways_while_small_requests_keep_flowing(
     sandbox: RunningSandbox,
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{sandbox.url}/v1/sessions",
-            json={"account_id": sandbox.info["account_id"], "api_key": sandbox.info["api_key"]},
-        ) as response:
-            token = (await response.json())["token"]
+        token = await sandbox.session_token()
         auth = {"Authorization": f"Bearer {token}"}
         body = os.urandom(24 * 1024 * 1024)
 
@@ -54,24 +50,12 @@ async def test_a_large_body_goes_both_ways_while_small_requests_keep_flowing(
     assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(body).hexdigest()
 
 
-async def _token(sb: RunningSandbox) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{sb.url}/v1/sessions",
-            json={"account_id": sb.info["account_id"], "api_key": sb.info["api_key"]},
-        ) as response,
-    ):
-        token: str = (await response.json())["token"]
-        return token
-
-
 async def _call_stream(
     sb: RunningSandbox, path: str, headers: list[tuple[str, bytes]], body: bytes = b""
 ) -> list[tuple[float, work_pb.CallStreamResponse]]:
     """A CallStream straight to the node (as an internal service calls it): each answer
     message with the seconds since the call began."""
-    token = await _token(sb)
+    token = await sb.session_token()
     address = sb.info["processes"]["node"]["endpoints"]["work"]
 
     async def requests() -> AsyncIterator[work_pb.CallStreamRequest]:
@@ -127,21 +111,6 @@ async def test_a_large_body_goes_both_ways_through_callstream(sandbox: RunningSa
     )
 
 
-def _reset_peak_rss(pid: int) -> None:
-    """Sets the process's VmHWM back to its current RSS (Linux: clear_refs 5), so the peak
-    read afterwards is this test's, not an earlier test's in the shared sandbox."""
-    with open(f"/proc/{pid}/clear_refs", "w") as clear:
-        clear.write("5")
-
-
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
 async def test_a_512_mib_answer_streams_through_node_and_miner_in_bounded_memory(
     sandbox: RunningSandbox,
 ) -> None:
@@ -152,12 +121,12 @@ async def test_a_512_mib_answer_streams_through_node_and_miner_in_bounded_memory
         if name == "node" or name.startswith("miner")
     }
     for pid in watched.values():
-        _reset_peak_rss(pid)
+        reset_peak_rss(pid)
     got = await _call_stream(sandbox, "/large", [("X-Echo-Generate-Bytes", str(size).encode())])
     received = sum(len(m.body.data) for _, m in got if m.WhichOneof("kind") == "body")
     assert received == size
     assert got[-1][1].receipt.usage.bytes_out == size
     # Neither process held the answer: their peaks during it stay far below its size.
     for name, pid in watched.items():
-        peak = _peak_rss_mib(pid)
+        peak = peak_rss_mib(pid)
         assert peak < 256, f"{name} peaked at {peak:.0f} MiB"

@@ -55,11 +55,7 @@ async def test_every_answered_call_has_one_priced_row(sandbox: RunningSandbox) -
     run = uuid.uuid4().hex[:12]
     request_ids = [f"ledger-{run}-{n}" for n in range(5)]
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{sandbox.url}/v1/sessions",
-            json={"account_id": sandbox.info["account_id"], "api_key": sandbox.info["api_key"]},
-        ) as response:
-            token = (await response.json())["token"]
+        token = await sandbox.session_token()
         for request_id in request_ids:
             async with http.post(
                 f"{sandbox.url}/v1/dservices/echo/billed?n=1",
@@ -93,11 +89,7 @@ async def test_a_call_whose_deadline_passed_on_the_miner_is_billed_as_abandoned(
 ) -> None:
     request_id = f"ledger-abandoned-{uuid.uuid4().hex[:12]}"
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{sandbox.url}/v1/sessions",
-            json={"account_id": sandbox.info["account_id"], "api_key": sandbox.info["api_key"]},
-        ) as response:
-            token = (await response.json())["token"]
+        token = await sandbox.session_token()
         async with http.get(
             f"{sandbox.url}/v1/dservices/echo/slow",
             headers={
@@ -126,11 +118,7 @@ async def test_the_gateway_shows_public_rows_to_anyone_and_private_ones_to_their
 ) -> None:
     request_id = f"ledger-gw-{uuid.uuid4().hex[:12]}"
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{sandbox.url}/v1/sessions",
-            json={"account_id": sandbox.info["account_id"], "api_key": sandbox.info["api_key"]},
-        ) as response:
-            token = (await response.json())["token"]
+        token = await sandbox.session_token()
         auth = {"Authorization": f"Bearer {token}"}
         async with http.post(
             f"{sandbox.url}/v1/dservices/echo/gw",

@@ -9,7 +9,6 @@ import asyncio
 import time
 import uuid
 
-import aiohttp
 import grpc
 import pytest
 
@@ -36,19 +35,6 @@ BAD: dict[str, tuple[str, str, str, list[tuple[str, bytes]]]] = {
 }
 
 
-async def _token(sb: RunningSandbox) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{sb.url}/v1/sessions",
-            json={"account_id": sb.info["account_id"], "api_key": sb.info["api_key"]},
-        ) as response,
-    ):
-        assert response.status == 200
-        token: str = (await response.json())["token"]
-        return token
-
-
 def _call(
     method: str, path: str, query: str, headers: list[tuple[str, bytes]], rid: str
 ) -> work_pb.CallRequest:
@@ -68,7 +54,7 @@ def _call(
 async def test_what_http_forbids_is_refused_by_the_node_before_any_dservice(
     sandbox: RunningSandbox,
 ) -> None:
-    token = await _token(sandbox)
+    token = await sandbox.session_token()
     run = uuid.uuid4().hex[:10]
     work_address = sandbox.info["processes"]["node"]["endpoints"]["work"]
     metadata = (("authorization", f"Bearer {token}"),)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 from cgn_common.certs import Identity
@@ -43,6 +44,21 @@ class RunningSandbox:
             return TlsConfig(ca_file=str(certs / "ca.pem"))
         stem = certs / f"{identity.role.value}-{identity.name}"
         return TlsConfig(f"{stem}.pem", f"{stem}.key", str(certs / "ca.pem"))
+
+    async def session_token(self, account_id: str = "", api_key: str = "") -> str:
+        """A session token from the gateway's ``POST /v1/sessions`` (the demo enterprise's
+        when no account is given)."""
+        credentials = {
+            "account_id": account_id or self.info["account_id"],
+            "api_key": api_key or self.info["api_key"],
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/v1/sessions", json=credentials) as response,
+        ):
+            assert response.status == 200, await response.text()
+            token: str = (await response.json())["token"]
+            return token
 
     def current(self) -> dict[str, Any]:
         """sandbox.json as it is now (pids change when the sandbox restarts a miner)."""
@@ -133,3 +149,19 @@ def stop_sandbox(process: subprocess.Popen[bytes]) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(os.getpgid(process.pid), signal.SIGKILL)
         return process.wait(STOP_TIMEOUT_S)
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Sets the process's peak resident set (VmHWM) back to its current RSS (Linux:
+    ``clear_refs`` 5), so a peak read afterwards is what came since, not an earlier test's."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear:
+        clear.write("5")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
