@@ -9,11 +9,11 @@ enterprise's fees, or the beneficiary's payouts in those rows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-from settlement.ledger import PAGE, LedgerStore, StoredRow, decode_pairs
+from settlement.ledger import PAGE, LedgerStore, StoredRow, decode_pairs, from_micros
 from settlement.ledger_schema import ledger_settlements
 
 #: Each beneficiary column and the payout columns it is owed.
@@ -73,8 +73,7 @@ class GroupCounter:
     def add(self, row: StoredRow) -> None:
         """Counts ``row`` in its enterprise's group and once in each beneficiary's."""
         public = decode_pairs(row.public_fields)
-        micros = int.from_bytes(public["finished_at"], "big", signed=True)
-        day = (_EPOCH + timedelta(microseconds=micros)).date()
+        day = _finished_day(public)
         enterprise = public["enterprise"].decode()
         if enterprise:
             self._group(day, GroupKind.ENTERPRISE, enterprise).add(
@@ -171,8 +170,7 @@ def row_settlements(store: LedgerStore, row: StoredRow) -> list[tuple[str, bool,
     """Per entity of ``row`` (its enterprise, then each beneficiary once): (pseudonym, whether
     the entity's group of the row's day is settled, the settling transaction hash or b"")."""
     public = decode_pairs(row.public_fields)
-    micros = int.from_bytes(public["finished_at"], "big", signed=True)
-    day = _day_number((_EPOCH + timedelta(microseconds=micros)).date())
+    day = _day_number(_finished_day(public))
     entities: dict[tuple[GroupKind, str], None] = {}
     if public["enterprise"]:
         entities[GroupKind.ENTERPRISE, public["enterprise"].decode()] = None
@@ -201,8 +199,14 @@ def row_settlements(store: LedgerStore, row: StoredRow) -> list[tuple[str, bool,
     return statuses
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
 
 
 def _day_number(day: date) -> int:
-    return (day - _EPOCH.date()).days
+    """``ledger_settlements.day``: days since 1970-01-01."""
+    return (day - _EPOCH_DAY).days
+
+
+def _finished_day(public: Mapping[str, bytes]) -> date:
+    """The GMT day a row finished, from its public columns."""
+    return from_micros(int.from_bytes(public["finished_at"], "big", signed=True)).date()

@@ -132,7 +132,8 @@ def _micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _from_micros(micros: int) -> datetime:
+def from_micros(micros: int) -> datetime:
+    """The instant ``micros`` microseconds after the Unix epoch (a timestamp column), UTC."""
     return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
 
 
@@ -835,7 +836,7 @@ def _typed(public: Mapping[str, bytes]) -> dict[str, Any]:
         elif kind is ColumnType.TEXT:
             typed[name] = value.decode("utf-8")
         elif kind is ColumnType.TIMESTAMP:
-            typed[name] = _from_micros(int.from_bytes(value, "big", signed=True))
+            typed[name] = from_micros(int.from_bytes(value, "big", signed=True))
         else:
             typed[name] = value
     extra = set(public) - set(PUBLIC_COLUMNS_V1)
