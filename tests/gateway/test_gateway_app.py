@@ -12,25 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cgn_common.certs import Role
 from cgn_common.errors import (
     AccountLimitError,
     CgnError,
     DServiceFailedError,
     UnavailableError,
 )
-from cgn_common.interceptors import Rule, rules_for
-from cgn_common.rpc import GrpcServer
-from cgn_common.tls import ClientAuth
-from gateway.config import GatewayConfig
-from gateway.server import start
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+from tests.helpers.gateway import gateway_before
 from tests.helpers.pki import Pki
 from tests.helpers.wait import until
-
-WORK_SERVICE = "cgn.work.v1.WorkService"
 
 _ERRORS: dict[str, CgnError] = {
     "/limit": AccountLimitError("too much in flight"),
@@ -75,30 +68,9 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    pki = Pki.create(tmp_path)
     scripted = ScriptedNode()  # type: ignore[abstract]
-    server = GrpcServer(
-        "scripted-node",
-        pki.issue(Role.NODE, "n1"),
-        ClientAuth.REQUIRED,
-        rules_for(WORK_SERVICE, ["Call"], Rule.peer(Role.GATEWAY)),
-    )
-    server.add(work_grpc.add_WorkServiceServicer_to_server, scripted, WORK_SERVICE)
-    address = await server.start("127.0.0.1:0")
-    link = pki.issue(Role.GATEWAY, "gw")
-    config = GatewayConfig(
-        listen="127.0.0.1:0",
-        node_address=address,
-        request_timeout_s=20,
-        tls_cert_file=link.cert_file,
-        tls_key_file=link.key_file,
-        tls_ca_file=link.ca_file,
-    )
-    runner, node, url = await start(config)
-    yield Gateway(url, scripted)
-    await runner.cleanup()
-    await node.close()
-    await server.stop(0)
+    async with gateway_before(scripted, Pki.create(tmp_path), request_timeout_s=20) as url:
+        yield Gateway(url, scripted)
 
 
 async def _get(

@@ -19,19 +19,14 @@ from typing import Any
 
 import pytest
 
-from cgn_common.certs import Role
-from cgn_common.interceptors import Rule, rules_for
-from cgn_common.rpc import GrpcServer
-from cgn_common.tls import ClientAuth
-from gateway.config import GatewayConfig
 from gateway.server import start
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+from tests.helpers.gateway import gateway_before, gateway_config
 from tests.helpers.pki import Pki
 from tests.helpers.wait import until
 
-WORK_SERVICE = "cgn.work.v1.WorkService"
 IDLE_TIMEOUT_S = 2
 BODY_TIMEOUT_S = 1
 CONTROL_LIMIT = 8192
@@ -80,42 +75,24 @@ class Raw:
         return error
 
 
-def _config(node_address: str, pki: Pki) -> GatewayConfig:
-    link = pki.issue(Role.GATEWAY, "gw")
-    return GatewayConfig(
-        listen="127.0.0.1:0",
-        node_address=node_address,
-        tls_cert_file=link.cert_file,
-        tls_key_file=link.key_file,
-        tls_ca_file=link.ca_file,
-        idle_timeout_s=IDLE_TIMEOUT_S,
-        body_timeout_s=BODY_TIMEOUT_S,
-        max_control_body_bytes=CONTROL_LIMIT,
-        max_work_body_bytes=WORK_LIMIT,
-        max_headers=50,
-        max_header_bytes=4096,
-        cors_allowed_origins=["http://app.example"],
-    )
+#: The gateway's settings in these tests: short timeouts, small limits, one CORS origin.
+OPTIONS: dict[str, Any] = {
+    "idle_timeout_s": IDLE_TIMEOUT_S,
+    "body_timeout_s": BODY_TIMEOUT_S,
+    "max_control_body_bytes": CONTROL_LIMIT,
+    "max_work_body_bytes": WORK_LIMIT,
+    "max_headers": 50,
+    "max_header_bytes": 4096,
+    "cors_allowed_origins": ["http://app.example"],
+}
 
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    pki = Pki.create(tmp_path)
     scripted = ScriptedNode()  # type: ignore[abstract]
-    server = GrpcServer(
-        "scripted-node",
-        pki.issue(Role.NODE, "n1"),
-        ClientAuth.REQUIRED,
-        rules_for(WORK_SERVICE, ["Call"], Rule.peer(Role.GATEWAY)),
-    )
-    server.add(work_grpc.add_WorkServiceServicer_to_server, scripted, WORK_SERVICE)
-    address = await server.start("127.0.0.1:0")
-    runner, node, url = await start(_config(address, pki))
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    yield Gateway(host, int(port), scripted)
-    await runner.cleanup()
-    await node.close()
-    await server.stop(0)
+    async with gateway_before(scripted, Pki.create(tmp_path), **OPTIONS) as url:
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        yield Gateway(host, int(port), scripted)
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> Raw:
@@ -426,7 +403,7 @@ async def test_an_unreachable_node_is_503_without_its_address(
     with socket.socket() as sock:  # a port nobody listens on: bound, never listening
         sock.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{sock.getsockname()[1]}"
-        runner, node, url = await start(_config(address, Pki.create(tmp_path)))
+        runner, node, url = await start(gateway_config(address, Pki.create(tmp_path), **OPTIONS))
         try:
             host, _, port = url.removeprefix("http://").rpartition(":")
             gw = Gateway(host, int(port), ScriptedNode())  # type: ignore[abstract]
