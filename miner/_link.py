@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -27,13 +28,15 @@ from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
 from miner.config import MinerConfig
 from miner.fitness import FitnessResult
-from miner.runtime import DServiceAnswer, Runtime, Spent
+from miner.runtime import DServiceAnswer, RequestBody, Runtime, Spent, StreamedBody
 
 _log = logging.getLogger(__name__)
 
-#: The largest request body a miner takes (it is held in memory until bodies stream into
-#: the DService).
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
+#: The largest request body a miner takes (2 GiB, SPEC 4, as MAX_RESPONSE_BYTES). It is not
+#: held: it streams from the data plane into the DService a slice at a time, so the limit
+#: bounds no memory, only what one unit may carry; a larger announced size is refused before
+#: any of it is read.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024
 #: How long after a unit's timeout the miner stops it itself, failing it, if the node has
 #: not cancelled it by then.
 DEADLINE_GRACE_S = 1.0
@@ -49,6 +52,8 @@ class _Exchange:
     def __init__(self, call: Any, token: str) -> None:
         self._call = call
         self._token = token
+        #: A read whose reader was cancelled, for the next reader to take (see _read).
+        self._pending: asyncio.Future[Any] | None = None
 
     @classmethod
     async def open(cls, stub: pb_grpc.MinerLinkServiceStub, token: str) -> _Exchange:
@@ -57,26 +62,42 @@ class _Exchange:
         await call.write(pb.ExchangeRequest(open=pb.ExchangeOpen(dispatch_token=token)))
         return cls(call, token)
 
-    async def request_body(self, size: int) -> bytes:
-        """Reads the request body the node sends (``size`` bytes, bounded)."""
+    async def _read(self) -> Any:
+        """The node's next message. A reader cancelled mid-read (the request body's sender,
+        when the DService answered before reading it all) leaves the read running for the
+        next reader: grpc.aio cancels the whole call when a read is interrupted, and the
+        answer still has to go out on it."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._call.read())
+        message = await asyncio.shield(self._pending)
+        self._pending = None
+        return message
+
+    def request_body(self, size: int) -> StreamedBody:
+        """The request body the node sends, read as the DService takes it (a slice at a
+        time: the miner holds about one). It must be ``size`` bytes: more, or an
+        ``end_of_body`` before them, is INVALID_ARGUMENT; a data plane that ends before
+        ``end_of_body`` is UNAVAILABLE; either fails the call to the DService."""
         if size > MAX_REQUEST_BYTES:
             raise InvalidArgumentError(f"a {size}-byte body exceeds {MAX_REQUEST_BYTES}")
-        chunks: list[bytes] = []
+        return StreamedBody(size, self._body_slices(size))
+
+    async def _body_slices(self, size: int) -> AsyncGenerator[bytes, None]:
         received = 0
         while True:
-            message = await self._call.read()
+            message = await self._read()
             if message is grpc.aio.EOF:
                 raise UnavailableError("the node ended the data plane before the body did")
             data = message.request_body.data
             received += len(data)
             if received > size:
                 raise InvalidArgumentError(f"the body exceeds its announced {size} bytes")
-            chunks.append(data)
+            if data:
+                yield data
             if message.request_body.end_of_body:
                 break
         if received != size:
             raise InvalidArgumentError(f"the body has {received} bytes, not {size}")
-        return b"".join(chunks)
 
     async def send_head(self, head: http_pb2.HttpResponseHead) -> None:
         """Sends the answer's head (its body follows)."""
@@ -97,11 +118,17 @@ class _Exchange:
         """Ends the answer with its completion, then waits for the node to end the stream."""
         await self._call.write(pb.ExchangeRequest(completion=completion))
         await self._call.done_writing()
-        while await self._call.read() is not grpc.aio.EOF:
-            pass
+        while await self._read() is not grpc.aio.EOF:
+            pass  # the rest of a request body the DService did not read
 
     def close(self) -> None:
         """Ends the stream (nothing if it ended already)."""
+        pending = self._pending
+        if pending is not None:
+            if not pending.done():
+                pending.cancel()
+            elif not pending.cancelled():
+                pending.exception()  # the unit's outcome is decided: a late failure is moot
         self._call.cancel()
 
 
@@ -287,7 +314,7 @@ class LinkSession:
 
     def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
         token = assignment.dispatch_token
-        spent = self._spent[token] = Spent(bytes_in=len(assignment.body))
+        spent = self._spent[token] = Spent(bytes_in=assignment.body_size or len(assignment.body))
         task = asyncio.create_task(self._work(call, nonce, assignment, spent))
         self._tasks[token] = task
 
@@ -321,8 +348,9 @@ class LinkSession:
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
     ) -> None:
         """Runs one unit; every outcome is answered (a cancel from the node, by
-        _report_cancelled). A body too large to travel inline comes, and an answer too large
-        goes, on the dispatch's data plane (_Exchange), closed whatever happens."""
+        _report_cancelled). A body too large to travel inline comes (streamed into the
+        DService as it arrives), and an answer too large goes, on the dispatch's data plane
+        (_Exchange), closed whatever happens."""
         exchange: list[_Exchange] = []
         try:
             await self._run_unit(call, nonce, assignment, spent, exchange)
@@ -340,9 +368,9 @@ class LinkSession:
         spent: Spent,
         exchange: list[_Exchange],
     ) -> None:
-        """Fetches the body when it did not come inline, calls the DService and sends its
-        answer as it arrives; a failure is answered with a WorkFailure. ``exchange`` gets the
-        data plane when one is opened."""
+        """Calls the DService, with the body streamed from the data plane when it did not
+        come inline, and sends its answer as it arrives; a failure is answered with a
+        WorkFailure. ``exchange`` gets the data plane when one is opened."""
         token = assignment.dispatch_token
         lease_s = assignment.lease.ToMilliseconds() / 1000 or 3.0
         # The node cancels the unit at its deadline, and the miner answers the cancel with the
@@ -353,10 +381,10 @@ class LinkSession:
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
         try:
             async with asyncio.timeout(timeout_s):
-                body = assignment.body
+                body: RequestBody = assignment.body
                 if not assignment.body_complete:
                     exchange.append(await self._open_exchange(token))
-                    body = await exchange[0].request_body(assignment.body_size)
+                    body = exchange[0].request_body(assignment.body_size)
                 await self._serve(call, nonce, assignment, body, spent, exchange)
             return
         except TimeoutError:
@@ -388,7 +416,7 @@ class LinkSession:
         call: Any,
         nonce: str,
         assignment: pb.WorkAssignment,
-        body: bytes,
+        body: RequestBody,
         spent: Spent,
         exchange: list[_Exchange],
     ) -> None:

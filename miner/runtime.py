@@ -32,6 +32,7 @@ from cgn_common.descriptor import (
     load_descriptor,
 )
 from cgn_common.errors import (
+    CgnError,
     DServiceFailedError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -42,12 +43,26 @@ from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Metering
-from miner._http1 import ResponseTooLargeError, Upstream, UpstreamProtocolError
+from miner._http1 import (
+    RequestBody,
+    ResponseTooLargeError,
+    StreamedBody,
+    Upstream,
+    UpstreamProtocolError,
+    body_size,
+)
 from miner.metering import ProcessMeter
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BUILTIN_DSERVICES", "ENV_ALLOW_LIST", "DServiceProcess", "ProcessRuntime"]
+__all__ = [
+    "BUILTIN_DSERVICES",
+    "ENV_ALLOW_LIST",
+    "DServiceProcess",
+    "ProcessRuntime",
+    "RequestBody",
+    "StreamedBody",
+]
 
 #: The only variables of the miner's environment a DService process inherits. Everything
 #: else (the miner's id and key, TLS paths, the operator's shell) stays with the miner.
@@ -349,7 +364,7 @@ class DServiceProcess:
         path: str,
         query: str,
         headers: Sequence[tuple[str, bytes]],
-        body: bytes,
+        body: RequestBody,
         spent: Spent | None = None,
     ) -> DServiceResponse:
         """Sends one request to the DService and reads the whole answer (:meth:`stream`)."""
@@ -373,20 +388,21 @@ class DServiceProcess:
         path: str,
         query: str,
         headers: Sequence[tuple[str, bytes]],
-        body: bytes,
+        body: RequestBody,
         spent: Spent | None = None,
     ) -> AsyncIterator[DServiceAnswer]:
         """Sends one request to the DService, unchanged but for the headers the miner owns
         (:func:`request_headers`); yields its answer's head with the body to read as it
-        arrives (at most MAX_RESPONSE_BYTES). The call is metered until the context ends:
-        the answer's figures, and ``spent``, are set then, even when the call fails or is
-        cancelled."""
+        arrives (at most MAX_RESPONSE_BYTES). A :class:`StreamedBody` goes to the DService a
+        slice at a time as it arrives, while the answer is read (a failure of its source
+        fails the call). The call is metered until the context ends: the answer's figures,
+        and ``spent``, are set then, even when the call fails or is cancelled."""
         meter = self._meter
         upstream = self._upstream
         if not self._ready.is_set() or meter is None or upstream is None:
             raise UnavailableError(f"DService {self.name!r} is not running")
         target = path + (f"?{query}" if query else "")
-        send = request_headers(headers, self._listen.authority, len(body))
+        send = request_headers(headers, self._listen.authority, body_size(body))
         ticket = meter.begin()
         started = time.perf_counter_ns()
         answer: DServiceAnswer | None = None
@@ -428,6 +444,8 @@ class DServiceProcess:
         """The DService's and the connection's failures as the CGN's errors."""
         try:
             yield
+        except CgnError:
+            raise  # already the CGN's (e.g. a streamed body's source failed)
         except UpstreamProtocolError as exc:
             if exc.local:
                 raise InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}") from None
@@ -483,7 +501,7 @@ class DService(Protocol):
         path: str,
         query: str,
         headers: Sequence[tuple[str, bytes]],
-        body: bytes,
+        body: RequestBody,
         spent: Spent | None = None,
     ) -> DServiceResponse:
         """Sends one request to the DService and meters it (into ``spent`` too, however the
@@ -495,7 +513,7 @@ class DService(Protocol):
         path: str,
         query: str,
         headers: Sequence[tuple[str, bytes]],
-        body: bytes,
+        body: RequestBody,
         spent: Spent | None = None,
     ) -> contextlib.AbstractAsyncContextManager[DServiceAnswer]:
         """The same call, its answer's body read as it arrives."""

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from cgn_common.descriptor import Listen, parse_descriptor
-from miner._http1 import Upstream, UpstreamProtocolError
+from cgn_common.errors import UnavailableError
+from miner._http1 import StreamedBody, Upstream, UpstreamProtocolError
 from miner.runtime import DServiceProcess, request_headers, response_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,3 +266,42 @@ async def test_a_dservice_that_answers_while_it_reads_gets_a_large_body_without_
         upstream.close()
         server.close()
         await server.wait_closed()
+
+
+async def _slices(parts: list[bytes], failure: Exception | None = None) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+    if failure is not None:
+        raise failure
+
+
+async def test_a_streamed_body_goes_on_a_fresh_connection_and_its_failure_surfaces(
+    scripted: Scripted,
+) -> None:
+    """A streamed body can be read once: it never takes a kept connection (which may have
+    died while idle and need a second try); a source that fails, or ends short of its size,
+    fails the request at once, while the DService still waits for the rest of the body."""
+    scripted.answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 2
+    upstream = Upstream(Listen(port=scripted.port))
+    parts = [b"a" * 100_000, b"b" * 100_000]
+    try:
+        await _call(scripted, upstream, b"POST", b"/inline", [], b"1")  # kept idle after
+        body = StreamedBody(200_000, _slices(parts))
+        send = request_headers([], f"127.0.0.1:{scripted.port}", body.size)
+        raw = await upstream.request(b"POST", b"/streamed", send, body, 1 << 20)
+        assert raw.body == b"ok"
+        assert scripted.received[1].endswith(b"Content-Length: 200000\r\n\r\n" + b"".join(parts))
+        assert scripted.connections == 2  # not the kept one
+
+        send = request_headers([], f"127.0.0.1:{scripted.port}", 300_000)
+        async with asyncio.timeout(10):
+            broken = StreamedBody(300_000, _slices(parts, UnavailableError("the source broke")))
+            with pytest.raises(UnavailableError, match="the source broke"):
+                await upstream.request(b"POST", b"/broken", send, broken, 1 << 20)
+            short = StreamedBody(300_000, _slices(parts))
+            with pytest.raises(UpstreamProtocolError, match="200000 bytes, not 300000") as info:
+                await upstream.request(b"POST", b"/short", send, short, 1 << 20)
+            assert info.value.local
+        assert len(scripted.received) == 2  # neither reached the DService whole
+    finally:
+        upstream.close()
