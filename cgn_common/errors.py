@@ -76,13 +76,21 @@ class ResourceExhaustedError(CgnError):
     """Over a limit: a queue past its danger threshold, a body too large."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    retry_after_s = 1.0
+    retry_after_s: float | None = 1.0
 
 
 class AccountLimitError(ResourceExhaustedError):
     """One account has too much work in flight (gateway: 429 + Retry-After)."""
 
     reason = "ACCOUNT_IN_FLIGHT_LIMIT"
+
+
+class BodyTooLargeError(ResourceExhaustedError):
+    """A request body over the node's, the account's or the DService's limit (gateway: 413);
+    sending it again as it is cannot help."""
+
+    reason = "BODY_TOO_LARGE"
+    retry_after_s: float | None = None
 
 
 class DServiceFailedError(CgnError):

@@ -75,7 +75,8 @@ def assignment(
     """The WorkAssignment that dispatches ``unit`` (attempt ``unit.attempts``). A body over
     INLINE_BODY_BYTES is left out: the miner fetches it on the dispatch's data plane."""
     r = unit.request
-    inline = len(r.body) <= INLINE_BODY_BYTES
+    size = r.body_size
+    inline = r.spool is None and size <= INLINE_BODY_BYTES
     message = link_pb.WorkAssignment(
         work_id=unit.work_id,
         dservice=unit.dservice,
@@ -84,11 +85,11 @@ def assignment(
             path=r.path,
             query=r.query,
             headers=_headers(r.headers),
-            content_length=len(r.body),
+            content_length=size,
         ),
         body=r.body if inline else b"",
         body_complete=inline,
-        body_size=len(r.body),
+        body_size=size,
         affinity_key=unit.affinity_key,
         role=link_pb.WORK_ROLE_PRIMARY,
         attempt=unit.attempts,

@@ -24,7 +24,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -46,7 +46,7 @@ from cgn_common.types import Tier
 from cgn_node._convert import assignment, result_from_parts, usage_from_proto
 from cgn_node.broker import Broker, MinerFailedError, MinerRefusedError
 from cgn_node.central_client import CentralClient
-from cgn_node.work import CancelReport, ResponseBody, Usage, WorkResult, WorkUnit
+from cgn_node.work import CancelReport, HttpRequest, ResponseBody, Usage, WorkResult, WorkUnit
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
@@ -81,8 +81,8 @@ class _Pending:
     chunks: list[bytes] = field(default_factory=list)
     #: Response bytes received so far (bounded by MAX_RESPONSE_BYTES).
     size: int = 0
-    #: The request body, served on the data plane when too large to go inline.
-    body: bytes = b""
+    #: The request, whose body is served on the data plane when it did not go inline.
+    request: HttpRequest | None = None
     #: The unit's streamed answer (a CallStream caller), and whether its head was relayed:
     #: from then on the body goes to ``stream`` slice by slice.
     stream: ResponseBody | None = None
@@ -186,7 +186,7 @@ class MinerConnection:
             new_id("d"),
             loop.create_future(),
             loop.create_future(),
-            body=unit.request.body,
+            request=unit.request,
             stream=unit.stream,
         )
         self._pending[pending.token] = pending
@@ -563,17 +563,20 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
 
     @staticmethod
     async def _send_body(context: Context, pending: _Pending) -> None:
-        """The request body in BODY_CHUNK_BYTES slices, paced by gRPC flow control."""
-        body = pending.body
-        if len(body) <= INLINE_BODY_BYTES:
+        """The request body in BODY_CHUNK_BYTES slices, paced by gRPC flow control: from the
+        request's spool when it came streamed (a re-dispatch reads it from the start again)."""
+        request = pending.request
+        if request is None or (request.spool is None and request.body_size <= INLINE_BODY_BYTES):
             return  # it went inline
-        view = memoryview(body)
-        for start in range(0, len(body), BODY_CHUNK_BYTES):
-            end = min(len(body), start + BODY_CHUNK_BYTES)
+        size = request.body_size
+        sent = 0
+        if not size:  # (an empty spool): the end alone
+            chunk = pb.RequestBodyChunk(dispatch_token=pending.token, end_of_body=True)
+            await context.write(pb.ExchangeResponse(request_body=chunk))
+        async for data in _slices(request):
+            sent += len(data)
             chunk = pb.RequestBodyChunk(
-                dispatch_token=pending.token,
-                data=bytes(view[start:end]),
-                end_of_body=end == len(body),
+                dispatch_token=pending.token, data=data, end_of_body=sent >= size
             )
             await context.write(pb.ExchangeResponse(request_body=chunk))
 
@@ -583,3 +586,14 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             if message.WhichOneof("kind") == "goodbye":
                 return
             miner.on_message(message)
+
+
+async def _slices(request: HttpRequest) -> AsyncIterator[bytes]:
+    """A request body in BODY_CHUNK_BYTES slices."""
+    if request.spool is not None:
+        async for data in request.spool.slices(BODY_CHUNK_BYTES):
+            yield data
+        return
+    view = memoryview(request.body)
+    for start in range(0, len(request.body), BODY_CHUNK_BYTES):
+        yield bytes(view[start : start + BODY_CHUNK_BYTES])

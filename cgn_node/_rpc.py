@@ -6,17 +6,20 @@ import asyncio
 import logging
 import math
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from cgn_common.certs import Role
 from cgn_common.errors import (
+    BodyTooLargeError,
     CgnError,
     DeadlineExceededError,
     InvalidArgumentError,
+    NotFoundError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -24,7 +27,7 @@ from cgn_common.http import check_request
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.interceptors import current_caller
 from cgn_common.logs import log_event
-from cgn_common.streams import BODY_CHUNK_BYTES
+from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
@@ -32,6 +35,7 @@ from cgn_node.broker import Broker, MinerFailedError, Outcome
 from cgn_node.central_client import CentralClient
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
+from cgn_node.spool import Spool, SpoolBudget
 from cgn_node.standing import SESSION_KINDS
 from cgn_node.throttle import LoginThrottle
 from cgn_node.work import CancelReport, ResponseBody, Usage, WorkUnit
@@ -55,6 +59,10 @@ _DSERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 #: Metadata in which a gateway names the DApp's address; trusted only from a gateway's
 #: certificate (anyone else's is ignored and the connection's own address is used).
 CLIENT_ADDRESS_METADATA = "x-cgn-client-address"
+
+#: How long an answer Call handed back streamed waits for its ReadAnswer before it is dropped
+#: (and its work billed as abandoned).
+ANSWER_CLAIM_S = 10.0
 
 #: How long the row of abandoned work waits for the miner's usage up to the cancel (it comes
 #: in milliseconds; longer means the miner is lost, and the row is written with a fee of 0).
@@ -143,13 +151,21 @@ class Work(work_grpc.WorkServiceServicer):
         max_timeout_s: float = 60.0,
         *,
         max_body_bytes: int = 32 * 1024 * 1024,
+        max_stream_body_bytes: int = 2 * 1024**3,
+        spool_dir: str | None = None,
+        max_spool_bytes: int = 8 * 1024**3,
     ) -> None:
         self._broker = broker
         self._max_body_bytes = max_body_bytes
+        self._max_stream_body_bytes = max_stream_body_bytes
+        self._spool_dir = spool_dir
+        self._spool_budget = SpoolBudget(max_spool_bytes)
         self._recorder = recorder
         self._node_id = node_id
         self._supervisor = supervisor
         self._max_timeout_s = max_timeout_s
+        #: Answers Call handed back streamed, waiting for their ReadAnswer, by token.
+        self._held: dict[str, _HeldAnswer] = {}
         #: Rows being built (pricing, pseudonyms) and queued; awaited before the ledger closes.
         self.recording: set[asyncio.Task[None]] = set()
 
@@ -157,9 +173,15 @@ class Work(work_grpc.WorkServiceServicer):
         self, request: work_pb.CallRequest, context: Context
     ) -> work_pb.CallResponse:
         started = time.perf_counter_ns()
-        unit = self._new_unit(request, context, None)
+        stream = ResponseBody() if request.options.stream_answers else None
+        unit = self._new_unit(request, context, stream)
         outcome = await self._submit(unit, started)
         result = outcome.result
+        if stream is not None and stream.started:  # the rest comes through ReadAnswer
+            head = response_head(result)
+            head.ClearField("content_length")
+            token = self._hold(_HeldAnswer(unit, outcome, stream, started))
+            return work_pb.CallResponse(head=head, answer_token=token)
         finished = self._finished(unit, outcome, started, result.usage)
 
         def ended(ended_context: Context) -> None:
@@ -175,37 +197,109 @@ class Work(work_grpc.WorkServiceServicer):
             receipt=self._receipt(unit, outcome, finished, result.usage),
         )
 
+    async def ReadAnswer(  # noqa: N802
+        self, request: work_pb.ReadAnswerRequest, context: Context
+    ) -> AsyncIterator[work_pb.ReadAnswerResponse]:
+        """The body and receipt of an answer Call handed back streamed; the token is good
+        once, and only for the account that made the call."""
+        claims: SessionClaims = current_caller().session
+        held = self._held.get(request.answer_token)
+        if held is None or held.unit.account_id != claims.account_id:
+            raise NotFoundError("no answer waits under this token", reason="ANSWER_UNKNOWN")
+        del self._held[request.answer_token]
+        if held.timer is not None:
+            held.timer.cancel()
+        async for part in self._answer(held):
+            if isinstance(part, bytes):
+                yield work_pb.ReadAnswerResponse(body=http_pb2.BodyChunk(data=part))
+            else:
+                yield work_pb.ReadAnswerResponse(receipt=part)
+
+    def _hold(self, held: _HeldAnswer) -> str:
+        """Keeps a streamed answer for its ReadAnswer (ANSWER_CLAIM_S at most)."""
+        token = secrets.token_urlsafe(18)
+        held.timer = asyncio.get_running_loop().call_later(ANSWER_CLAIM_S, self._unclaimed, token)
+        self._held[token] = held
+        return token
+
+    def _unclaimed(self, token: str) -> None:
+        """A held answer nobody read: the miner is stopped, the work billed as abandoned."""
+        held = self._held.pop(token, None)
+        if held is None:
+            return
+        held.stream.close()
+        log_event(_log, "answer_unclaimed", logging.WARNING, request_id=held.unit.request_id)
+        usage = held.stream.usage or held.outcome.result.usage
+        finished = self._finished(held.unit, held.outcome, held.started, usage)
+        self._record(replace(finished, outcome="abandoned"))
+
     async def CallStream(  # noqa: N802
         self, request_iterator: AsyncIterator[work_pb.CallStreamRequest], context: Context
     ) -> AsyncIterator[work_pb.CallStreamResponse]:
-        """One request, the answer streamed: its head as soon as the DService sent it, then its
-        body slice by slice as the miner relays it (a caller reading slowly slows the miner:
-        flow control end to end), then the receipt. The request body is collected (up to
-        ``max_body_bytes``) before dispatch."""
+        """One request, its body streamed in and its answer streamed out.
+
+        The start is checked first (session, DService, head, and the body limit against
+        ``head.content_length``), and answered ``accepted`` when the caller asked to wait for
+        it. The body is then spooled (memory, then disk: cgn_node/spool.py) up to the
+        limit, and the unit dispatched with it: a re-dispatch sends it again from the spool.
+        The answer's head goes out as soon as the DService sent it, then its body slice by
+        slice as the miner relays it (a caller reading slowly slows the miner: flow control
+        end to end), then the receipt."""
         started = time.perf_counter_ns()
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "start":
             raise InvalidArgumentError("a CallStream starts with a CallStart")
-        body = await self._request_body(request_iterator)
         start = first.start
-        request = work_pb.CallRequest(
-            dservice=start.dservice, head=start.head, body=body, options=start.options
-        )
+        head = start.head
+        declared = head.content_length if head.HasField("content_length") else None
+        limit = self._max_stream_body_bytes
+        if declared is not None and declared > limit:
+            raise _too_large(declared, limit)
+        probe = work_pb.CallRequest(dservice=start.dservice, head=head, options=start.options)
         stream = ResponseBody()
-        unit = self._new_unit(request, context, stream)
-        outcome = await self._submit(unit, started)
+        unit = self._new_unit(probe, context, stream, body_size=declared or 0)
+        if start.await_accept:
+            yield work_pb.CallStreamResponse(accepted=work_pb.CallAccepted(max_body_bytes=limit))
+        spool = Spool(self._spool_budget, directory=self._spool_dir)
+        try:
+            await self._spool_body(request_iterator, spool, limit)
+            if declared is not None and spool.size != declared:
+                raise InvalidArgumentError(
+                    f"the body has {spool.size} bytes, not the {declared} its head declares"
+                )
+            if spool.size <= INLINE_BODY_BYTES:  # small: it travels inline, as a Call's would
+                unit.request = replace(unit.request, body=spool.contents())
+            else:
+                unit.request = replace(unit.request, spool=spool)
+            outcome = await self._submit(unit, started)
+            response_head_ = response_head(outcome.result)
+            if stream.started:
+                response_head_.ClearField("content_length")
+            yield work_pb.CallStreamResponse(head=response_head_)
+            async for part in self._answer(_HeldAnswer(unit, outcome, stream, started)):
+                if isinstance(part, bytes):
+                    yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=part))
+                else:
+                    yield work_pb.CallStreamResponse(receipt=part)
+        finally:
+            stream.close()
+            spool.close()
+
+    async def _answer(self, held: _HeldAnswer) -> AsyncIterator[bytes | work_pb2.WorkReceipt]:
+        """An answer's body slices, then its receipt; the unit is recorded however it ends:
+        delivered once the receipt went out, failed when the miner was lost mid-answer
+        (ANSWER_CUT: never re-dispatched after the first byte, SPEC 15), abandoned when the
+        caller left first."""
+        unit, outcome, stream, started = held.unit, held.outcome, held.stream, held.started
         result = outcome.result
-        head = response_head(result)
         usage = result.usage
         state = "abandoned"  # until the receipt went out
         finished: FinishedWork | None = None
         try:
             if stream.started:
-                head.ClearField("content_length")
-                yield work_pb.CallStreamResponse(head=head)
                 try:
                     async for piece in stream.slices():
-                        yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=piece))
+                        yield piece
                 except MinerFailedError as exc:
                     state = "failed"
                     raise UnavailableError(
@@ -213,14 +307,11 @@ class Work(work_grpc.WorkServiceServicer):
                     ) from exc
                 usage = stream.usage or usage
             else:
-                yield work_pb.CallStreamResponse(head=head)
                 view = memoryview(result.body)
                 for at in range(0, len(result.body), BODY_CHUNK_BYTES):
-                    data = bytes(view[at : at + BODY_CHUNK_BYTES])
-                    yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=data))
+                    yield bytes(view[at : at + BODY_CHUNK_BYTES])
             finished = self._finished(unit, outcome, started, usage)
-            receipt = self._receipt(unit, outcome, finished, usage)
-            yield work_pb.CallStreamResponse(receipt=receipt)
+            yield self._receipt(unit, outcome, finished, usage)
             state = "delivered"
         finally:
             stream.close()  # a caller gone mid-answer: the relay stops, and with it the miner
@@ -228,24 +319,29 @@ class Work(work_grpc.WorkServiceServicer):
                 finished = self._finished(unit, outcome, started, usage)
             self._record(replace(finished, outcome=state))
 
-    async def _request_body(self, parts: AsyncIterator[work_pb.CallStreamRequest]) -> bytes:
-        """A CallStream's request body: its BodyChunks until end_of_body (or the end of the
-        stream), at most ``max_body_bytes``."""
-        chunks: list[bytes] = []
-        size = 0
+    @staticmethod
+    async def _spool_body(
+        parts: AsyncIterator[work_pb.CallStreamRequest], spool: Spool, limit: int
+    ) -> None:
+        """A CallStream's request body into ``spool``: its BodyChunks until end_of_body (or
+        the end of the stream), cut with BODY_TOO_LARGE as soon as it passes ``limit``."""
         async for part in parts:
             if part.WhichOneof("kind") != "body":
                 raise InvalidArgumentError("after its CallStart, a CallStream sends BodyChunks")
-            size += len(part.body.data)
-            if size > self._max_body_bytes:
-                raise InvalidArgumentError(f"the body exceeds {self._max_body_bytes} bytes")
-            chunks.append(part.body.data)
+            data = part.body.data
+            if spool.size + len(data) > limit:
+                raise _too_large(spool.size + len(data), limit)
+            await spool.write(data)
             if part.body.end_of_body:
                 break
-        return b"".join(chunks)
+        spool.finish()
 
     def _new_unit(
-        self, request: work_pb.CallRequest, context: Context, stream: ResponseBody | None
+        self,
+        request: work_pb.CallRequest,
+        context: Context,
+        stream: ResponseBody | None,
+        body_size: int | None = None,
     ) -> WorkUnit:
         """The work unit of a checked request (INVALID_ARGUMENT for what no DService may
         receive or no tier may run)."""
@@ -259,8 +355,8 @@ class Work(work_grpc.WorkServiceServicer):
             head.path,
             head.query,
             [(h.name, h.value) for h in head.headers],
-            len(request.body),
-            self._max_body_bytes,
+            len(request.body) if body_size is None else body_size,
+            self._max_body_bytes if body_size is None else self._max_stream_body_bytes,
         )
         options = request.options
         if options.request_id and not REQUEST_ID.match(options.request_id):
@@ -410,6 +506,21 @@ class Work(work_grpc.WorkServiceServicer):
         """Waits (bounded) for the rows of calls that have ended to be queued."""
         if self.recording:
             await asyncio.wait(set(self.recording), timeout=timeout_s)
+
+
+def _too_large(size: int, limit: int) -> BodyTooLargeError:
+    return BodyTooLargeError(f"the request body of {size} bytes exceeds the limit of {limit}")
+
+
+@dataclass(eq=False)
+class _HeldAnswer:
+    """A unit whose answer streams: what its body's reader needs."""
+
+    unit: WorkUnit
+    outcome: Outcome
+    stream: ResponseBody
+    started: int
+    timer: asyncio.TimerHandle | None = None
 
 
 class Status(status_grpc.NodeStatusServiceServicer):

@@ -67,8 +67,24 @@ class NodeConfig:
     )
     max_work_body_bytes: int = option(
         32 * 1024 * 1024,
-        "Largest DService request body a caller may send (INVALID_ARGUMENT above); the same "
-        "as the gateway's limit.",
+        "Largest request body of a unary WorkService.Call (INVALID_ARGUMENT above); larger "
+        "bodies go through CallStream.",
+    )
+    max_stream_body_bytes: int = option(
+        2 * 1024**3,
+        "Largest request body of a WorkService.CallStream (BODY_TOO_LARGE above, 413 at the "
+        "gateway); an account's and a DService's own limits may be lower.",
+    )
+    spool_dir: str = option(
+        "",
+        "Where streamed request bodies over 1 MiB wait on disk while their work runs, so a "
+        "re-dispatch can resend them (files are unlinked at once); empty: the system's "
+        "temporary directory.",
+    )
+    max_spool_bytes: int = option(
+        8 * 1024**3,
+        "Disk that request bodies in flight may take at once; past it a new body is refused "
+        "with RESOURCE_EXHAUSTED (SPOOL_FULL) until some finish.",
     )
     max_timeout_ms: int = option(
         60_000, "Longest deadline of one request; a caller's longer deadline is capped to it."

@@ -58,9 +58,12 @@ LEDGER_SERVICE = ledger_pb.DESCRIPTOR.services_by_name["LedgerService"].full_nam
 LEDGER_PUBLIC_METHODS = ("ListRows", "GetRow")
 LEDGER_OWNER_METHODS = ("GetPrivateRow", "ListRowsByRequest")
 
+#: WorkService: run a request (whole, or streamed), and read a streamed answer of Call.
+WORK_METHODS = ("Call", "CallStream", "ReadAnswer")
+
 #: The public work port: internal gRPC clients prove themselves in band.
 WORK_RULES: Rules = {
-    **rules_for(WORK_SERVICE, ["Call", "CallStream"], Rule.with_session()),
+    **rules_for(WORK_SERVICE, WORK_METHODS, Rule.with_session()),
     **rules_for(
         SESSION_SERVICE,
         ["CreateSession"],
@@ -74,7 +77,7 @@ WORK_RULES: Rules = {
 }
 #: The internal port: the same services, for gateways holding a certificate of the CA.
 INTERNAL_RULES: Rules = {
-    **rules_for(WORK_SERVICE, ["Call", "CallStream"], Rule.with_session(Role.GATEWAY)),
+    **rules_for(WORK_SERVICE, WORK_METHODS, Rule.with_session(Role.GATEWAY)),
     **rules_for(SESSION_SERVICE, ["CreateSession", "RevokeSession"], Rule.peer(Role.GATEWAY)),
     **rules_for(LEDGER_SERVICE, LEDGER_PUBLIC_METHODS, Rule.peer(Role.GATEWAY)),
     **rules_for(LEDGER_SERVICE, LEDGER_OWNER_METHODS, Rule.with_session(Role.GATEWAY)),
@@ -148,6 +151,9 @@ class Node:
             self.supervisor,
             config.max_timeout_ms / 1000,
             max_body_bytes=config.max_work_body_bytes,
+            max_stream_body_bytes=config.max_stream_body_bytes,
+            spool_dir=config.spool_dir or None,
+            max_spool_bytes=config.max_spool_bytes,
         )
         sessions = Sessions(self.issuer, self.central)
         self.work_server = GrpcServer(

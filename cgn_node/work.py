@@ -10,19 +10,27 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cgn_common.types import Metering, Tier
+from cgn_node.spool import Spool
 
 Headers = tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True)
 class HttpRequest:
-    """The DApp's request for the DService: method, path and query unchanged."""
+    """The DApp's request for the DService: method, path and query unchanged. Its body is
+    ``body``, or, for a body that came streamed, ``spool`` (``body`` then empty)."""
 
     method: str
     path: str
     query: str
     headers: Headers
     body: bytes
+    spool: Spool | None = None
+
+    @property
+    def body_size(self) -> int:
+        """The body's length in bytes."""
+        return self.spool.size if self.spool is not None else len(self.body)
 
 
 @dataclass(frozen=True)

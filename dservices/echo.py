@@ -14,7 +14,11 @@ For tests and demos of the work path under faults, request headers ask for misbe
 - ``X-Echo-Poison: huge-header`` answers with a 16 KiB header, which the miner's HTTP client
   refuses to parse (a DService answering badly).
 - ``X-Echo-Generate-Bytes: N`` answers N bytes (a repeating pattern), chunked, instead of
-  the body (a large download from a small request).
+  the body (a large download from a small request); with ``X-Echo-Generate-Sized: 1`` it
+  sends ``Content-Length: N`` instead of chunking.
+- ``X-Echo-Digest: sha256`` reads the whole body first, then answers
+  ``{"sha256": "<hex>", "size": N}`` (a DService that answers only after reading all of
+  an upload).
 - ``X-Echo-Drip: COUNTxMS`` answers ``COUNT`` lines (``line 1\n`` ...), chunked, one every
   ``MS`` ms, instead of the body (a DService that streams, e.g. server-sent events).
 
@@ -26,6 +30,7 @@ With ``CGN_DSERVICE_ECHO_JOURNAL=DIR`` every request is journaled as JSON lines 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -81,6 +86,11 @@ async def _echo(request: web.Request) -> web.StreamResponse:
     burn = request.headers.get("X-Echo-Burn-Cpu-Ms", "")
     if burn.isdigit():
         _burn_cpu(int(burn))
+    response: web.StreamResponse
+    if request.headers.get("X-Echo-Digest") == "sha256":
+        response = await _digest(request)
+        _journal(request, "done")
+        return response
     generate = request.headers.get("X-Echo-Generate-Bytes", "")
     if generate.isdigit():
         response = await _generate(request, int(generate))
@@ -100,9 +110,21 @@ async def _echo(request: web.Request) -> web.StreamResponse:
 _PATTERN = bytes(range(256)) * 1024
 
 
+async def _digest(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "size": size})
+
+
 async def _generate(request: web.Request, size: int) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.enable_chunked_encoding()
+    if request.headers.get("X-Echo-Generate-Sized") == "1":
+        response.content_length = size
+    else:
+        response.enable_chunked_encoding()
     await response.prepare(request)
     left = size
     while left:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from cgn_common.rpc import CHANNEL_OPTIONS
 from cgn_common.tls import ReloadingChannel, TlsConfig
@@ -80,34 +80,45 @@ class NodeClient:
         self,
         token: str,
         dservice: str,
-        method: str,
-        path: str,
-        query: str,
-        headers: Sequence[tuple[str, bytes]],
+        head: http_pb2.HttpRequestHead,
         body: bytes,
         timeout_s: float,
         request_id: str = "",
-    ) -> tuple[int, list[tuple[str, bytes]], bytes]:
-        """Runs one request; returns (status, headers, body) from the DService."""
+    ) -> work_pb.CallResponse:
+        """Runs one request whose body is at hand; an answer the DService streams comes back
+        as its head and an ``answer_token`` (read the rest with :meth:`read_answer`)."""
         self._stubs()
         request = work_pb.CallRequest(
             dservice=dservice,
-            head=http_pb2.HttpRequestHead(
-                method=method,
-                path=path,
-                query=query,
-                headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in headers],
-                content_length=len(body),
-            ),
+            head=head,
             body=body,
-            options=work_pb2.WorkOptions(request_id=request_id),
+            options=work_pb2.WorkOptions(request_id=request_id, stream_answers=True),
         )
         response: work_pb.CallResponse = await self._work.Call(
-            request, timeout=timeout_s, metadata=(("authorization", f"Bearer {token}"),)
+            request, timeout=timeout_s, metadata=_bearer(token)
         )
-        head = response.head
-        return head.status_code, [(h.name, h.value) for h in head.headers], response.body
+        return response
+
+    def read_answer(self, token: str, answer_token: str, timeout_s: float) -> Any:
+        """The rest of a streamed answer: a ``ReadAnswer`` call, its messages read with
+        ``async for`` (cancel it to stop)."""
+        self._stubs()
+        return self._work.ReadAnswer(
+            work_pb.ReadAnswerRequest(answer_token=answer_token),
+            timeout=timeout_s,
+            metadata=_bearer(token),
+        )
+
+    def call_stream(self, token: str, timeout_s: float) -> Any:
+        """A ``CallStream`` call, for a request body that streams in: write its start and
+        body, read its answer."""
+        self._stubs()
+        return self._work.CallStream(timeout=timeout_s, metadata=_bearer(token))
 
     async def close(self) -> None:
         """Closes the channel."""
         await self._channel.close()
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)

@@ -18,8 +18,10 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -33,11 +35,15 @@ from cgn_common.http import check_request, end_to_end
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
 from cgn_common.status import rpc_details
+from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES
 from gateway import cors, openapi
 from gateway._rpc import NodeClient
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, SESSION_HEADER, error_response
+from generated.cgn.common.v1 import http_pb2
 from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
+from generated.cgn.work.v1 import work_pb2
+from generated.cgn.work.v1 import work_service_pb2 as work_pb
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +72,8 @@ _DSERVICES_PREFIX = "/v1/dservices/"
 
 #: Where a handler keeps the request id, for the error middleware.
 _REQUEST_ID = web.RequestKey("cgn_request_id", str)
+#: Set when the DApp waits for ``100 Continue`` before its body, not yet sent.
+_EXPECTING = web.RequestKey("cgn_expecting", bool)
 
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
 NODE_KEY = web.AppKey("node", NodeClient)
@@ -86,27 +94,11 @@ class _BadBodyError(Exception):
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused unread when ``Content-Length`` is over ``limit``, cut as soon
-    as a chunked one passes it, and given up when no byte comes for ``body_timeout_s``."""
+    """The whole body, refused unread when ``Content-Length`` is over ``limit`` (see
+    :func:`_body_slices` for the rest)."""
     if request.content_length is not None and request.content_length > limit:
         raise _BodyTooLargeError
-    timeout_s = request.app[CONFIG_KEY].body_timeout_s
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise _BodyTimeoutError from None
-        except HttpProcessingError:  # broken chunked framing and the like: the DApp's bytes
-            raise _BadBodyError from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLargeError
-        chunks.append(chunk)
+    return b"".join([data async for data in _body_slices(request, limit)])
 
 
 def _too_large(limit: int, request_id: str = "") -> web.Response:
@@ -145,19 +137,27 @@ async def _read_body(
     except _BodyTimeoutError:
         return _body_timeout(request.app[CONFIG_KEY].body_timeout_s, request_id)
     except _BadBodyError:
-        response = error_response(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "malformed request body framing",
-            reason="BAD_HTTP_REQUEST",
-            request_id=request_id,
-        )
-        response.force_close()
-        return response
+        return _bad_body(request_id)
 
 
-def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+def _bad_body(request_id: str = "") -> web.Response:
+    response = error_response(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "malformed request body framing",
+        reason="BAD_HTTP_REQUEST",
+        request_id=request_id,
+    )
+    response.force_close()
+    return response
+
+
+def _expect_within(
+    limit: int, *, deferred: bool = False
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
     """An ``Expect`` handler: ``100 Continue`` only when the announced body fits ``limit``;
-    a body ``Content-Length`` shows too big is refused with 413 before the DApp sends it."""
+    a body ``Content-Length`` shows too big is refused with 413 before the DApp sends it.
+    ``deferred``: the handler sends the 100 itself (:func:`_continue`) once the node has
+    accepted the request, so a body the account's or DService's limit refuses is never sent."""
 
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if request.headers.get("Expect", "").lower() != "100-continue":
@@ -169,41 +169,30 @@ def _expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRe
             )
         if request.content_length is not None and request.content_length > limit:
             return _too_large(limit)
-        if request.version >= (1, 1):
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the answer proper has not started
+        if deferred:
+            request[_EXPECTING] = True
+        else:
+            await _continue(request)
         return None
 
     return expect
 
 
+async def _continue(request: web.Request) -> None:
+    """``100 Continue`` to a DApp that waits for it before sending its body."""
+    request[_EXPECTING] = False
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turns every failure into the JSON error shape; never leaks internals."""
-    config = request.app[CONFIG_KEY]
     try:
         return await handler(request)
     except grpc.aio.AioRpcError as exc:
-        if exc.code() is grpc.StatusCode.INTERNAL:
-            log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
-        reason, retry_after = rpc_details(exc)
-        if reason == "CERTIFICATE_REVOKED":
-            log_event(_log, "gateway_certificate_revoked", logging.ERROR, path=request.path)
-        message = exc.details() or exc.code().name
-        if not reason:
-            # Not the node's own answer but the channel's (e.g. "failed to connect to
-            # ipv4:10.0.0.5:9091"): internal addresses stay in the log.
-            log_event(
-                _log, "node_call_failed", logging.WARNING, code=exc.code().name, detail=message
-            )
-            message, reason = _CHANNEL_ERRORS.get(exc.code(), (exc.code().name, ""))
-        return error_response(
-            exc.code(),
-            message,
-            retry_after_s=max(1, math.ceil(retry_after)) if retry_after else config.retry_after_s,
-            reason=reason,
-            request_id=request.get(_REQUEST_ID, ""),
-        )
+        return _rpc_error(request, exc)
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         response = error_response(
@@ -226,6 +215,29 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:
         log_event(_log, "gateway_internal_error", logging.ERROR, exc=exc, path=request.path)
         return error_response(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _rpc_error(request: web.Request, exc: grpc.aio.AioRpcError) -> web.Response:
+    """The JSON error of a failed call to the node."""
+    config = request.app[CONFIG_KEY]
+    if exc.code() is grpc.StatusCode.INTERNAL:
+        log_event(_log, "node_internal_error", logging.ERROR, path=request.path)
+    reason, retry_after = rpc_details(exc)
+    if reason == "CERTIFICATE_REVOKED":
+        log_event(_log, "gateway_certificate_revoked", logging.ERROR, path=request.path)
+    message = exc.details() or exc.code().name
+    if not reason:
+        # Not the node's own answer but the channel's (e.g. "failed to connect to
+        # ipv4:10.0.0.5:9091"): internal addresses stay in the log.
+        log_event(_log, "node_call_failed", logging.WARNING, code=exc.code().name, detail=message)
+        message, reason = _CHANNEL_ERRORS.get(exc.code(), (exc.code().name, ""))
+    return error_response(
+        exc.code(),
+        message,
+        retry_after_s=max(1, math.ceil(retry_after)) if retry_after else config.retry_after_s,
+        reason=reason,
+        request_id=request.get(_REQUEST_ID, ""),
+    )
 
 
 #: What a failed call to the node says when the node itself did not answer (no reason).
@@ -439,6 +451,12 @@ class ProxiedResponse(web.Response):
     exact: list[tuple[str, str]]
 
 
+class ProxiedStream(web.StreamResponse):
+    """A DService's answer whose body streams: headers as for :class:`ProxiedResponse`."""
+
+    exact: list[tuple[str, str]]
+
+
 def _response_headers(
     headers: list[tuple[str, bytes]], request_id: str
 ) -> list[tuple[str, str]] | None:
@@ -459,11 +477,12 @@ async def _restore_headers(request: web.Request, response: web.StreamResponse) -
     """``on_response_prepare``: a proxied answer's headers, exactly as the DService sent them
     (plus ``Date`` when it sent none, as RFC 9110 6.6.1 asks of a proxy), and
     ``Content-Length`` as aiohttp framed the body when the DService had chunked it."""
-    if not isinstance(response, ProxiedResponse):
+    if not isinstance(response, ProxiedResponse | ProxiedStream):
         return
     prepared = response.headers
     # aiohttp's framing and connection handling stay; nothing else of its own.
-    kept = {k: prepared[k] for k in ("Date", "Content-Length", "Connection") if k in prepared}
+    framing = ("Date", "Content-Length", "Transfer-Encoding", "Connection")
+    kept = {k: prepared[k] for k in framing if k in prepared}
     prepared.clear()
     for name, value in response.exact:
         prepared.add(name, value)
@@ -472,7 +491,7 @@ async def _restore_headers(request: web.Request, response: web.StreamResponse) -
             prepared[name] = value
 
 
-async def call_dservice(request: web.Request) -> web.Response:
+async def call_dservice(request: web.Request) -> web.StreamResponse:
     """``ANY /v1/dservices/{name}/{path}``: forwards the request unchanged."""
     config = request.app[CONFIG_KEY]
     request_id = request[_REQUEST_ID] = _request_id(request)
@@ -497,41 +516,242 @@ async def call_dservice(request: web.Request) -> web.Response:
         return _session_missing(request_id)
     if not _well_formed(token):
         return _session_invalid(request_id)
-    body = await _read_body(request, config.max_work_body_bytes, request_id)
-    if isinstance(body, web.Response):
-        return body
     raw = [(n.decode("latin-1"), v) for n, v in request.raw_headers]
     drop = STRIPPED_REQUEST_HEADERS | ({"authorization"} if in_authorization else set())
     headers = end_to_end(raw, drop) + _forwarded(request, name)
-    query = request.rel_url.raw_query_string
-    try:
-        check_request(request.method, path, query, headers, len(body), config.max_work_body_bytes)
-    except CgnError as exc:
-        return error_response(exc.code, exc.message, request_id=request_id)
-    status, response_headers, response_body = await request.app[NODE_KEY].call(
-        token,
-        name,
-        request.method,
-        path,
-        query,
-        headers,
-        body,
-        timeout_s=timeout_s,
-        request_id=request_id,
+    head = http_pb2.HttpRequestHead(
+        method=request.method,
+        path=path,
+        query=request.rel_url.raw_query_string,
+        headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in headers],
     )
-    exact = _response_headers(response_headers, request_id)
-    if exact is None:
-        log_event(_log, "dservice_header_not_utf8", logging.WARNING, dservice=name)
-        return error_response(
-            grpc.StatusCode.UNKNOWN,
-            "the DService answered a header value that is not UTF-8, which this gateway "
-            "cannot write (gRPC clients receive it as sent)",
-            reason="DSERVICE_FAILED",
-            request_id=request_id,
+    length = request.content_length
+    if length is not None and length > config.max_work_body_bytes:
+        return _too_large(config.max_work_body_bytes, request_id)
+    call = _Call(request, token, name, head, time.monotonic() + timeout_s)
+    if request.can_read_body and (length is None or length > INLINE_BODY_BYTES):
+        return await call.streamed_in()
+    return await call.whole()
+
+
+class _Call:
+    """One DService call through the node: a body at hand goes in a unary ``Call``, a large
+    or chunked one streams in through ``CallStream`` (the node spools it, so a re-dispatch
+    can resend it). Either way the answer streams out as the DService sends it when it has
+    no ``Content-Length`` or a large one, and a cut answer ends the DApp's connection short
+    (docs/architecture.md, "Data plane")."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        token: str,
+        dservice: str,
+        head: http_pb2.HttpRequestHead,
+        deadline: float,
+    ) -> None:
+        self.request = request
+        self.token = token
+        self.dservice = dservice
+        self.head = head
+        self.deadline = deadline
+        self.config = request.app[CONFIG_KEY]
+        self.node = request.app[NODE_KEY]
+        self.request_id = request[_REQUEST_ID]
+
+    def _remaining_s(self) -> float:
+        return max(0.001, self.deadline - time.monotonic())
+
+    def _checked(self, body_length: int) -> web.Response | None:
+        head = self.head
+        try:
+            check_request(
+                head.method,
+                head.path,
+                head.query,
+                [(h.name, h.value) for h in head.headers],
+                body_length,
+                self.config.max_work_body_bytes,
+            )
+        except CgnError as exc:
+            return error_response(exc.code, exc.message, request_id=self.request_id)
+        return None
+
+    async def whole(self) -> web.StreamResponse:
+        """A body of at most INLINE_BODY_BYTES (or none): read, then one ``Call``."""
+        if self.request.get(_EXPECTING):
+            await _continue(self.request)
+        body = await _read_body(self.request, self.config.max_work_body_bytes, self.request_id)
+        if isinstance(body, web.Response):
+            return body
+        refused = self._checked(len(body))
+        if refused is not None:
+            return refused
+        self.head.content_length = len(body)
+        response = await self.node.call(
+            self.token,
+            self.dservice,
+            self.head,
+            body,
+            timeout_s=self._remaining_s(),
+            request_id=self.request_id,
         )
-    response = ProxiedResponse(status=status, body=response_body)
-    response.exact = exact
-    return response
+        if not response.answer_token:
+            return self._answer(response.head, response.body)
+        call = self.node.read_answer(self.token, response.answer_token, self._remaining_s())
+        return await self._stream_out(response.head, call)
+
+    async def streamed_in(self) -> web.StreamResponse:
+        """A large or chunked body: ``CallStream``, its start first; the body is read from the
+        DApp only once the node accepted the start (limits checked against
+        ``Content-Length``), and sent on as it comes, flow control pacing the DApp."""
+        request = self.request
+        if request.content_length is not None:
+            self.head.content_length = request.content_length
+        refused = self._checked(self.head.content_length)
+        if refused is not None:
+            return refused
+        call = self.node.call_stream(self.token, self._remaining_s())
+        try:
+            start = work_pb.CallStart(
+                dservice=self.dservice,
+                head=self.head,
+                options=work_pb2.WorkOptions(request_id=self.request_id),
+                await_accept=True,
+            )
+            await call.write(work_pb.CallStreamRequest(start=start))
+            accepted = await call.read()  # a refusal raises: the body is never read
+            limit = min(self.config.max_work_body_bytes, accepted.accepted.max_body_bytes)
+            if request.get(_EXPECTING):
+                await _continue(request)
+            refused = await self._send_body(call, limit)
+            if refused is not None:
+                call.cancel()
+                return refused
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            call.cancel()
+            response = _rpc_error(request, exc)
+            if not request.content.at_eof():
+                response.force_close()  # the rest of the body is never read
+            return response
+        except BaseException:
+            call.cancel()
+            raise
+        return await self._stream_out(first.head, call)
+
+    async def _send_body(self, call: Any, limit: int) -> web.Response | None:
+        """The DApp's body to the node in BODY_CHUNK_BYTES messages; the refusal when it is
+        too large, too slow or malformed. A write the node refused (it ended the call) stops
+        the body: the call's own error follows when its answer is read."""
+        try:
+            async for data in _body_slices(self.request, limit):
+                await call.write(work_pb.CallStreamRequest(body=http_pb2.BodyChunk(data=data)))
+            await call.write(work_pb.CallStreamRequest(body=http_pb2.BodyChunk(end_of_body=True)))
+            await call.done_writing()
+        except _BodyTooLargeError:
+            return _too_large(limit, self.request_id)
+        except _BodyTimeoutError:
+            return _body_timeout(self.config.body_timeout_s, self.request_id)
+        except _BadBodyError:
+            return _bad_body(self.request_id)
+        except asyncio.InvalidStateError:
+            pass
+        return None
+
+    def _answer(self, head: http_pb2.HttpResponseHead, body: bytes) -> web.Response:
+        exact = self._exact(head)
+        if isinstance(exact, web.Response):
+            return exact
+        response = ProxiedResponse(status=head.status_code, body=body)
+        response.exact = exact
+        return response
+
+    def _exact(self, head: http_pb2.HttpResponseHead) -> list[tuple[str, str]] | web.Response:
+        exact = _response_headers([(h.name, h.value) for h in head.headers], self.request_id)
+        if exact is None:
+            log_event(_log, "dservice_header_not_utf8", logging.WARNING, dservice=self.dservice)
+            return error_response(
+                grpc.StatusCode.UNKNOWN,
+                "the DService answered a header value that is not UTF-8, which this gateway "
+                "cannot write (gRPC clients receive it as sent)",
+                reason="DSERVICE_FAILED",
+                request_id=self.request_id,
+            )
+        return exact
+
+    async def _stream_out(self, head: http_pb2.HttpResponseHead, call: Any) -> web.StreamResponse:
+        """An answer whose body comes as ``call``'s messages: the head goes out at once, each
+        slice as it comes (``Content-Length`` kept when the DService sent one, else chunked).
+        A call that fails after the head ends the connection without the answer's end (no
+        last chunk, or fewer bytes than announced): the DApp's client sees it incomplete."""
+        try:
+            exact = self._exact(head)
+            if isinstance(exact, web.Response):
+                return exact
+            response = ProxiedStream(status=head.status_code)
+            response.exact = exact
+            length = next((v for n, v in exact if n.lower() == "content-length"), None)
+            if length is not None and length.isdigit():
+                response.content_length = int(length)
+            elif self.request.version >= (1, 1):
+                response.enable_chunked_encoding()
+            else:
+                response.force_close()  # HTTP/1.0: the end of the body is the connection's
+            await response.prepare(self.request)
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    if message.WhichOneof("kind") == "body":
+                        await response.write(message.body.data)
+            except grpc.aio.AioRpcError as exc:
+                log_event(
+                    _log,
+                    "answer_cut",
+                    logging.WARNING,
+                    dservice=self.dservice,
+                    request_id=self.request_id,
+                    reason=rpc_details(exc)[0] or exc.code().name,
+                )
+                _cut(self.request)
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            call.cancel()  # nothing once it ended; a DApp gone mid-answer stops the work
+
+
+def _cut(request: web.Request) -> None:
+    """Ends the DApp's connection at once, without the end of the answer."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def _body_slices(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body in slices of about BODY_CHUNK_BYTES as the DApp sends it, cut as
+    soon as it passes ``limit``; given up when no byte comes for ``body_timeout_s``."""
+    timeout_s = request.app[CONFIG_KEY].body_timeout_s
+    held: list[bytes] = []
+    held_size = 0
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise _BodyTimeoutError from None
+        except HttpProcessingError:  # broken chunked framing and the like: the DApp's bytes
+            raise _BadBodyError from None
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError
+        if chunk:
+            held.append(chunk)
+            held_size += len(chunk)
+        if held and (not chunk or held_size >= BODY_CHUNK_BYTES):
+            yield b"".join(held)
+            held, held_size = [], 0
+        if not chunk:
+            return
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -554,7 +774,7 @@ def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
     app[CONFIG_KEY] = config
     app[NODE_KEY] = node
     control = _expect_within(config.max_control_body_bytes)
-    work = _expect_within(config.max_work_body_bytes)
+    work = _expect_within(config.max_work_body_bytes, deferred=True)
     add = app.router.add_route
     add("POST", "/v1/sessions", create_session, expect_handler=control)
     add("DELETE", "/v1/sessions", revoke_session, expect_handler=control)

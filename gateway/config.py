@@ -19,7 +19,9 @@ class GatewayConfig:
         64 * 1024, "Largest body on control endpoints (413 above)."
     )
     max_work_body_bytes: int = option(
-        32 * 1024 * 1024, "Largest DService request body until streaming lands (413 above)."
+        2 * 1024**3,
+        "Largest DService request body (413 above, refused before it is read when "
+        "Content-Length shows it); the node, the account and the DService may allow less.",
     )
     request_timeout_s: int = option(
         60,

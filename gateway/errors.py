@@ -34,6 +34,8 @@ HTTP_STATUS_BY_REASON: dict[str, int] = {
     "ACCOUNT_IN_FLIGHT_LIMIT": 429,
     # Too many failed logins from this address: a per-client limit.
     "LOGIN_THROTTLED": 429,
+    # A body over the node's, the account's or the DService's limit.
+    "BODY_TOO_LARGE": 413,
     # The DService answered badly or failed: the gateway's upstream is at fault.
     "DSERVICE_FAILED": 502,
     # Every dispatch failed and the retry budget ran out: the DApp waited in vain.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from cgn_common.rpc import open_channel
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
+from tests.helpers import http1
 from tests.helpers.sandbox import RunningSandbox, peak_rss_mib, reset_peak_rss
 
 
@@ -111,22 +113,149 @@ async def test_a_large_body_goes_both_ways_through_callstream(sandbox: RunningSa
     )
 
 
-async def test_a_512_mib_answer_streams_through_node_and_miner_in_bounded_memory(
+MIB = 1024 * 1024
+
+
+def _miner_down_events(sb: RunningSandbox) -> int:
+    """How often the node has given up on a dispatch or seen a miner leave so far."""
+    text = (sb.state_dir / "logs" / "node.log").read_text()
+    return sum(text.count(f'"event": "{e}"') for e in ("dispatch_failed", "miner_left"))
+
+
+async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_small_requests(
     sandbox: RunningSandbox,
 ) -> None:
-    size = 512 * 1024 * 1024
+    size = 1024 * MIB
     watched = {
         name: int(process["pid"])
-        for name, process in sandbox.info["processes"].items()
-        if name == "node" or name.startswith("miner")
+        for name, process in sandbox.current()["processes"].items()
+        if name in ("gateway", "node") or name.startswith("miner")
     }
     for pid in watched.values():
         reset_peak_rss(pid)
-    got = await _call_stream(sandbox, "/large", [("X-Echo-Generate-Bytes", str(size).encode())])
-    received = sum(len(m.body.data) for _, m in got if m.WhichOneof("kind") == "body")
-    assert received == size
-    assert got[-1][1].receipt.usage.bytes_out == size
-    # Neither process held the answer: their peaks during it stay far below its size.
+    seed = os.urandom(MIB)
+    sent_digest = hashlib.sha256()
+    for n in range(size // MIB):
+        sent_digest.update(seed[n:] + seed[:n])
+    # What X-Echo-Generate-Bytes sends: every byte value in turn, 256 KiB over and over.
+    pattern_digest = hashlib.sha256(bytes(range(256)) * 1024 * (size // (256 * 1024)))
+    down_before = _miner_down_events(sandbox)
+
+    async def body() -> AsyncIterator[bytes]:
+        for n in range(size // MIB):
+            yield seed[n:] + seed[:n]
+
+    token = await sandbox.session_token()
+    auth = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def upload() -> object:
+            headers = {**auth, "X-Echo-Digest": "sha256", "Content-Length": str(size)}
+            async with http.post(
+                f"{sandbox.url}/v1/dservices/echo/up", data=body(), headers=headers
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+                return await answer.json()
+
+        async def download() -> tuple[str, int]:
+            headers = {**auth, "X-Echo-Generate-Bytes": str(size)}
+            got = hashlib.sha256()
+            received = 0
+            async with http.get(f"{sandbox.url}/v1/dservices/echo/down", headers=headers) as a:
+                assert a.status == 200, await a.text()
+                async for chunk in a.content.iter_chunked(MIB):
+                    got.update(chunk)
+                    received += len(chunk)
+            return got.hexdigest(), received
+
+        transfers = asyncio.gather(upload(), download())
+        statuses: list[int] = []
+
+        async def small() -> None:
+            while not transfers.done() or len(statuses) < 100:
+                async with http.get(f"{sandbox.url}/v1/dservices/echo/small", headers=auth) as a:
+                    await a.read()
+                    statuses.append(a.status)
+
+        smalls = asyncio.gather(*(small() for _ in range(4)))
+        uploaded, (downloaded, received) = await asyncio.wait_for(transfers, 300)
+        await asyncio.wait_for(smalls, 60)
+    assert uploaded == {"sha256": sent_digest.hexdigest(), "size": size}
+    assert (downloaded, received) == (pattern_digest.hexdigest(), size)
+    assert len(statuses) >= 100
+    assert set(statuses) == {200}, statuses
+    assert _miner_down_events(sandbox) == down_before  # no miner was declared down
     for name, pid in watched.items():
         peak = peak_rss_mib(pid)
         assert peak < 256, f"{name} peaked at {peak:.0f} MiB"
+
+
+async def test_a_dripping_dservice_reaches_the_dapp_line_by_line_through_the_gateway(
+    sandbox: RunningSandbox,
+) -> None:
+    token = await sandbox.session_token()
+    headers = {"Authorization": f"Bearer {token}", "X-Echo-Drip": "15x200"}
+    async with aiohttp.ClientSession() as http:
+        began = time.monotonic()
+        async with http.get(f"{sandbox.url}/v1/dservices/echo/drip", headers=headers) as a:
+            assert a.status == 200
+            assert a.headers.get("Transfer-Encoding") == "chunked"  # no length: chunked
+            first = await a.content.readline()
+            first_s = time.monotonic() - began
+            rest = await a.read()
+        last_s = time.monotonic() - began
+    assert first + rest == b"".join(b"line %d\n" % n for n in range(1, 16))
+    # The DService takes 2.8 s to finish; its first line must not wait for the rest.
+    assert first_s < 1.0, f"first line after {first_s:.3f} s"
+    assert last_s - first_s > 2.0
+
+
+async def test_a_chunked_upload_streams_through_the_gateway_whole(
+    sandbox: RunningSandbox,
+) -> None:
+    body = os.urandom(3 * MIB + 5)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no length: aiohttp sends it chunked
+        for at in range(0, len(body), 100_000):
+            yield body[at : at + 100_000]
+
+    token = await sandbox.session_token()
+    headers = {"Authorization": f"Bearer {token}", "X-Echo-Digest": "sha256"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sandbox.url}/v1/dservices/echo/up", data=chunks(), headers=headers) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+        got = await answer.json()
+    assert got == {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+
+
+async def test_a_3_gib_upload_is_refused_with_a_json_413_before_it_is_read(
+    sandbox: RunningSandbox,
+) -> None:
+    token = await sandbox.session_token()
+    host, _, port = sandbox.url.removeprefix("http://").rpartition(":")
+    for expect in ([], [(b"Expect", b"100-continue")]):
+        # Only the head is sent: an answer means the gateway did not wait for the body.
+        answer = await http1.exchange(
+            host,
+            int(port),
+            b"POST",
+            b"/v1/dservices/echo/up",
+            [
+                (b"Host", b"cgn"),
+                (b"Authorization", f"Bearer {token}".encode()),
+                (b"Content-Length", str(3 * 1024**3).encode()),
+                *expect,
+            ],
+            send_body=False,
+        )
+        assert answer.status == 413, answer
+        assert json.loads(answer.body)["error"]["reason"] == "BODY_TOO_LARGE"
+        assert answer.values(b"Connection") == [b"close"]
+    after = f"{sandbox.url}/v1/dservices/echo/after"  # and it keeps serving
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(after, headers={"Authorization": f"Bearer {token}"}) as a,
+    ):
+        assert a.status == 200

@@ -34,8 +34,11 @@ async def exchange(
     headers: Sequence[tuple[bytes, bytes]],
     body: bytes = b"",
     timeout_s: float = 20.0,
+    *,
+    send_body: bool = True,
 ) -> Answer:
-    """Sends one request to ``host:port`` and reads the whole answer (bounded)."""
+    """Sends one request to ``host:port`` and reads the whole answer (bounded);
+    ``send_body=False`` sends the head alone (whatever it announces) and waits."""
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -43,7 +46,8 @@ async def exchange(
             data = conn.send(h11.Request(method=method, target=target, headers=list(headers)))
             if body:
                 data += conn.send(h11.Data(data=body))
-            data += conn.send(h11.EndOfMessage())
+            if send_body:
+                data += conn.send(h11.EndOfMessage())
             writer.write(data)
             await writer.drain()
             status = 0

@@ -58,6 +58,7 @@ class WorkOptions(_message.Message):
     DATA_TTL_FIELD_NUMBER: _builtins.int
     END_USER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ANSWERS_FIELD_NUMBER: _builtins.int
     affinity_key: _builtins.str
     """Requests with the same affinity key go to the same miner while it is connected."""
     sensitive: _builtins.bool
@@ -69,6 +70,11 @@ class WorkOptions(_message.Message):
     request_id: _builtins.str
     """The caller's request id (1-128 of A-Z a-z 0-9 . _ -); the node makes one when empty. It
     is passed to the DService as `X-Request-Id`, logged, and returned in the receipt.
+    """
+    stream_answers: _builtins.bool
+    """For Call: hand back an answer the DService streams as its head and an answer_token
+    (read the rest with ReadAnswer) instead of collecting it whole; answers that come whole
+    (a Content-Length of at most 64 KiB) are returned as always.
     """
     @_builtins.property
     def preferred_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
@@ -98,10 +104,11 @@ class WorkOptions(_message.Message):
         data_ttl: _duration_pb2.Duration | None = ...,
         end_user_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        stream_answers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "price_cap", b"price_cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "request_id", b"request_id", "sensitive", b"sensitive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "request_id", b"request_id", "sensitive", b"sensitive", "stream_answers", b"stream_answers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from generated.cgn.common.v1 import http_pb2 as cgn_dot_common_dot_v1_dot_http__
 from generated.cgn.work.v1 import work_pb2 as cgn_dot_work_dot_v1_dot_work__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63gn/work/v1/work_service.proto\x12\x0b\x63gn.work.v1\x1a\x18\x63gn/common/v1/http.proto\x1a\x16\x63gn/work/v1/work.proto\"\x86\x01\n\x0b\x43\x61llRequest\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12,\n\x04head\x18\x02 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.cgn.work.v1.WorkOptions\"v\n\x0c\x43\x61llResponse\x12-\n\x04head\x18\x01 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12)\n\x07receipt\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkReceipt\"v\n\tCallStart\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12,\n\x04head\x18\x02 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12)\n\x07options\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkOptions\"n\n\x11\x43\x61llStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.cgn.work.v1.CallStartH\x00\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x42\x06\n\x04kind\"\xa4\x01\n\x12\x43\x61llStreamResponse\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHeadH\x00\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12+\n\x07receipt\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkReceiptH\x00\x42\x06\n\x04kind2\x9d\x01\n\x0bWorkService\x12;\n\x04\x43\x61ll\x12\x18.cgn.work.v1.CallRequest\x1a\x19.cgn.work.v1.CallResponse\x12Q\n\nCallStream\x12\x1e.cgn.work.v1.CallStreamRequest\x1a\x1f.cgn.work.v1.CallStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63gn/work/v1/work_service.proto\x12\x0b\x63gn.work.v1\x1a\x18\x63gn/common/v1/http.proto\x1a\x16\x63gn/work/v1/work.proto\"\x86\x01\n\x0b\x43\x61llRequest\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12,\n\x04head\x18\x02 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12)\n\x07options\x18\x04 \x01(\x0b\x32\x18.cgn.work.v1.WorkOptions\"\x8c\x01\n\x0c\x43\x61llResponse\x12-\n\x04head\x18\x01 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12)\n\x07receipt\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkReceipt\x12\x14\n\x0c\x61nswer_token\x18\x04 \x01(\t\")\n\x11ReadAnswerRequest\x12\x14\n\x0c\x61nswer_token\x18\x01 \x01(\t\"s\n\x12ReadAnswerResponse\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12+\n\x07receipt\x18\x02 \x01(\x0b\x32\x18.cgn.work.v1.WorkReceiptH\x00\x42\x06\n\x04kind\"\x8c\x01\n\tCallStart\x12\x10\n\x08\x64service\x18\x01 \x01(\t\x12,\n\x04head\x18\x02 \x01(\x0b\x32\x1e.cgn.common.v1.HttpRequestHead\x12)\n\x07options\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkOptions\x12\x14\n\x0c\x61wait_accept\x18\x04 \x01(\x08\"&\n\x0c\x43\x61llAccepted\x12\x16\n\x0emax_body_bytes\x18\x01 \x01(\x04\"n\n\x11\x43\x61llStreamRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x16.cgn.work.v1.CallStartH\x00\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x42\x06\n\x04kind\"\xd3\x01\n\x12\x43\x61llStreamResponse\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.cgn.common.v1.HttpResponseHeadH\x00\x12(\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x18.cgn.common.v1.BodyChunkH\x00\x12+\n\x07receipt\x18\x03 \x01(\x0b\x32\x18.cgn.work.v1.WorkReceiptH\x00\x12-\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x0b\x32\x19.cgn.work.v1.CallAcceptedH\x00\x42\x06\n\x04kind2\xee\x01\n\x0bWorkService\x12;\n\x04\x43\x61ll\x12\x18.cgn.work.v1.CallRequest\x1a\x19.cgn.work.v1.CallResponse\x12Q\n\nCallStream\x12\x1e.cgn.work.v1.CallStreamRequest\x1a\x1f.cgn.work.v1.CallStreamResponse(\x01\x30\x01\x12O\n\nReadAnswer\x12\x1e.cgn.work.v1.ReadAnswerRequest\x1a\x1f.cgn.work.v1.ReadAnswerResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLREQUEST']._serialized_start=98
   _globals['_CALLREQUEST']._serialized_end=232
-  _globals['_CALLRESPONSE']._serialized_start=234
-  _globals['_CALLRESPONSE']._serialized_end=352
-  _globals['_CALLSTART']._serialized_start=354
-  _globals['_CALLSTART']._serialized_end=472
-  _globals['_CALLSTREAMREQUEST']._serialized_start=474
-  _globals['_CALLSTREAMREQUEST']._serialized_end=584
-  _globals['_CALLSTREAMRESPONSE']._serialized_start=587
-  _globals['_CALLSTREAMRESPONSE']._serialized_end=751
-  _globals['_WORKSERVICE']._serialized_start=754
-  _globals['_WORKSERVICE']._serialized_end=911
+  _globals['_CALLRESPONSE']._serialized_start=235
+  _globals['_CALLRESPONSE']._serialized_end=375
+  _globals['_READANSWERREQUEST']._serialized_start=377
+  _globals['_READANSWERREQUEST']._serialized_end=418
+  _globals['_READANSWERRESPONSE']._serialized_start=420
+  _globals['_READANSWERRESPONSE']._serialized_end=535
+  _globals['_CALLSTART']._serialized_start=538
+  _globals['_CALLSTART']._serialized_end=678
+  _globals['_CALLACCEPTED']._serialized_start=680
+  _globals['_CALLACCEPTED']._serialized_end=718
+  _globals['_CALLSTREAMREQUEST']._serialized_start=720
+  _globals['_CALLSTREAMREQUEST']._serialized_end=830
+  _globals['_CALLSTREAMRESPONSE']._serialized_start=833
+  _globals['_CALLSTREAMRESPONSE']._serialized_end=1044
+  _globals['_WORKSERVICE']._serialized_start=1047
+  _globals['_WORKSERVICE']._serialized_end=1285
 # @@protoc_insertion_point(module_scope)

@@ -66,8 +66,15 @@ class CallResponse(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    ANSWER_TOKEN_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     """The whole response body."""
+    answer_token: _builtins.str
+    """Set, with WorkOptions.stream_answers, when the DService streams its answer (no
+    Content-Length, or a body over 64 KiB): head holds its status and headers, body and
+    receipt are empty, and ReadAnswer with this token returns the rest. Unread within 10 s,
+    the answer is dropped and the work billed as abandoned.
+    """
     @_builtins.property
     def head(self) -> _http_pb2.HttpResponseHead:
         """The HTTP response head from the DService."""
@@ -82,14 +89,69 @@ class CallResponse(_message.Message):
         head: _http_pb2.HttpResponseHead | None = ...,
         body: _builtins.bytes = ...,
         receipt: _work_pb2.WorkReceipt | None = ...,
+        answer_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "head", b"head", "receipt", b"receipt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token", "body", b"body", "head", b"head", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallResponse: _TypeAlias = CallResponse  # noqa: Y015
+
+@_typing.final
+class ReadAnswerRequest(_message.Message):
+    """Which streamed answer to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_TOKEN_FIELD_NUMBER: _builtins.int
+    answer_token: _builtins.str
+    """CallResponse.answer_token; good once, for the account that made the call."""
+    def __init__(
+        self,
+        *,
+        answer_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_token", b"answer_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAnswerRequest: _TypeAlias = ReadAnswerRequest  # noqa: Y015
+
+@_typing.final
+class ReadAnswerResponse(_message.Message):
+    """A ReadAnswer message: body slices, then the receipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def body(self) -> _http_pb2.BodyChunk:
+        """A slice of the response body."""
+
+    @_builtins.property
+    def receipt(self) -> _work_pb2.WorkReceipt:
+        """The receipt; always the last message."""
+
+    def __init__(
+        self,
+        *,
+        body: _http_pb2.BodyChunk | None = ...,
+        receipt: _work_pb2.WorkReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["body", "receipt"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ReadAnswerResponse: _TypeAlias = ReadAnswerResponse  # noqa: Y015
 
 @_typing.final
 class CallStart(_message.Message):
@@ -100,8 +162,14 @@ class CallStart(_message.Message):
     DSERVICE_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    AWAIT_ACCEPT_FIELD_NUMBER: _builtins.int
     dservice: _builtins.str
     """The DService name."""
+    await_accept: _builtins.bool
+    """When set, the node checks the start (session, DService, body limits against
+    head.content_length) and answers CallStreamResponse.accepted before it reads the body:
+    a client that waits for it never sends a body that would be refused.
+    """
     @_builtins.property
     def head(self) -> _http_pb2.HttpRequestHead:
         """The HTTP request head for the DService."""
@@ -116,14 +184,39 @@ class CallStart(_message.Message):
         dservice: _builtins.str = ...,
         head: _http_pb2.HttpRequestHead | None = ...,
         options: _work_pb2.WorkOptions | None = ...,
+        await_accept: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dservice", b"dservice", "head", b"head", "options", b"options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["await_accept", b"await_accept", "dservice", b"dservice", "head", b"head", "options", b"options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallStart: _TypeAlias = CallStart  # noqa: Y015
+
+@_typing.final
+class CallAccepted(_message.Message):
+    """The node accepted a CallStart (sent only when it asked for await_accept)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
+    max_body_bytes: _builtins.int
+    """The most body bytes this request may send (the smallest of the node's, the account's
+    and the DService's limits).
+    """
+    def __init__(
+        self,
+        *,
+        max_body_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_body_bytes", b"max_body_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallAccepted: _TypeAlias = CallAccepted  # noqa: Y015
 
 @_typing.final
 class CallStreamRequest(_message.Message):
@@ -166,6 +259,7 @@ class CallStreamResponse(_message.Message):
     HEAD_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def head(self) -> _http_pb2.HttpResponseHead:
         """The HTTP response head; always the first message."""
@@ -178,18 +272,23 @@ class CallStreamResponse(_message.Message):
     def receipt(self) -> _work_pb2.WorkReceipt:
         """The receipt; always the last message."""
 
+    @_builtins.property
+    def accepted(self) -> Global___CallAccepted:
+        """The start is accepted: send the body (before the head; only with await_accept)."""
+
     def __init__(
         self,
         *,
         head: _http_pb2.HttpResponseHead | None = ...,
         body: _http_pb2.BodyChunk | None = ...,
         receipt: _work_pb2.WorkReceipt | None = ...,
+        accepted: Global___CallAccepted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "head", b"head", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "body", b"body", "head", b"head", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "head", b"head", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "body", b"body", "head", b"head", "kind", b"kind", "receipt", b"receipt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["head", "body", "receipt"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["head", "body", "receipt", "accepted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

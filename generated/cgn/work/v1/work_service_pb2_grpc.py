@@ -49,6 +49,11 @@ class WorkServiceStub(object):
                 request_serializer=cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamRequest.SerializeToString,
                 response_deserializer=cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamResponse.FromString,
                 _registered_method=True)
+        self.ReadAnswer = channel.unary_stream(
+                '/cgn.work.v1.WorkService/ReadAnswer',
+                request_serializer=cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerRequest.SerializeToString,
+                response_deserializer=cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerResponse.FromString,
+                _registered_method=True)
 
 
 class WorkServiceServicer(object):
@@ -74,6 +79,14 @@ class WorkServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAnswer(self, request, context):
+        """Reads the rest of an answer that Call handed back streamed (CallResponse.answer_token,
+        only with WorkOptions.stream_answers): its body slices as they come, then the receipt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +99,11 @@ def add_WorkServiceServicer_to_server(servicer, server):
                     servicer.CallStream,
                     request_deserializer=cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamRequest.FromString,
                     response_serializer=cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamResponse.SerializeToString,
+            ),
+            'ReadAnswer': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadAnswer,
+                    request_deserializer=cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerRequest.FromString,
+                    response_serializer=cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +164,33 @@ class WorkService(object):
             '/cgn.work.v1.WorkService/CallStream',
             cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamRequest.SerializeToString,
             cgn_dot_work_dot_v1_dot_work__service__pb2.CallStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cgn.work.v1.WorkService/ReadAnswer',
+            cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerRequest.SerializeToString,
+            cgn_dot_work_dot_v1_dot_work__service__pb2.ReadAnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

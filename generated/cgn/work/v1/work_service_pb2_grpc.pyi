@@ -45,6 +45,10 @@ class WorkServiceStub:
     The client sends a start message then body chunks; the server answers with the
     response head, body chunks, and a final receipt.
     """
+    ReadAnswer: _grpc.UnaryStreamMultiCallable[_work_service_pb2.ReadAnswerRequest, _work_service_pb2.ReadAnswerResponse]
+    """Reads the rest of an answer that Call handed back streamed (CallResponse.answer_token,
+    only with WorkOptions.stream_answers): its body slices as they come, then the receipt.
+    """
 
 @_typing.type_check_only
 class WorkServiceAsyncStub(WorkServiceStub):
@@ -61,6 +65,10 @@ class WorkServiceAsyncStub(WorkServiceStub):
     """Runs one request with a streamed body in either direction (bodies up to 2 GiB).
     The client sends a start message then body chunks; the server answers with the
     response head, body chunks, and a final receipt.
+    """
+    ReadAnswer: _aio.UnaryStreamMultiCallable[_work_service_pb2.ReadAnswerRequest, _work_service_pb2.ReadAnswerResponse]  # type: ignore[assignment]
+    """Reads the rest of an answer that Call handed back streamed (CallResponse.answer_token,
+    only with WorkOptions.stream_answers): its body slices as they come, then the receipt.
     """
 
 class WorkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -87,6 +95,16 @@ class WorkServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs one request with a streamed body in either direction (bodies up to 2 GiB).
         The client sends a start message then body chunks; the server answers with the
         response head, body chunks, and a final receipt.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadAnswer(
+        self,
+        request: _work_service_pb2.ReadAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_work_service_pb2.ReadAnswerResponse], _abc.AsyncIterator[_work_service_pb2.ReadAnswerResponse]]:
+        """Reads the rest of an answer that Call handed back streamed (CallResponse.answer_token,
+        only with WorkOptions.stream_answers): its body slices as they come, then the receipt.
         """
 
 def add_WorkServiceServicer_to_server(servicer: WorkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
