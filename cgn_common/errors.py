@@ -76,13 +76,21 @@ class ResourceExhaustedError(CgnError):
     """Over a limit: a queue past its danger threshold, a body too large."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    retry_after_s = 1.0
+    retry_after_s: float | None = 1.0
 
 
 class AccountLimitError(ResourceExhaustedError):
     """One account has too much work in flight (gateway: 429 + Retry-After)."""
 
     reason = "ACCOUNT_IN_FLIGHT_LIMIT"
+
+
+class BodyTooLargeError(ResourceExhaustedError):
+    """A request body over a limit (the node's, the account's or the DService's): refused
+    before it is read (gateway: 413). Retrying the same body cannot succeed."""
+
+    reason = "BODY_TOO_LARGE"
+    retry_after_s = None
 
 
 class DServiceFailedError(CgnError):
@@ -136,7 +144,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
 
 
 _BY_REASON: dict[str, type[CgnError]] = {
-    cls.reason: cls for cls in (AccountLimitError, DServiceFailedError)
+    cls.reason: cls for cls in (AccountLimitError, BodyTooLargeError, DServiceFailedError)
 }
 
 

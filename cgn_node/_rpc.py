@@ -30,6 +30,7 @@ from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
 from cgn_node.broker import Broker, MinerFailedError, Outcome
 from cgn_node.central_client import CentralClient
+from cgn_node.limits import check_body_size
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.standing import SESSION_KINDS
@@ -103,7 +104,7 @@ class Sessions(session_grpc.SessionServiceServicer):
             raise
         self._throttle.succeeded(request.account_id, address)
         token, claims = self._issuer.issue(
-            account.account_id, account.allowed_tiers, account.session_epoch
+            account.account_id, account.allowed_tiers, account.session_epoch, account.max_body_bytes
         )
         response = session_pb.CreateSessionResponse(
             token=token,
@@ -253,6 +254,9 @@ class Work(work_grpc.WorkServiceServicer):
         if not _DSERVICE_NAME.match(request.dservice):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
         head = request.head
+        # The node's, the account's and the DService's body limits: BODY_TOO_LARGE.
+        limit = self._broker.body_limits.limit(request.dservice)
+        check_body_size(len(request.body), self._max_body_bytes, claims, request.dservice, limit)
         # Before any DService sees it: what the gateway checks, for callers that skip it.
         check_request(
             head.method,
