@@ -223,9 +223,11 @@ class NodeLink:
             )
 
     async def _info(self, account: Account) -> pb.AccountInfo:
-        """What a node needs of an account: standing, session epoch, where payouts go."""
+        """What a node needs of an account: standing, session epoch, its body limit, where
+        payouts go."""
         info = account_info(account, await self._linker.revocations.epoch(account.account_id))
         info.ethereum_address = account.ethereum_address
+        info.max_body_bytes = await self._accounts.effective_max_body_bytes(account.account_id)
         choice = await self._accounts.payout_choice(account.account_id)
         if choice.charity_account_id and choice.charity_share_ppm:
             charity = await self._accounts.get(choice.charity_account_id)

@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 Context: TypeAlias = Any
 
 
-def _account_proto(account: Account) -> acct_pb.Account:
+def _account_proto(account: Account, max_body_bytes: int = 0) -> acct_pb.Account:
     message = acct_pb.Account(
         account_id=account.account_id,
         kind=int(account.kind),  # type: ignore[arg-type]
@@ -41,6 +41,7 @@ def _account_proto(account: Account) -> acct_pb.Account:
         verifier_count=account.verifier_count,
         ethereum_address=account.ethereum_address,
         banned=account.banned,
+        max_body_bytes=max_body_bytes,
     )
     message.created_at.FromDatetime(account.created_at)
     return message
@@ -71,9 +72,10 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
             tier=tier,
             parent_account_id=request.parent_account_id,
             ethereum_address=request.ethereum_address,
+            max_body_bytes=request.max_body_bytes,
         )
         return acct_pb.CreateAccountResponse(
-            account=_account_proto(created.account),
+            account=_account_proto(created.account, request.max_body_bytes),
             api_key=created.api_key,
             password=created.password,
         )
@@ -82,7 +84,8 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
         self, request: acct_pb.GetAccountRequest, context: Context
     ) -> acct_pb.GetAccountResponse:
         account = await self._accounts.get(request.account_id)
-        return acct_pb.GetAccountResponse(account=_account_proto(account))
+        limit = await self._accounts.max_body_bytes(account.account_id)
+        return acct_pb.GetAccountResponse(account=_account_proto(account, limit))
 
     async def ListAccounts(  # noqa: N802
         self, request: acct_pb.ListAccountsRequest, context: Context
@@ -93,7 +96,10 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
                 raise InvalidArgumentError("kind: omit it for every kind; UNSPECIFIED is rejected")
             kind = AccountKind(request.kind)
         accounts = await self._accounts.list(kind)
-        return acct_pb.ListAccountsResponse(accounts=[_account_proto(a) for a in accounts])
+        limits = await self._accounts.all_max_body_bytes()
+        return acct_pb.ListAccountsResponse(
+            accounts=[_account_proto(a, limits.get(a.account_id, 0)) for a in accounts]
+        )
 
     async def BanAccount(  # noqa: N802
         self, request: acct_pb.BanAccountRequest, context: Context
@@ -129,8 +135,9 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
     async def UpdateAccount(  # noqa: N802
         self, request: acct_pb.UpdateAccountRequest, context: Context
     ) -> acct_pb.UpdateAccountResponse:
-        """Changes where an account's payouts go (Ethereum address, charity and share); the
-        other settings of UpdateAccountRequest are not changeable yet (UNIMPLEMENTED)."""
+        """Changes where an account's payouts go (Ethereum address, charity and share) and its
+        request-body limit; the other settings of UpdateAccountRequest are not changeable yet
+        (UNIMPLEMENTED)."""
         if (
             request.display_name
             or request.allowed_tiers
@@ -139,8 +146,11 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
             or request.HasField("default_data_ttl")
         ):
             raise UnimplementedError(
-                "only ethereum_address and the charity can be changed in this version"
+                "only ethereum_address, the charity and max_body_bytes can be changed in this "
+                "version"
             )
+        if request.HasField("max_body_bytes"):
+            await self._accounts.set_max_body_bytes(request.account_id, request.max_body_bytes)
         account, choice = await self._accounts.update_payouts(
             request.account_id,
             ethereum_address=request.ethereum_address or None,
@@ -151,7 +161,7 @@ class AccountAdmin(acct_grpc.AccountAdminServiceServicer):
                 request.charity_share_ppm if request.HasField("charity_share_ppm") else None
             ),
         )
-        message = _account_proto(account)
+        message = _account_proto(account, await self._accounts.max_body_bytes(account.account_id))
         message.charity_account_id = choice.charity_account_id
         message.charity_share_ppm = choice.charity_share_ppm
         return acct_pb.UpdateAccountResponse(account=message)

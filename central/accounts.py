@@ -56,6 +56,24 @@ class AccountPayoutRow(SQLModel, table=True):
     charity_share_ppm: int = 0
 
 
+class AccountLimitsRow(SQLModel, table=True):
+    """An account's own limits, where an operator set them (a table of its own, like
+    ``account_payouts``, so older databases gain it without a migration)."""
+
+    __tablename__ = "account_limits"
+
+    account_id: str = Field(primary_key=True)
+    #: The largest request body in bytes; 0: Central's default.
+    max_body_bytes: int = 0
+
+
+#: The largest per-account body limit that can be stored (SQL BIGINT).
+_MAX_STORED_BYTES = 2**63 - 1
+
+#: Central's default per-account request-body limit: 2 GiB.
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PayoutChoice:
     """An account's charity and the share of its payouts it gives (ppm)."""
@@ -125,8 +143,11 @@ class AccountStore:
         engine: AsyncEngine,
         hasher: PasswordHasher | None = None,
         memory_budget_bytes: int = 512 * 1024 * 1024,
+        default_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._engine = engine
+        #: The body limit of accounts without one of their own.
+        self.default_max_body_bytes = default_max_body_bytes
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash = self._hasher.hash(new_secret("dummy"))
         # Each Argon2 check holds memory_cost KiB: bound the checks running at once by the
@@ -155,10 +176,13 @@ class AccountStore:
         tier: Tier | None = None,
         parent_account_id: str = "",
         ethereum_address: str = "",
+        max_body_bytes: int = 0,
     ) -> NewAccount:
-        """Creates an account; returns it with its API key and password."""
+        """Creates an account; returns it with its API key and password. ``max_body_bytes``:
+        its request-body limit (0: Central's default)."""
         if kind is AccountKind.MINER and tier is None:
             raise InvalidArgumentError("a miner account needs a tier")
+        _check_body_limit(max_body_bytes)
         if kind is AccountKind.ENTERPRISE and not allowed_tiers:
             allowed_tiers = DEFAULT_ENTERPRISE_TIERS
         if parent_account_id:
@@ -184,6 +208,8 @@ class AccountStore:
         )
         async with AsyncSession(self._engine, expire_on_commit=False) as session:
             session.add(row)
+            if max_body_bytes:
+                session.add(AccountLimitsRow(account_id=account_id, max_body_bytes=max_body_bytes))
             await session.commit()
         return NewAccount(Account.from_row(row), api_key, password)
 
@@ -251,6 +277,40 @@ class AccountStore:
         return PayoutChoice(row.charity_account_id, row.charity_share_ppm)
 
     @uncancellable
+    async def max_body_bytes(self, account_id: str) -> int:
+        """The account's own request-body limit in bytes (0: it has none)."""
+        async with AsyncSession(self._engine) as session:
+            row = await session.get(AccountLimitsRow, account_id)
+        return row.max_body_bytes if row is not None else 0
+
+    async def effective_max_body_bytes(self, account_id: str) -> int:
+        """The request-body limit that applies to the account: its own, else the default."""
+        return await self.max_body_bytes(account_id) or self.default_max_body_bytes
+
+    @uncancellable
+    async def all_max_body_bytes(self) -> dict[str, int]:
+        """Every account's own request-body limit, by account id (accounts without one are
+        absent)."""
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(select(AccountLimitsRow))).all()
+        return {r.account_id: r.max_body_bytes for r in rows}
+
+    @uncancellable
+    async def set_max_body_bytes(self, account_id: str, max_body_bytes: int) -> None:
+        """Sets the account's request-body limit (0: back to Central's default). Nodes apply
+        it to sessions opened from now on."""
+        _check_body_limit(max_body_bytes)
+        async with AsyncSession(self._engine) as session:
+            if await session.get(AccountRow, account_id) is None:
+                raise NotFoundError(f"no account {account_id!r}")
+            row = await session.get(AccountLimitsRow, account_id) or AccountLimitsRow(
+                account_id=account_id
+            )
+            row.max_body_bytes = max_body_bytes
+            session.add(row)
+            await session.commit()
+
+    @uncancellable
     async def update_payouts(
         self,
         account_id: str,
@@ -291,3 +351,8 @@ class AccountStore:
         return Account.from_row(row), PayoutChoice(
             payouts.charity_account_id, payouts.charity_share_ppm
         )
+
+
+def _check_body_limit(max_body_bytes: int) -> None:
+    if not 0 <= max_body_bytes <= _MAX_STORED_BYTES:
+        raise InvalidArgumentError(f"max_body_bytes must be within 0..{_MAX_STORED_BYTES}")

@@ -41,4 +41,10 @@ class CentralConfig:
     insecure_plaintext: bool = option(
         False, "DEVELOPMENT ONLY: no TLS, peers unauthenticated. Logged loudly when on."
     )
+    default_max_body_bytes: int = option(
+        2 * 1024 * 1024 * 1024,
+        "The largest request body, in bytes, of an account without a limit of its own "
+        "(`cgn accounts set-body-limit`); nodes refuse a larger one (BODY_TOO_LARGE). "
+        "Default 2 GiB; 0: none (only the nodes' own limits apply).",
+    )
     log_level: str = option("INFO", "Log level.")

@@ -31,6 +31,7 @@ async def open_engine(url: str) -> AsyncEngine:
     _ = (
         central.accounts.AccountRow,
         central.accounts.AccountPayoutRow,
+        central.accounts.AccountLimitsRow,
         central.revocations.SessionEpochRow,
     )
     return engine

@@ -45,7 +45,9 @@ class Central:
     async def start(self) -> dict[str, str]:
         """Opens the database, serves the admin port and dials every registered node."""
         self.engine = await open_engine(self.config.database_url)
-        self.accounts = AccountStore(self.engine)
+        self.accounts = AccountStore(
+            self.engine, default_max_body_bytes=self.config.default_max_body_bytes
+        )
         self.nodes = NodeRegistry(self.engine)
         self.revocations = RevocationStore(self.engine)
         self.linker = Linker(

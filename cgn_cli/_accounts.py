@@ -1,6 +1,6 @@
-"""``cgn accounts ban | unban | revoke-sessions | set-payouts``: operator actions at Central's
-admin port (mutual TLS with an operator certificate; ``--sandbox DIR`` takes all of it from a
-sandbox)."""
+"""``cgn accounts ban | unban | revoke-sessions | set-payouts | set-body-limit``: operator
+actions at Central's admin port (mutual TLS with an operator certificate; ``--sandbox DIR``
+takes all of it from a sandbox)."""
 
 from __future__ import annotations
 
@@ -134,3 +134,15 @@ def set_payouts(
         f"{account.account_id}: address {account.ethereum_address or '-'}, charity "
         f"{account.charity_account_id or '-'} ({account.charity_share_ppm} ppm)"
     )
+
+
+@accounts.command("set-body-limit")
+@click.argument("account_id")
+@click.argument("max_body_bytes", type=click.IntRange(0, 2**63 - 1))
+@click.pass_context
+def set_body_limit(ctx: click.Context, account_id: str, max_body_bytes: int) -> None:
+    """Set the largest request body, in bytes, an account may send (0: Central's
+    default_max_body_bytes). Sessions opened from now on carry it."""
+    account = _run(ctx, lambda admin: admin.set_max_body_bytes(account_id, max_body_bytes))
+    limit = f"{account.max_body_bytes} bytes" if account.max_body_bytes else "Central's default"
+    click.echo(f"{account.account_id}: request bodies up to {limit}")

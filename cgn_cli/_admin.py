@@ -111,6 +111,14 @@ class AdminClient:
         )
         return response.account
 
+    async def set_max_body_bytes(self, account_id: str, max_body_bytes: int) -> acct_pb.Account:
+        """Sets an account's request-body limit (0: Central's default); returns the account."""
+        request = acct_pb.UpdateAccountRequest(account_id=account_id, max_body_bytes=max_body_bytes)
+        response: acct_pb.UpdateAccountResponse = await self._accounts.UpdateAccount(
+            request, timeout=30
+        )
+        return response.account
+
     async def close(self) -> None:
         """Closes the channel."""
         await self._channel.close()

@@ -18,6 +18,9 @@ Docker runtime and signed packages of a later issue add their own tables (``[doc
 
     egress = []           # none: the DService needs no network beyond its listener
 
+    [limits]
+    max_body_bytes = 1048576   # optional: the largest request body it takes
+
 Parsed with :mod:`tomllib` and validated by pydantic models (extra keys are errors, so a typo
 never passes silently); errors name the file and the field.
 """
@@ -88,6 +91,19 @@ class Resources(_Strict):
     gpu: bool = False
 
 
+#: The largest ``[limits] max_body_bytes`` a descriptor may give: 2 GiB.
+MAX_BODY_LIMIT_BYTES = 2 * 1024 * 1024 * 1024
+
+
+class Limits(_Strict):
+    """``[limits]``: what the DService takes at most."""
+
+    #: The largest request body in bytes (at most 2 GiB); none: no limit of its own (the
+    #: node's and the account's still apply). Miners announce it in their offers; the node
+    #: and the miner refuse a larger body before reading it (BODY_TOO_LARGE).
+    max_body_bytes: int | None = Field(default=None, gt=0, le=MAX_BODY_LIMIT_BYTES, strict=True)
+
+
 class DServiceDescriptor(_Strict):
     """A parsed ``dservice.toml``."""
 
@@ -96,6 +112,7 @@ class DServiceDescriptor(_Strict):
     description: str = ""
     process: ProcessSpec | None = None
     resources: Resources = Field(default_factory=Resources)
+    limits: Limits = Field(default_factory=Limits)
     #: Hosts (``host:port``) the DService may reach. Empty (the default): none. The process
     #: runtime cannot enforce this (docs/dservices.md); the Docker runtime will.
     egress: tuple[str, ...] = ()
@@ -152,6 +169,11 @@ class LoadedDescriptor:
     def name(self) -> str:
         """The DService's name."""
         return self.descriptor.name
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The DService's request-body limit in bytes; 0: none of its own."""
+        return self.descriptor.limits.max_body_bytes or 0
 
     @property
     def process(self) -> ProcessSpec:

@@ -144,7 +144,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CgnError]] = {
 
 
 _BY_REASON: dict[str, type[CgnError]] = {
-    cls.reason: cls for cls in (AccountLimitError, DServiceFailedError)
+    cls.reason: cls for cls in (AccountLimitError, BodyTooLargeError, DServiceFailedError)
 }
 
 

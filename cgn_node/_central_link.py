@@ -50,6 +50,7 @@ def _account(info: pb.AccountInfo) -> AccountInfo:
         charity_pseudonym=info.charity_pseudonym,
         charity_share_ppm=info.charity_share_ppm,
         charity_ethereum_address=info.charity_ethereum_address,
+        max_body_bytes=info.max_body_bytes,
     )
 
 

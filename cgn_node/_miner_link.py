@@ -487,6 +487,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         welcome.ack_deadline.FromMilliseconds(int(self._ack_deadline_s * 1000))
         welcome.availability_interval.FromSeconds(10)
         await miner.send(pb.ConnectResponse(nonce=miner.next_nonce(), welcome=welcome))
+        self._broker.body_limits.offered(miner, {d.name: d.max_body_bytes for d in hello.dservices})
         self._broker.add_miner(miner)
         self._miners.add(miner)
         reader = asyncio.create_task(self._read(context, miner))
@@ -497,6 +498,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             reader.cancel()
             closed.cancel()
             self._broker.remove_miner(miner)
+            self._broker.body_limits.withdrawn(miner)
             self._miners.discard(miner)
             miner.fail_all("miner disconnected")
             log_event(

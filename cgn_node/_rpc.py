@@ -8,14 +8,13 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from cgn_common.certs import Role
 from cgn_common.errors import (
-    BodyTooLargeError,
     CgnError,
     DeadlineExceededError,
     InvalidArgumentError,
@@ -33,6 +32,7 @@ from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
 from cgn_node.broker import Broker, MinerFailedError, Outcome
 from cgn_node.central_client import CentralClient
+from cgn_node.limits import body_limit, check_body_size
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.spool import Spool, SpoolBudget
@@ -111,7 +111,7 @@ class Sessions(session_grpc.SessionServiceServicer):
             raise
         self._throttle.succeeded(request.account_id, address)
         token, claims = self._issuer.issue(
-            account.account_id, account.allowed_tiers, account.session_epoch
+            account.account_id, account.allowed_tiers, account.session_epoch, account.max_body_bytes
         )
         response = session_pb.CreateSessionResponse(
             token=token,
@@ -252,17 +252,21 @@ class Work(work_grpc.WorkServiceServicer):
         start = first.start
         head = start.head
         declared = head.content_length if head.HasField("content_length") else None
-        limit = self._max_stream_body_bytes
-        if declared is not None and declared > limit:
-            raise _too_large(declared, limit)
         probe = work_pb.CallRequest(dservice=start.dservice, head=head, options=start.options)
         stream = ResponseBody()
         unit = self._new_unit(probe, context, stream, body_size=declared or 0)
+        claims: SessionClaims = current_caller().session
+        dservice_limit = self._broker.body_limits.limit(start.dservice)
+        limit, _ = body_limit(self._max_stream_body_bytes, claims, dservice_limit)
+
+        def check(size: int) -> None:
+            self._check_body_size(size, claims, start.dservice, streamed=True)
+
         if start.await_accept:
             yield work_pb.CallStreamResponse(accepted=work_pb.CallAccepted(max_body_bytes=limit))
         spool = Spool(self._spool_budget, directory=self._spool_dir)
         try:
-            await self._spool_body(request_iterator, spool, limit)
+            await self._spool_body(request_iterator, spool, check)
             if declared is not None and spool.size != declared:
                 raise InvalidArgumentError(
                     f"the body has {spool.size} bytes, not the {declared} its head declares"
@@ -319,18 +323,29 @@ class Work(work_grpc.WorkServiceServicer):
                 finished = self._finished(unit, outcome, started, usage)
             self._record(replace(finished, outcome=state))
 
+    def _check_body_size(
+        self, size: int, claims: SessionClaims, dservice: str, *, streamed: bool
+    ) -> None:
+        """BODY_TOO_LARGE for a body over the node's (unary or streamed), the account's or
+        the DService's limit, whichever is smallest (cgn_node/limits.py)."""
+        node_max = self._max_stream_body_bytes if streamed else self._max_body_bytes
+        dservice_limit = self._broker.body_limits.limit(dservice)
+        check_body_size(size, node_max, claims, dservice, dservice_limit)
+
     @staticmethod
     async def _spool_body(
-        parts: AsyncIterator[work_pb.CallStreamRequest], spool: Spool, limit: int
+        parts: AsyncIterator[work_pb.CallStreamRequest],
+        spool: Spool,
+        check: Callable[[int], None],
     ) -> None:
         """A CallStream's request body into ``spool``: its BodyChunks until end_of_body (or
-        the end of the stream), cut with BODY_TOO_LARGE as soon as it passes ``limit``."""
+        the end of the stream), cut with BODY_TOO_LARGE (``check``) as soon as it passes the
+        limit."""
         async for part in parts:
             if part.WhichOneof("kind") != "body":
                 raise InvalidArgumentError("after its CallStart, a CallStream sends BodyChunks")
             data = part.body.data
-            if spool.size + len(data) > limit:
-                raise _too_large(spool.size + len(data), limit)
+            check(spool.size + len(data))
             await spool.write(data)
             if part.body.end_of_body:
                 break
@@ -349,6 +364,9 @@ class Work(work_grpc.WorkServiceServicer):
         if not _DSERVICE_NAME.match(request.dservice):
             raise InvalidArgumentError(f"invalid DService name {request.dservice!r}")
         head = request.head
+        # The node's, the account's and the DService's body limits: BODY_TOO_LARGE.
+        size = len(request.body) if body_size is None else body_size
+        self._check_body_size(size, claims, request.dservice, streamed=body_size is not None)
         # Before any DService sees it: what the gateway checks, for callers that skip it.
         check_request(
             head.method,
@@ -506,10 +524,6 @@ class Work(work_grpc.WorkServiceServicer):
         """Waits (bounded) for the rows of calls that have ended to be queued."""
         if self.recording:
             await asyncio.wait(set(self.recording), timeout=timeout_s)
-
-
-def _too_large(size: int, limit: int) -> BodyTooLargeError:
-    return BodyTooLargeError(f"the request body of {size} bytes exceeds the limit of {limit}")
 
 
 @dataclass(eq=False)

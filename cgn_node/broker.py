@@ -40,6 +40,7 @@ from cgn_common.errors import (
 )
 from cgn_common.logs import log_event
 from cgn_common.types import Tier
+from cgn_node.limits import DServiceLimits
 from cgn_node.work import WorkResult, WorkUnit
 
 _log = logging.getLogger(__name__)
@@ -155,6 +156,9 @@ class Broker:
         self._affinity: collections.OrderedDict[str, MinerHandle] = collections.OrderedDict()
         self._seq = itertools.count()
         self.redispatches = 0
+        #: The request-body limits the connected miners offer per DService (the miner link
+        #: records a miner's offers as it joins and leaves).
+        self.body_limits = DServiceLimits()
 
     # -- miners -----------------------------------------------------------------------------
 

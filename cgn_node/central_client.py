@@ -28,6 +28,9 @@ class AccountInfo:
     charity_pseudonym: str = ""
     charity_share_ppm: int = 0
     charity_ethereum_address: str = ""
+    #: The largest request body in bytes it may send (its own limit or Central's default);
+    #: 0: no account limit beyond the node's.
+    max_body_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ class SessionClaims:
     issued_at_ms: int = 0
     #: The account's session epoch at Central when the token was issued.
     epoch: int = 0
+    #: The account's request-body limit in bytes as Central gave it at login; 0 (also in
+    #: tokens issued before it existed): no account limit beyond the node's.
+    max_body_bytes: int = 0
 
 
 class SessionInvalidError(UnauthenticatedError):
@@ -145,10 +148,15 @@ class SessionIssuer:
         self.revocations = revocations or RevocationView()
 
     def issue(
-        self, account_id: str, allowed_tiers: Sequence[Tier], epoch: int = 0
+        self,
+        account_id: str,
+        allowed_tiers: Sequence[Tier],
+        epoch: int = 0,
+        max_body_bytes: int = 0,
     ) -> tuple[str, SessionClaims]:
-        """Returns a new token and its claims; ``epoch`` is the account's session epoch as
-        Central gave it with the login."""
+        """Returns a new token and its claims; ``epoch`` is the account's session epoch and
+        ``max_body_bytes`` its request-body limit (0: none), as Central gave them with the
+        login."""
         self.revocations.account_revoked(account_id, epoch)
         claims = SessionClaims(
             session_id=secrets.token_hex(16),
@@ -157,6 +165,7 @@ class SessionIssuer:
             expires_at=float(int(time.time()) + self.ttl_s),
             issued_at_ms=int(time.time() * 1000),
             epoch=epoch,
+            max_body_bytes=max_body_bytes,
         )
         payload = json.dumps(
             {
@@ -166,6 +175,7 @@ class SessionIssuer:
                 "e": int(claims.expires_at),
                 "i": claims.issued_at_ms,
                 "v": epoch,
+                "b": max_body_bytes,
                 "n": self._node_id,
             },
             separators=(",", ":"),
@@ -197,6 +207,7 @@ class SessionIssuer:
                 expires_at=float(data["e"]),
                 issued_at_ms=int(data.get("i", 0)),
                 epoch=int(data.get("v", 0)),
+                max_body_bytes=int(data.get("b", 0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SessionInvalidError() from exc

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from cgn_common.errors import (
+    BodyTooLargeError,
     CgnError,
     DeadlineExceededError,
     DServiceFailedError,
@@ -169,7 +170,9 @@ class LinkSession:
             api_key=self._config.miner_key.reveal(),
             fitness=fitness,
             dservices=[
-                dservice_pb2.DServiceOffer(name=n, version=d.version)
+                dservice_pb2.DServiceOffer(
+                    name=n, version=d.version, max_body_bytes=d.max_body_bytes
+                )
                 for n, d in self._runtime.dservices.items()
             ],
             software_version="0.1.0",
@@ -381,6 +384,7 @@ class LinkSession:
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
         try:
             async with asyncio.timeout(timeout_s):
+                _check_body_size(assignment, self._runtime.get(assignment.dservice).max_body_bytes)
                 body: RequestBody = assignment.body
                 if not assignment.body_complete:
                     exchange.append(await self._open_exchange(token))
@@ -494,6 +498,17 @@ class LinkSession:
             dispatch_token=assignment.dispatch_token, status=status_proto(error)
         )
         await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
+
+
+def _check_body_size(assignment: pb.WorkAssignment, limit: int) -> None:
+    """Refuses, before fetching it, a request body over the DService's descriptor limit
+    (``limit``, 0: none); the node checks first, this holds for any node."""
+    size = assignment.body_size if not assignment.body_complete else len(assignment.body)
+    if limit and size > limit:
+        raise BodyTooLargeError(
+            f"the request body is {size} bytes, over the limit of DService "
+            f"{assignment.dservice!r} of {limit} bytes (dservice)"
+        )
 
 
 def _fits_inline(method: str, answer: DServiceAnswer) -> bool:

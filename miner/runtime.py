@@ -203,6 +203,7 @@ class DServiceProcess:
     def __init__(self, loaded: LoadedDescriptor, state_dir: Path | None = None) -> None:
         self.name = loaded.name
         self.version = loaded.descriptor.version
+        self.max_body_bytes = loaded.max_body_bytes
         self.descriptor = loaded
         self._state_dir = state_dir
         self._process: asyncio.subprocess.Process | None = None
@@ -490,6 +491,8 @@ class DService(Protocol):
 
     name: str
     version: str
+    #: The largest request body it takes (its descriptor's ``[limits]``); 0: no limit.
+    max_body_bytes: int
 
     @property
     def running(self) -> bool:

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from central.accounts import AccountStore
 from central.db import open_engine
 from central.errors import BAD_CREDENTIALS, BadCredentialsError
-from cgn_common.errors import InvalidArgumentError
+from cgn_common.errors import InvalidArgumentError, NotFoundError
 from cgn_common.types import DEFAULT_ENTERPRISE_TIERS, AccountKind, Tier
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -97,6 +97,33 @@ async def test_a_wrong_key_and_an_unknown_account_cost_the_same(tmp_path: Path) 
         median_unknown = statistics.median(t for t, _ in unknown)
         assert abs(median_wrong - median_unknown) / median_wrong < 0.2
         assert store.hash_checks == 100
+    finally:
+        store.close()
+        await engine.dispose()
+
+
+async def test_an_accounts_body_limit_is_its_own_else_centrals_default(tmp_path: Path) -> None:
+    engine = await open_engine(f"sqlite+aiosqlite:///{tmp_path / 'central.db'}")
+    store = AccountStore(engine, FAST, default_max_body_bytes=3000)
+    try:
+        plain = (await store.create(AccountKind.ENTERPRISE, "plain")).account.account_id
+        own = (
+            await store.create(AccountKind.ENTERPRISE, "own", max_body_bytes=1234)
+        ).account.account_id
+        assert await store.max_body_bytes(plain) == 0
+        assert await store.effective_max_body_bytes(plain) == 3000
+        assert await store.effective_max_body_bytes(own) == 1234
+        await store.set_max_body_bytes(plain, 10**12)
+        assert await store.effective_max_body_bytes(plain) == 10**12
+        assert await store.all_max_body_bytes() == {plain: 10**12, own: 1234}
+        await store.set_max_body_bytes(own, 0)
+        assert await store.effective_max_body_bytes(own) == 3000
+        with pytest.raises(InvalidArgumentError, match="max_body_bytes"):
+            await store.set_max_body_bytes(own, -1)
+        with pytest.raises(InvalidArgumentError, match="max_body_bytes"):
+            await store.create(AccountKind.ENTERPRISE, "huge", max_body_bytes=2**63)
+        with pytest.raises(NotFoundError):
+            await store.set_max_body_bytes("acct_nobody", 5)
     finally:
         store.close()
         await engine.dispose()

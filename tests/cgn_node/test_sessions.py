@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 
 import pytest
@@ -84,3 +88,16 @@ def test_a_view_cut_off_from_central_refuses_tokens_after_its_bound() -> None:
     assert not view.synced(started)
     assert view.synced(view.sync_started())
     assert issuer.verify(token).account_id == "acct_1"
+
+
+def test_a_token_carries_the_accounts_body_limit_and_older_tokens_mean_none() -> None:
+    issuer = SessionIssuer(b"k" * 32, 60, "node-1")
+    token, claims = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE], epoch=1, max_body_bytes=5000)
+    assert claims.max_body_bytes == 5000
+    assert issuer.verify(token).max_body_bytes == 5000
+    # A token issued before the limit existed has no "b": no account limit beyond the node's.
+    payload = {"s": "s1", "a": "acct_1", "t": [1], "e": int(time.time()) + 60, "i": 0, "v": 1}
+    body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    signature = hmac.new(b"k" * 32, body.encode(), hashlib.sha256).digest()
+    old = f"{body}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    assert issuer.verify(old).max_body_bytes == 0

@@ -115,3 +115,36 @@ def test_cgn_dservice_init_scaffolds_once_and_refuses_bad_names(tmp_path: Path) 
     bad = runner.invoke(cli, ["dservice", "init", "Bad/Name", "--dir", str(tmp_path)])
     assert bad.exit_code == 2
     assert "is not a DService name" in bad.output
+
+
+def test_a_body_limit_is_read_from_limits_and_is_none_by_default(tmp_path: Path) -> None:
+    plain = 'name = "a"\nversion = "1"\n[process]\ncommand = ["x"]\n'
+    assert parse_descriptor(plain, "d", tmp_path).max_body_bytes == 0
+    limited = plain + "[limits]\nmax_body_bytes = 1048576\n"
+    loaded = parse_descriptor(limited, "d", tmp_path)
+    assert loaded.descriptor.limits.max_body_bytes == 1048576
+    assert loaded.max_body_bytes == 1048576
+    at_most = plain + f"[limits]\nmax_body_bytes = {2 * 1024**3}\n"
+    assert parse_descriptor(at_most, "d", tmp_path).max_body_bytes == 2 * 1024**3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "greater than 0"),
+        ("-5", "greater than 0"),
+        (str(2 * 1024**3 + 1), "less than or equal to 2147483648"),
+        ("1.5", "valid integer"),
+        ('"1024"', "valid integer"),
+        ("true", "valid integer"),
+    ],
+)
+def test_a_bad_body_limit_is_refused_naming_the_field(value: str, message: str) -> None:
+    base = 'name = "a"\nversion = "1"\n[process]\ncommand = ["x"]\n[limits]\n'
+    text = f"{base}max_body_bytes = {value}\n"
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_descriptor(text, "dservice.toml", Path("."))
+    assert "limits.max_body_bytes" in info.value.message
+    assert message in info.value.message
+    with pytest.raises(InvalidArgumentError, match=r"limits\.max_body: Extra"):
+        parse_descriptor(f"{base}max_body = 1\n", "dservice.toml", Path("."))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,15 @@ def central_config(pki: Pki, db: Path, replica: str = "central-1") -> CentralCon
 
 
 async def start_cluster(
-    tmp_path: Path, pki: Pki, central_timeout_s: int = 5, **node_options: Any
+    tmp_path: Path,
+    pki: Pki,
+    central_timeout_s: int = 5,
+    central_options: dict[str, Any] | None = None,
+    **node_options: Any,
 ) -> Cluster:
     """Starts Central, creates and registers a node account, starts the node (``NodeConfig``
-    fields in ``node_options``)."""
-    config = central_config(pki, tmp_path / "central.db")
+    fields in ``node_options``, ``CentralConfig`` fields in ``central_options``)."""
+    config = replace(central_config(pki, tmp_path / "central.db"), **(central_options or {}))
     central = Central(config)
     await central.start()
     node_id = (await central.accounts.create(AccountKind.NODE, "test node")).account.account_id

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cgn/admin/v1/account_admin_service.proto\x12\x0c\x63gn.admin.v1\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x03\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12*\n\rallowed_tiers\x18\x04 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x05 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x19\n\x11parent_account_id\x18\x06 \x01(\t\x12\x11\n\tpseudonym\x18\x07 \x01(\t\x12\x16\n\x0everifier_count\x18\x08 \x01(\r\x12\x33\n\x10\x64\x65\x66\x61ult_data_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65thereum_address\x18\n \x01(\t\x12\x0e\n\x06\x62\x61nned\x18\x0b \x01(\x08\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63harity_account_id\x18\r \x01(\t\x12\x19\n\x11\x63harity_share_ppm\x18\x0e \x01(\rB\x07\n\x05_tier\"\xe8\x01\n\x14\x43reateAccountRequest\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x04 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x19\n\x11parent_account_id\x18\x05 \x01(\t\x12\x18\n\x10\x65thereum_address\x18\x06 \x01(\tB\x07\n\x05_tier\"b\n\x15\x43reateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"<\n\x12GetAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"t\n\x13ListAccountsRequest\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKindH\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\tB\x07\n\x05_kind\"X\n\x14ListAccountsResponse\x12\'\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x15.cgn.admin.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf2\x02\n\x14UpdateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x04 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x16\n\x0everifier_count\x18\x05 \x01(\r\x12\x33\n\x10\x64\x65\x66\x61ult_data_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65thereum_address\x18\x07 \x01(\t\x12\x1f\n\x12\x63harity_account_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11\x63harity_share_ppm\x18\t \x01(\rH\x02\x88\x01\x01\x42\x07\n\x05_tierB\x15\n\x13_charity_account_idB\x14\n\x12_charity_share_ppm\"?\n\x15UpdateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"(\n\x12ResetApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"&\n\x13ResetApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"*\n\x14ResetPasswordRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\")\n\x15ResetPasswordResponse\x12\x10\n\x08password\x18\x01 \x01(\t\"7\n\x11\x42\x61nAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x12\x42\x61nAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\")\n\x13UnbanAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\">\n\x14UnbanAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"2\n\x1cRevokeAccountSessionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"J\n\x1dRevokeAccountSessionsResponse\x12\x15\n\rsession_epoch\x18\x01 \x01(\x04\x12\x12\n\nnodes_told\x18\x02 \x01(\r2\xb9\x06\n\x13\x41\x63\x63ountAdminService\x12X\n\rCreateAccount\x12\".cgn.admin.v1.CreateAccountRequest\x1a#.cgn.admin.v1.CreateAccountResponse\x12O\n\nGetAccount\x12\x1f.cgn.admin.v1.GetAccountRequest\x1a .cgn.admin.v1.GetAccountResponse\x12U\n\x0cListAccounts\x12!.cgn.admin.v1.ListAccountsRequest\x1a\".cgn.admin.v1.ListAccountsResponse\x12X\n\rUpdateAccount\x12\".cgn.admin.v1.UpdateAccountRequest\x1a#.cgn.admin.v1.UpdateAccountResponse\x12R\n\x0bResetApiKey\x12 .cgn.admin.v1.ResetApiKeyRequest\x1a!.cgn.admin.v1.ResetApiKeyResponse\x12X\n\rResetPassword\x12\".cgn.admin.v1.ResetPasswordRequest\x1a#.cgn.admin.v1.ResetPasswordResponse\x12O\n\nBanAccount\x12\x1f.cgn.admin.v1.BanAccountRequest\x1a .cgn.admin.v1.BanAccountResponse\x12U\n\x0cUnbanAccount\x12!.cgn.admin.v1.UnbanAccountRequest\x1a\".cgn.admin.v1.UnbanAccountResponse\x12p\n\x15RevokeAccountSessions\x12*.cgn.admin.v1.RevokeAccountSessionsRequest\x1a+.cgn.admin.v1.RevokeAccountSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(cgn/admin/v1/account_admin_service.proto\x12\x0c\x63gn.admin.v1\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x03\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12*\n\rallowed_tiers\x18\x04 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x05 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x19\n\x11parent_account_id\x18\x06 \x01(\t\x12\x11\n\tpseudonym\x18\x07 \x01(\t\x12\x16\n\x0everifier_count\x18\x08 \x01(\r\x12\x33\n\x10\x64\x65\x66\x61ult_data_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65thereum_address\x18\n \x01(\t\x12\x0e\n\x06\x62\x61nned\x18\x0b \x01(\x08\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63harity_account_id\x18\r \x01(\t\x12\x19\n\x11\x63harity_share_ppm\x18\x0e \x01(\r\x12\x16\n\x0emax_body_bytes\x18\x0f \x01(\x04\x42\x07\n\x05_tier\"\x80\x02\n\x14\x43reateAccountRequest\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKind\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x04 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x19\n\x11parent_account_id\x18\x05 \x01(\t\x12\x18\n\x10\x65thereum_address\x18\x06 \x01(\t\x12\x16\n\x0emax_body_bytes\x18\x07 \x01(\x04\x42\x07\n\x05_tier\"b\n\x15\x43reateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"<\n\x12GetAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"t\n\x13ListAccountsRequest\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cgn.common.v1.AccountKindH\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\tB\x07\n\x05_kind\"X\n\x14ListAccountsResponse\x12\'\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x15.cgn.admin.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x03\n\x14UpdateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\rallowed_tiers\x18\x03 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12&\n\x04tier\x18\x04 \x01(\x0e\x32\x13.cgn.common.v1.TierH\x00\x88\x01\x01\x12\x16\n\x0everifier_count\x18\x05 \x01(\r\x12\x33\n\x10\x64\x65\x66\x61ult_data_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x65thereum_address\x18\x07 \x01(\t\x12\x1f\n\x12\x63harity_account_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11\x63harity_share_ppm\x18\t \x01(\rH\x02\x88\x01\x01\x12\x1b\n\x0emax_body_bytes\x18\n \x01(\x04H\x03\x88\x01\x01\x42\x07\n\x05_tierB\x15\n\x13_charity_account_idB\x14\n\x12_charity_share_ppmB\x11\n\x0f_max_body_bytes\"?\n\x15UpdateAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"(\n\x12ResetApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"&\n\x13ResetApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"*\n\x14ResetPasswordRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\")\n\x15ResetPasswordResponse\x12\x10\n\x08password\x18\x01 \x01(\t\"7\n\x11\x42\x61nAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"<\n\x12\x42\x61nAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\")\n\x13UnbanAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\">\n\x14UnbanAccountResponse\x12&\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x15.cgn.admin.v1.Account\"2\n\x1cRevokeAccountSessionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"J\n\x1dRevokeAccountSessionsResponse\x12\x15\n\rsession_epoch\x18\x01 \x01(\x04\x12\x12\n\nnodes_told\x18\x02 \x01(\r2\xb9\x06\n\x13\x41\x63\x63ountAdminService\x12X\n\rCreateAccount\x12\".cgn.admin.v1.CreateAccountRequest\x1a#.cgn.admin.v1.CreateAccountResponse\x12O\n\nGetAccount\x12\x1f.cgn.admin.v1.GetAccountRequest\x1a .cgn.admin.v1.GetAccountResponse\x12U\n\x0cListAccounts\x12!.cgn.admin.v1.ListAccountsRequest\x1a\".cgn.admin.v1.ListAccountsResponse\x12X\n\rUpdateAccount\x12\".cgn.admin.v1.UpdateAccountRequest\x1a#.cgn.admin.v1.UpdateAccountResponse\x12R\n\x0bResetApiKey\x12 .cgn.admin.v1.ResetApiKeyRequest\x1a!.cgn.admin.v1.ResetApiKeyResponse\x12X\n\rResetPassword\x12\".cgn.admin.v1.ResetPasswordRequest\x1a#.cgn.admin.v1.ResetPasswordResponse\x12O\n\nBanAccount\x12\x1f.cgn.admin.v1.BanAccountRequest\x1a .cgn.admin.v1.BanAccountResponse\x12U\n\x0cUnbanAccount\x12!.cgn.admin.v1.UnbanAccountRequest\x1a\".cgn.admin.v1.UnbanAccountResponse\x12p\n\x15RevokeAccountSessions\x12*.cgn.admin.v1.RevokeAccountSessionsRequest\x1a+.cgn.admin.v1.RevokeAccountSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cgn.admin.v1.account_admin_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCOUNT']._serialized_start=151
-  _globals['_ACCOUNT']._serialized_end=605
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=608
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=840
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=842
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=940
-  _globals['_GETACCOUNTREQUEST']._serialized_start=942
-  _globals['_GETACCOUNTREQUEST']._serialized_end=981
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=983
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=1043
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1045
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1161
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1163
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1251
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=1254
-  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1624
-  _globals['_UPDATEACCOUNTRESPONSE']._serialized_start=1626
-  _globals['_UPDATEACCOUNTRESPONSE']._serialized_end=1689
-  _globals['_RESETAPIKEYREQUEST']._serialized_start=1691
-  _globals['_RESETAPIKEYREQUEST']._serialized_end=1731
-  _globals['_RESETAPIKEYRESPONSE']._serialized_start=1733
-  _globals['_RESETAPIKEYRESPONSE']._serialized_end=1771
-  _globals['_RESETPASSWORDREQUEST']._serialized_start=1773
-  _globals['_RESETPASSWORDREQUEST']._serialized_end=1815
-  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1817
-  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1858
-  _globals['_BANACCOUNTREQUEST']._serialized_start=1860
-  _globals['_BANACCOUNTREQUEST']._serialized_end=1915
-  _globals['_BANACCOUNTRESPONSE']._serialized_start=1917
-  _globals['_BANACCOUNTRESPONSE']._serialized_end=1977
-  _globals['_UNBANACCOUNTREQUEST']._serialized_start=1979
-  _globals['_UNBANACCOUNTREQUEST']._serialized_end=2020
-  _globals['_UNBANACCOUNTRESPONSE']._serialized_start=2022
-  _globals['_UNBANACCOUNTRESPONSE']._serialized_end=2084
-  _globals['_REVOKEACCOUNTSESSIONSREQUEST']._serialized_start=2086
-  _globals['_REVOKEACCOUNTSESSIONSREQUEST']._serialized_end=2136
-  _globals['_REVOKEACCOUNTSESSIONSRESPONSE']._serialized_start=2138
-  _globals['_REVOKEACCOUNTSESSIONSRESPONSE']._serialized_end=2212
-  _globals['_ACCOUNTADMINSERVICE']._serialized_start=2215
-  _globals['_ACCOUNTADMINSERVICE']._serialized_end=3040
+  _globals['_ACCOUNT']._serialized_end=629
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=632
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=888
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=890
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=988
+  _globals['_GETACCOUNTREQUEST']._serialized_start=990
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1029
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=1031
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1091
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1093
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1209
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1211
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=1299
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=1302
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1720
+  _globals['_UPDATEACCOUNTRESPONSE']._serialized_start=1722
+  _globals['_UPDATEACCOUNTRESPONSE']._serialized_end=1785
+  _globals['_RESETAPIKEYREQUEST']._serialized_start=1787
+  _globals['_RESETAPIKEYREQUEST']._serialized_end=1827
+  _globals['_RESETAPIKEYRESPONSE']._serialized_start=1829
+  _globals['_RESETAPIKEYRESPONSE']._serialized_end=1867
+  _globals['_RESETPASSWORDREQUEST']._serialized_start=1869
+  _globals['_RESETPASSWORDREQUEST']._serialized_end=1911
+  _globals['_RESETPASSWORDRESPONSE']._serialized_start=1913
+  _globals['_RESETPASSWORDRESPONSE']._serialized_end=1954
+  _globals['_BANACCOUNTREQUEST']._serialized_start=1956
+  _globals['_BANACCOUNTREQUEST']._serialized_end=2011
+  _globals['_BANACCOUNTRESPONSE']._serialized_start=2013
+  _globals['_BANACCOUNTRESPONSE']._serialized_end=2073
+  _globals['_UNBANACCOUNTREQUEST']._serialized_start=2075
+  _globals['_UNBANACCOUNTREQUEST']._serialized_end=2116
+  _globals['_UNBANACCOUNTRESPONSE']._serialized_start=2118
+  _globals['_UNBANACCOUNTRESPONSE']._serialized_end=2180
+  _globals['_REVOKEACCOUNTSESSIONSREQUEST']._serialized_start=2182
+  _globals['_REVOKEACCOUNTSESSIONSREQUEST']._serialized_end=2232
+  _globals['_REVOKEACCOUNTSESSIONSRESPONSE']._serialized_start=2234
+  _globals['_REVOKEACCOUNTSESSIONSRESPONSE']._serialized_end=2308
+  _globals['_ACCOUNTADMINSERVICE']._serialized_start=2311
+  _globals['_ACCOUNTADMINSERVICE']._serialized_end=3136
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,7 @@ class Account(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CHARITY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id, e.g. "acct_..."."""
     kind: _types_pb2.AccountKind.ValueType
@@ -64,6 +65,11 @@ class Account(_message.Message):
     """The charity this account gives a share of its payouts to (empty: none)."""
     charity_share_ppm: _builtins.int
     """That share, in parts per million of the account's own payout."""
+    max_body_bytes: _builtins.int
+    """The largest request body, in bytes, this account may send (0: Central's default,
+    `default_max_body_bytes`). Nodes learn it at login: sessions opened before a change keep
+    the old limit until they expire.
+    """
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """Enterprise accounts: the tiers their work may run on."""
@@ -93,10 +99,11 @@ class Account(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         charity_account_id: _builtins.str = ...,
         charity_share_ppm: _builtins.int = ...,
+        max_body_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "created_at", b"created_at", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "max_body_bytes", b"max_body_bytes", "parent_account_id", b"parent_account_id", "pseudonym", b"pseudonym", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
@@ -116,6 +123,7 @@ class CreateAccountRequest(_message.Message):
     TIER_FIELD_NUMBER: _builtins.int
     PARENT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
     kind: _types_pb2.AccountKind.ValueType
     """The account kind."""
     display_name: _builtins.str
@@ -126,6 +134,8 @@ class CreateAccountRequest(_message.Message):
     """The owning account, where the kind has one."""
     ethereum_address: _builtins.str
     """The Ethereum address for payouts or charges."""
+    max_body_bytes: _builtins.int
+    """The largest request body, in bytes, it may send (0: Central's default)."""
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """Enterprise accounts: allowed tiers (empty: tiers 1-3)."""
@@ -139,10 +149,11 @@ class CreateAccountRequest(_message.Message):
         tier: _types_pb2.Tier.ValueType | None = ...,
         parent_account_id: _builtins.str = ...,
         ethereum_address: _builtins.str = ...,
+        max_body_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "allowed_tiers", b"allowed_tiers", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "parent_account_id", b"parent_account_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "allowed_tiers", b"allowed_tiers", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "kind", b"kind", "max_body_bytes", b"max_body_bytes", "parent_account_id", b"parent_account_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
@@ -303,6 +314,7 @@ class UpdateAccountRequest(_message.Message):
     ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
     CHARITY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     display_name: _builtins.str
@@ -317,6 +329,8 @@ class UpdateAccountRequest(_message.Message):
     """New charity (an account of kind CHARITY); absent: unchanged, empty: none."""
     charity_share_ppm: _builtins.int
     """New charity share in parts per million; absent: unchanged."""
+    max_body_bytes: _builtins.int
+    """New largest request body in bytes; absent: unchanged, 0: Central's default."""
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """New allowed tiers."""
@@ -337,21 +351,26 @@ class UpdateAccountRequest(_message.Message):
         ethereum_address: _builtins.str = ...,
         charity_account_id: _builtins.str | None = ...,
         charity_share_ppm: _builtins.int | None = ...,
+        max_body_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_tier", b"_tier", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_max_body_bytes", b"_max_body_bytes", "_tier", b"_tier", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "max_body_bytes", b"max_body_bytes", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id", "_charity_share_ppm", b"_charity_share_ppm", "_max_body_bytes", b"_max_body_bytes", "_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "charity_account_id", b"charity_account_id", "charity_share_ppm", b"charity_share_ppm", "default_data_ttl", b"default_data_ttl", "display_name", b"display_name", "ethereum_address", b"ethereum_address", "max_body_bytes", b"max_body_bytes", "tier", b"tier", "verifier_count", b"verifier_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__charity_account_id: _TypeAlias = _typing.Literal["charity_account_id"]  # noqa: Y015
     _WhichOneofArgType__charity_account_id: _TypeAlias = _typing.Literal["_charity_account_id", b"_charity_account_id"]  # noqa: Y015
     _WhichOneofReturnType__charity_share_ppm: _TypeAlias = _typing.Literal["charity_share_ppm"]  # noqa: Y015
     _WhichOneofArgType__charity_share_ppm: _TypeAlias = _typing.Literal["_charity_share_ppm", b"_charity_share_ppm"]  # noqa: Y015
+    _WhichOneofReturnType__max_body_bytes: _TypeAlias = _typing.Literal["max_body_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_body_bytes: _TypeAlias = _typing.Literal["_max_body_bytes", b"_max_body_bytes"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__charity_account_id) -> _WhichOneofReturnType__charity_account_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__charity_share_ppm) -> _WhichOneofReturnType__charity_share_ppm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_body_bytes) -> _WhichOneofReturnType__max_body_bytes | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 

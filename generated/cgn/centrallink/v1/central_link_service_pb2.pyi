@@ -489,6 +489,7 @@ class AccountInfo(_message.Message):
     CHARITY_PSEUDONYM_FIELD_NUMBER: _builtins.int
     CHARITY_SHARE_PPM_FIELD_NUMBER: _builtins.int
     CHARITY_ETHEREUM_ADDRESS_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account id."""
     kind: _types_pb2.AccountKind.ValueType
@@ -511,6 +512,12 @@ class AccountInfo(_message.Message):
     """That share, in parts per million of its own payout."""
     charity_ethereum_address: _builtins.str
     """The charity's Ethereum address."""
+    max_body_bytes: _builtins.int
+    """The largest request body, in bytes, this account may send: its own setting at Central,
+    else Central's default (`default_max_body_bytes`). A node writes it into the session
+    tokens it issues and refuses a larger body before it is read (BODY_TOO_LARGE); 0 (a
+    Central before this field): no account limit beyond the node's own.
+    """
     @_builtins.property
     def allowed_tiers(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Tier.ValueType]:
         """The tiers this account's work may run on."""
@@ -529,10 +536,11 @@ class AccountInfo(_message.Message):
         charity_pseudonym: _builtins.str = ...,
         charity_share_ppm: _builtins.int = ...,
         charity_ethereum_address: _builtins.str = ...,
+        max_body_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_ethereum_address", b"charity_ethereum_address", "charity_pseudonym", b"charity_pseudonym", "charity_share_ppm", b"charity_share_ppm", "ethereum_address", b"ethereum_address", "kind", b"kind", "pseudonym", b"pseudonym", "session_epoch", b"session_epoch", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tier", b"_tier", "account_id", b"account_id", "allowed_tiers", b"allowed_tiers", "banned", b"banned", "charity_ethereum_address", b"charity_ethereum_address", "charity_pseudonym", b"charity_pseudonym", "charity_share_ppm", b"charity_share_ppm", "ethereum_address", b"ethereum_address", "kind", b"kind", "max_body_bytes", b"max_body_bytes", "pseudonym", b"pseudonym", "session_epoch", b"session_epoch", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015

@@ -128,22 +128,29 @@ class DServiceOffer(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     PACKAGE_DIGEST_FIELD_NUMBER: _builtins.int
+    MAX_BODY_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The DService name."""
     version: _builtins.str
     """The installed version."""
     package_digest: _builtins.bytes
     """SHA-256 digest of the installed package."""
+    max_body_bytes: _builtins.int
+    """The largest request body, in bytes, the DService takes (its descriptor's
+    `[limits] max_body_bytes`); 0: no limit of its own. The node refuses a larger body
+    before it is read (BODY_TOO_LARGE), using the smallest limit its connected miners offer.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         package_digest: _builtins.bytes = ...,
+        max_body_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "package_digest", b"package_digest", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_body_bytes", b"max_body_bytes", "name", b"name", "package_digest", b"package_digest", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
