@@ -43,7 +43,7 @@ async def gateway_before(
         "scripted-node",
         pki.issue(Role.NODE, "n1"),
         ClientAuth.REQUIRED,
-        rules_for(WORK_SERVICE, ["Call"], Rule.peer(Role.GATEWAY)),
+        rules_for(WORK_SERVICE, ["Call", "CallStream", "ReadAnswer"], Rule.peer(Role.GATEWAY)),
     )
     server.add(work_grpc.add_WorkServiceServicer_to_server, node, WORK_SERVICE)
     address = await server.start("127.0.0.1:0")
