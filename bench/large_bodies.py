@@ -210,7 +210,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cgn-large-") as tmp:
         upload = Path(tmp) / "upload"
         sent = await asyncio.to_thread(_write_random, upload, args.mib)
-        post = ["--data-binary", f"@{upload}", *digest]
+        post = ["--upload-file", str(upload), "--request", "POST", *digest]
 
         port = _free_port()
         echo = await _echo(port)

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from cgn_common.ids import new_id
 from cgn_common.rpc import open_channel
 from generated.cgn.common.v1 import http_pb2, resources_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
-from tests.helpers import http1
+from tests.helpers import http1, journal
 from tests.helpers.sandbox import RunningSandbox, peak_rss_mib, reset_peak_rss
 
 
@@ -140,6 +141,7 @@ async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_
     # What X-Echo-Generate-Bytes sends: every byte value in turn, 256 KiB over and over.
     pattern_digest = hashlib.sha256(bytes(range(256)) * 1024 * (size // (256 * 1024)))
     down_before = _miner_down_events(sandbox)
+    up_id, down_id = new_id("up"), new_id("down")
 
     async def body() -> AsyncIterator[bytes]:
         for n in range(size // MIB):
@@ -150,7 +152,12 @@ async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_
     async with aiohttp.ClientSession() as http:
 
         async def upload() -> object:
-            headers = {**auth, "X-Echo-Digest": "sha256", "Content-Length": str(size)}
+            headers = {
+                **auth,
+                "X-Echo-Digest": "sha256",
+                "Content-Length": str(size),
+                "X-Request-Id": up_id,
+            }
             async with http.post(
                 f"{sandbox.url}/v1/dservices/echo/up", data=body(), headers=headers
             ) as answer:
@@ -158,7 +165,7 @@ async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_
                 return await answer.json()
 
         async def download() -> tuple[str, int]:
-            headers = {**auth, "X-Echo-Generate-Bytes": str(size)}
+            headers = {**auth, "X-Echo-Generate-Bytes": str(size), "X-Request-Id": down_id}
             got = hashlib.sha256()
             received = 0
             async with http.get(f"{sandbox.url}/v1/dservices/echo/down", headers=headers) as a:
@@ -169,21 +176,27 @@ async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_
             return got.hexdigest(), received
 
         transfers = asyncio.gather(upload(), download())
-        statuses: list[int] = []
+        statuses: dict[str, int] = {}
 
         async def small() -> None:
-            while not transfers.done() or len(statuses) < 100:
-                async with http.get(f"{sandbox.url}/v1/dservices/echo/small", headers=auth) as a:
+            while not transfers.done():  # only while the large bodies are on their way
+                request_id = new_id("small")
+                headers = {**auth, "X-Request-Id": request_id}
+                async with http.get(f"{sandbox.url}/v1/dservices/echo/small", headers=headers) as a:
                     await a.read()
-                    statuses.append(a.status)
+                    statuses[request_id] = a.status
 
-        smalls = asyncio.gather(*(small() for _ in range(4)))
+        smalls = asyncio.gather(*(small() for _ in range(8)))
         uploaded, (downloaded, received) = await asyncio.wait_for(transfers, 300)
         await asyncio.wait_for(smalls, 60)
     assert uploaded == {"sha256": sent_digest.hexdigest(), "size": size}
     assert (downloaded, received) == (pattern_digest.hexdigest(), size)
-    assert len(statuses) >= 100
-    assert set(statuses) == {200}, statuses
+    assert set(statuses.values()) == {200}, statuses
+    # At least 100 of them ran on a miner that was carrying a large body meanwhile.
+    runs = journal.by_request(sandbox.state_dir.parent / "journal", "start")
+    carriers = {runs[up_id][0]["miner_pid"], runs[down_id][0]["miner_pid"]}
+    beside = [r for r in statuses if runs[r][0]["miner_pid"] in carriers]
+    assert len(beside) >= 100, (len(beside), len(statuses))
     assert _miner_down_events(sandbox) == down_before  # no miner was declared down
     for name, pid in watched.items():
         peak = peak_rss_mib(pid)
