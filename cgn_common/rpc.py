@@ -55,13 +55,20 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def open_channel(address: str, tls: TlsConfig, *, server_name: str = "") -> grpc.aio.Channel:
+def open_channel(
+    address: str, tls: TlsConfig, *, server_name: str = "", own_connection: bool = False
+) -> grpc.aio.Channel:
     """Opens an asyncio channel to ``address`` ("host:port") over TLS (plaintext only with
     the development flag). ``server_name`` is the name the server's certificate must carry
-    when it is not the host in ``address`` (e.g. a node's ``<node_id>.node.cgn``)."""
-    if tls.insecure_plaintext:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    when it is not the host in ``address`` (e.g. a node's ``<node_id>.node.cgn``).
+    ``own_connection``: never share a connection with another channel to the same address
+    (gRPC shares them by default), e.g. so that bulk data cannot queue ahead of control
+    messages in one TCP connection."""
     options = list(CHANNEL_OPTIONS)
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    if tls.insecure_plaintext:
+        return grpc.aio.insecure_channel(address, options=options)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(address, channel_credentials(tls), options=options)

@@ -128,6 +128,8 @@ class MinerConnection:
         self._acks: dict[str, asyncio.Future[None]] = {}
         #: sequence numbers of assignments sent, for WorkSlots arithmetic.
         self._assigned: collections.deque[int] = collections.deque()
+        #: When this node last read a message of the miner's (any stream of it).
+        self.heard = time.monotonic()
         self._on_slots = on_slots
         self._on_given_up = on_given_up
         self.closed = asyncio.Event()
@@ -217,17 +219,8 @@ class MinerConnection:
             raise MinerFailedError(f"cannot send to miner: {exc!r}") from exc
         if seq is not None:
             self._assigned.append(seq)
-        ack_wait = min(self._ack_deadline_s, unit.remaining_s())
-        try:
-            async with asyncio.timeout(max(0.0, ack_wait)):
-                await asyncio.shield(pending.ack)
-            pending.heard = time.monotonic()  # the lease runs from the ack
-        except TimeoutError:
-            if unit.remaining_s() <= 0:
-                raise DeadlineExceededError("the deadline passed waiting for the ack") from None
-            raise MinerFailedError(
-                f"no ack within {self._ack_deadline_s * 1000:.0f} ms: miner declared down"
-            ) from None
+        await self._acked(unit, pending)
+        pending.heard = time.monotonic()  # the lease runs from the ack
         while True:
             now = time.monotonic()
             lease_left = pending.heard + self._lease_s - now
@@ -243,6 +236,36 @@ class MinerConnection:
             )
             if done:
                 return pending.result.result()
+
+    async def _acked(self, unit: WorkUnit, pending: _Pending) -> None:
+        """Waits for the assignment's ack: the miner is declared down when none came within
+        the ack deadline (SPEC: 500 ms) and the node has no sign that the fault is its own.
+        The deadline starts again when the node's own event loop was held up past it (a busy
+        machine stalled the node, and the ack may be waiting unread), and, for one lease at
+        most, when the node has read other messages of the miner's since the assignment went
+        out (the miner's stream moves; this ack is queued behind them on a busy node)."""
+        sent = time.monotonic()
+        deadline = min(sent + self._ack_deadline_s, unit.deadline)
+        extended_s = 0.0
+        while True:
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await asyncio.shield(pending.ack)
+                return
+            except TimeoutError:
+                if unit.remaining_s() <= 0:
+                    raise DeadlineExceededError("the deadline passed waiting for the ack") from None
+                now = time.monotonic()
+                if now - deadline > self._ack_deadline_s / 2:
+                    log_event(_log, "ack_wait_restarted", miner_id=self.miner_id, why="stall")
+                elif self.heard > sent and extended_s < self._lease_s:
+                    extended_s += now - sent
+                    log_event(_log, "ack_wait_restarted", miner_id=self.miner_id, why="busy")
+                else:
+                    raise MinerFailedError(
+                        f"no ack within {self._ack_deadline_s * 1000:.0f} ms: miner declared down"
+                    ) from None
+                sent, deadline = now, min(now + self._ack_deadline_s, unit.deadline)
 
     async def drain(self, grace_s: float) -> None:
         """Asks the miner to finish its work within ``grace_s`` and leave (it Acks, then says
@@ -279,6 +302,7 @@ class MinerConnection:
 
     def on_message(self, message: pb.ConnectRequest) -> None:
         """Routes one miner message to what it answers."""
+        self.heard = time.monotonic()
         kind = message.WhichOneof("kind")
         nonce = message.response_nonce
         if kind == "ack":
@@ -325,7 +349,7 @@ class MinerConnection:
 
     def on_exchange(self, p: _Pending, message: pb.ExchangeRequest) -> None:
         """Routes one message of ``p``'s data plane (the stream itself names the dispatch)."""
-        p.heard = time.monotonic()
+        p.heard = self.heard = time.monotonic()
         kind = message.WhichOneof("kind")
         if kind == "response":
             self._on_response(p, message.response)
@@ -599,3 +623,9 @@ async def _slices(request: HttpRequest) -> AsyncIterator[bytes]:
     view = memoryview(request.body)
     for start in range(0, len(request.body), BODY_CHUNK_BYTES):
         yield bytes(view[start : start + BODY_CHUNK_BYTES])
+
+
+def _loop_time(monotonic: float) -> float:
+    """A ``time.monotonic()`` instant on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic - time.monotonic())

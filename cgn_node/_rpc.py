@@ -271,6 +271,8 @@ class Work(work_grpc.WorkServiceServicer):
                 raise InvalidArgumentError(
                     f"the body has {spool.size} bytes, not the {declared} its head declares"
                 )
+            # The work's deadline runs from its dispatch: the upload did not count.
+            unit.deadline = time.monotonic() + self._timeout_s(start.options, context)
             if spool.size <= INLINE_BODY_BYTES:  # small: it travels inline, as a Call's would
                 unit.request = replace(unit.request, body=spool.contents())
             else:
@@ -390,8 +392,6 @@ class Work(work_grpc.WorkServiceServicer):
                 "no tier is left to run this request: the account's allowed tiers, "
                 "preferred_tiers and sensitive exclude every tier"
             )
-        remaining = context.time_remaining()
-        timeout_s = min(self._max_timeout_s, remaining if remaining is not None else math.inf)
         work_id = new_id("work")
         return WorkUnit(
             work_id=work_id,
@@ -401,9 +401,18 @@ class Work(work_grpc.WorkServiceServicer):
             request=request_from_call(request),
             request_id=options.request_id or work_id,
             affinity_key=options.affinity_key,
-            deadline=time.monotonic() + timeout_s,
+            deadline=time.monotonic() + self._timeout_s(options, context),
             stream=stream,
         )
+
+    def _timeout_s(self, options: work_pb2.WorkOptions, context: Context) -> float:
+        """How long the work may take from now: the caller's ``options.timeout``, else its
+        gRPC deadline, capped by ``max_timeout_s``."""
+        timeout_s = self._max_timeout_s
+        if options.HasField("timeout"):
+            timeout_s = min(timeout_s, options.timeout.ToMilliseconds() / 1000)
+        remaining = context.time_remaining()
+        return min(timeout_s, remaining if remaining is not None else math.inf)
 
     async def _submit(self, unit: WorkUnit, started: int) -> Outcome:
         """Runs ``unit``; one that reached a miner and got no answer is recorded here."""

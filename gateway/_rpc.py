@@ -92,28 +92,30 @@ class NodeClient:
             dservice=dservice,
             head=head,
             body=body,
-            options=work_pb2.WorkOptions(request_id=request_id, stream_answers=True),
+            options=work_options(request_id, timeout_s, stream_answers=True),
         )
+        # The gRPC deadline ends the unary call at the answer's head (a streamed body is
+        # read afterwards with read_answer).
         response: work_pb.CallResponse = await self._work.Call(
             request, timeout=timeout_s, metadata=_bearer(token)
         )
         return response
 
-    def read_answer(self, token: str, answer_token: str, timeout_s: float) -> Any:
+    def read_answer(self, token: str, answer_token: str) -> Any:
         """The rest of a streamed answer: a ``ReadAnswer`` call, its messages read with
-        ``async for`` (cancel it to stop)."""
+        ``read()`` (cancel it to stop). No deadline: the body takes as long as it flows."""
         self._stubs()
         return self._work.ReadAnswer(
-            work_pb.ReadAnswerRequest(answer_token=answer_token),
-            timeout=timeout_s,
-            metadata=_bearer(token),
+            work_pb.ReadAnswerRequest(answer_token=answer_token), metadata=_bearer(token)
         )
 
-    def call_stream(self, token: str, timeout_s: float) -> Any:
-        """A ``CallStream`` call, for a request body that streams in: write its start and
-        body, read its answer."""
+    def call_stream(self, token: str) -> Any:
+        """A ``CallStream`` call, for a request body that streams in: write its start (with
+        :func:`work_options`) and body, read its answer. No gRPC deadline: the work's own
+        (``WorkOptions.timeout``) runs from its dispatch to the answer's head, and the
+        bodies take as long as they flow."""
         self._stubs()
-        return self._work.CallStream(timeout=timeout_s, metadata=_bearer(token))
+        return self._work.CallStream(metadata=_bearer(token))
 
     async def close(self) -> None:
         """Closes the channel."""
@@ -122,3 +124,12 @@ class NodeClient:
 
 def _bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
+
+
+def work_options(
+    request_id: str, timeout_s: float, *, stream_answers: bool = False
+) -> work_pb2.WorkOptions:
+    """The options of a DApp's request: its id, and its deadline as the work's timeout."""
+    options = work_pb2.WorkOptions(request_id=request_id, stream_answers=stream_answers)
+    options.timeout.FromMilliseconds(max(1, int(timeout_s * 1000)))
+    return options

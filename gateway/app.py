@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,12 +36,11 @@ from cgn_common.logs import log_event
 from cgn_common.status import rpc_details
 from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES
 from gateway import cors, openapi
-from gateway._rpc import NodeClient
+from gateway._rpc import NodeClient, work_options
 from gateway.config import GatewayConfig
 from gateway.errors import SERVER_NAME, SESSION_HEADER, error_response
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.ledger.v1 import ledger_service_pb2 as ledger_pb
-from generated.cgn.work.v1 import work_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
 
 _log = logging.getLogger(__name__)
@@ -528,7 +526,7 @@ async def call_dservice(request: web.Request) -> web.StreamResponse:
     length = request.content_length
     if length is not None and length > config.max_work_body_bytes:
         return _too_large(config.max_work_body_bytes, request_id)
-    call = _Call(request, token, name, head, time.monotonic() + timeout_s)
+    call = _Call(request, token, name, head, timeout_s)
     if request.can_read_body and (length is None or length > INLINE_BODY_BYTES):
         return await call.streamed_in()
     return await call.whole()
@@ -547,19 +545,18 @@ class _Call:
         token: str,
         dservice: str,
         head: http_pb2.HttpRequestHead,
-        deadline: float,
+        timeout_s: float,
     ) -> None:
         self.request = request
         self.token = token
         self.dservice = dservice
         self.head = head
-        self.deadline = deadline
+        #: How long the work may take until the answer's head (the DApp's
+        #: ``X-CGN-Timeout-Ms``, capped): the bodies' transfers do not count.
+        self.timeout_s = timeout_s
         self.config = request.app[CONFIG_KEY]
         self.node = request.app[NODE_KEY]
         self.request_id = request[_REQUEST_ID]
-
-    def _remaining_s(self) -> float:
-        return max(0.001, self.deadline - time.monotonic())
 
     def _checked(self, body_length: int) -> web.Response | None:
         head = self.head
@@ -592,12 +589,12 @@ class _Call:
             self.dservice,
             self.head,
             body,
-            timeout_s=self._remaining_s(),
+            timeout_s=self.timeout_s,
             request_id=self.request_id,
         )
         if not response.answer_token:
             return self._answer(response.head, response.body)
-        call = self.node.read_answer(self.token, response.answer_token, self._remaining_s())
+        call = self.node.read_answer(self.token, response.answer_token)
         return await self._stream_out(response.head, call)
 
     async def streamed_in(self) -> web.StreamResponse:
@@ -610,12 +607,12 @@ class _Call:
         refused = self._checked(self.head.content_length)
         if refused is not None:
             return refused
-        call = self.node.call_stream(self.token, self._remaining_s())
+        call = self.node.call_stream(self.token)
         try:
             start = work_pb.CallStart(
                 dservice=self.dservice,
                 head=self.head,
-                options=work_pb2.WorkOptions(request_id=self.request_id),
+                options=work_options(self.request_id, self.timeout_s),
                 await_accept=True,
             )
             await call.write(work_pb.CallStreamRequest(start=start))

@@ -147,6 +147,7 @@ class LinkSession:
         self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
         self._stub: pb_grpc.MinerLinkServiceStub | None = None
+        self._data_stub: pb_grpc.MinerLinkServiceStub | None = None
         self._last_nonce = ""
         self._draining = False
         self._drained = asyncio.Event()
@@ -192,9 +193,16 @@ class LinkSession:
         if (exc := await self._writer.send_quietly(message)) is not None:
             log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
 
-    async def run(self, channel: grpc.aio.Channel, connected: asyncio.Event) -> None:
-        """Says hello and serves node messages until the stream ends or a drain finishes."""
+    async def run(
+        self,
+        channel: grpc.aio.Channel,
+        connected: asyncio.Event,
+        data_channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        """Says hello and serves node messages until the stream ends or a drain finishes.
+        Data planes (``Exchange``) go on ``data_channel`` when given."""
         self._stub = pb_grpc.MinerLinkServiceStub(channel)
+        self._data_stub = pb_grpc.MinerLinkServiceStub(data_channel or channel)
         call: Any = self._stub.Connect()
         await call.write(pb.ConnectRequest(hello=self._hello()))
         first = await call.read()
@@ -383,13 +391,15 @@ class LinkSession:
         timeout_s = timeout + DEADLINE_GRACE_S if timeout else None
         heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
         try:
-            async with asyncio.timeout(timeout_s):
+            # Until the answer's head: a streamed answer's body then takes as long as it takes
+            # (a long download, server-sent events), its lease kept by the heartbeat.
+            async with asyncio.timeout(timeout_s) as until_head:
                 _check_body_size(assignment, self._runtime.get(assignment.dservice).max_body_bytes)
                 body: RequestBody = assignment.body
                 if not assignment.body_complete:
                     exchange.append(await self._open_exchange(token))
                     body = exchange[0].request_body(assignment.body_size)
-                await self._serve(call, nonce, assignment, body, spent, exchange)
+                await self._serve(call, nonce, assignment, body, spent, exchange, until_head)
             return
         except TimeoutError:
             error: CgnError = DeadlineExceededError("DService timed out")
@@ -412,8 +422,8 @@ class LinkSession:
         await self._fail(call, nonce, assignment, error)
 
     async def _open_exchange(self, token: str) -> _Exchange:
-        assert self._stub is not None
-        return await _Exchange.open(self._stub, token)
+        assert self._data_stub is not None
+        return await _Exchange.open(self._data_stub, token)
 
     async def _serve(
         self,
@@ -423,11 +433,13 @@ class LinkSession:
         body: RequestBody,
         spent: Spent,
         exchange: list[_Exchange],
+        until_head: asyncio.Timeout | None = None,
     ) -> None:
         """Calls the DService and sends the answer: inline on the control stream when its head
         says the body is at most INLINE_BODY_BYTES, else on the data plane as it arrives (a
         slice at a time, paced by gRPC flow control: the miner never holds a large answer,
-        and a DService that streams, e.g. server-sent lines, reaches the caller at once)."""
+        and a DService that streams, e.g. server-sent lines, reaches the caller at once).
+        ``until_head`` (the unit's timeout) stops once a streamed answer's head is out."""
         head = assignment.head
         headers = [(h.name, h.value) for h in head.headers if h.name.lower() not in _OURS]
         if assignment.request_id:
@@ -445,6 +457,8 @@ class LinkSession:
                 if not exchange:
                     exchange.append(await self._open_exchange(token))
                 await exchange[0].send_head(_response_head(answer, None))
+                if until_head is not None:
+                    until_head.reschedule(None)
                 async for chunk in answer.body:
                     size += len(chunk)
                     await exchange[0].send_body(chunk)

@@ -64,8 +64,15 @@ class MinerDaemon:
         while True:
             session = LinkSession(self.config, self.runtime, fitness)
             try:
-                async with open_channel(self.config.node_address, self._tls) as channel:
-                    await session.run(channel, self.connected)
+                # Bodies go on a connection of their own: a large one must never hold up the
+                # control stream's acks (SPEC: 500 ms) in the same TCP connection.
+                async with (
+                    open_channel(self.config.node_address, self._tls) as channel,
+                    open_channel(
+                        self.config.node_address, self._tls, own_connection=True
+                    ) as data_channel,
+                ):
+                    await session.run(channel, self.connected, data_channel)
             except grpc.aio.AioRpcError as exc:
                 log_event(
                     _log,

@@ -37,6 +37,7 @@ from tests.helpers.pki import Pki
 from tests.helpers.wait import until
 
 LEASE_MS = 400
+ACK_DEADLINE_S = 0.3
 
 
 @dataclass
@@ -106,8 +107,18 @@ class ScriptedMiner:
         work_id = message.assignment.dispatch_token
         self._work_ids[work_id] = message.assignment.work_id
         nonce = "not-the-nonce" if self.behaviour == "wrong-nonce" else message.nonce
+        if self.behaviour == "frozen-machine":
+            # The whole machine stalls past the ack deadline (this process: node and miner
+            # alike), then the miner acks at once after it.
+            time.sleep(3 * ACK_DEADLINE_S)  # noqa: ASYNC251 - the stall is the point
+            await asyncio.sleep(0.05)
+        elif self.behaviour == "busy-stream":
+            # Other messages of the miner's come first; its ack comes after the deadline.
+            await asyncio.sleep(ACK_DEADLINE_S * 2 / 3)
+            await call.write(pb.ConnectRequest(slots=pb.WorkSlots(free=3)))
+            await asyncio.sleep(ACK_DEADLINE_S * 2 / 3)
         await call.write(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
-        if self.behaviour == "answer":
+        if self.behaviour in ("answer", "frozen-machine", "busy-stream"):
             response = pb.WorkResponse(
                 dispatch_token=work_id,
                 head=http_pb2.HttpResponseHead(status_code=200),
@@ -190,7 +201,10 @@ class ScriptedMiner:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     running = await start_cluster(
-        tmp_path, Pki.create(tmp_path / "ca"), lease_ms=LEASE_MS, ack_deadline_ms=300
+        tmp_path,
+        Pki.create(tmp_path / "ca"),
+        lease_ms=LEASE_MS,
+        ack_deadline_ms=int(ACK_DEADLINE_S * 1000),
     )
     await until(lambda: running.node.central.connected, "the central link")
     yield running
@@ -362,6 +376,24 @@ async def test_a_work_failure_blames_the_dservice_not_the_miner(cluster: Cluster
         await cluster.node.broker.submit(_unit("w3"))
     assert len(failing.assignments) == 1  # not replayed
     assert [m.miner_id for m in cluster.node.broker.miners()] == [failing.miner_id]
+    task.cancel()
+
+
+@pytest.mark.parametrize("behaviour", ["frozen-machine", "busy-stream"])
+async def test_a_live_miner_is_not_blamed_for_the_nodes_own_delays(
+    cluster: Cluster, behaviour: str
+) -> None:
+    """An ack the node could not read in time is not the miner's fault: after a stall of the
+    node's own loop, or while it is still reading the miner's earlier messages, the miner
+    gets its deadline again and stays (a silent one is still dropped: the test above)."""
+    miner, task = await _connect(cluster, behaviour)
+    began = time.monotonic()
+    outcome = await asyncio.wait_for(cluster.node.broker.submit(_unit("w5")), 10)
+    assert outcome.miner_id == miner.miner_id
+    assert outcome.attempts == 1  # answered by the same dispatch: never declared down
+    assert time.monotonic() - began > ACK_DEADLINE_S  # the ack did come after the deadline
+    assert [m.miner_id for m in cluster.node.broker.miners()] == [miner.miner_id]
+    assert miner.ended == ""
     task.cancel()
 
 

@@ -29,7 +29,7 @@ from generated.cgn.common.v1 import types_pb2 as cgn_dot_common_dot_v1_dot_types
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63gn/work/v1/work.proto\x12\x0b\x63gn.work.v1\x1a\x19\x63gn/common/v1/money.proto\x1a\x1d\x63gn/common/v1/resources.proto\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8c\x03\n\x0bWorkOptions\x12,\n\x0fpreferred_tiers\x18\x01 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12,\n\tprice_cap\x18\x02 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x41\n\rcustom_fields\x18\x04 \x03(\x0b\x32*.cgn.work.v1.WorkOptions.CustomFieldsEntry\x12\x11\n\tsensitive\x18\x05 \x01(\x08\x12\x12\n\nrace_count\x18\x06 \x01(\r\x12+\n\x08\x64\x61ta_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x65nd_user_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x16\n\x0estream_answers\x18\n \x01(\x08\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x02\n\x0bWorkReceipt\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x02 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12-\n\ntotal_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0e\x65xecution_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fnetwork_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x05usage\x18\x06 \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\x12!\n\x04tier\x18\x07 \x01(\x0e\x32\x13.cgn.common.v1.Tier\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x0f\n\x07node_id\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63gn/work/v1/work.proto\x12\x0b\x63gn.work.v1\x1a\x19\x63gn/common/v1/money.proto\x1a\x1d\x63gn/common/v1/resources.proto\x1a\x19\x63gn/common/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb8\x03\n\x0bWorkOptions\x12,\n\x0fpreferred_tiers\x18\x01 \x03(\x0e\x32\x13.cgn.common.v1.Tier\x12,\n\tprice_cap\x18\x02 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x03 \x01(\t\x12\x41\n\rcustom_fields\x18\x04 \x03(\x0b\x32*.cgn.work.v1.WorkOptions.CustomFieldsEntry\x12\x11\n\tsensitive\x18\x05 \x01(\x08\x12\x12\n\nrace_count\x18\x06 \x01(\r\x12+\n\x08\x64\x61ta_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x65nd_user_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x16\n\x0estream_answers\x18\n \x01(\x08\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x33\n\x11\x43ustomFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x02\n\x0bWorkReceipt\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12&\n\x03\x66\x65\x65\x18\x02 \x01(\x0b\x32\x19.cgn.common.v1.FiatAmount\x12-\n\ntotal_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0e\x65xecution_time\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fnetwork_latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x05usage\x18\x06 \x01(\x0b\x32\x1c.cgn.common.v1.ResourceUsage\x12!\n\x04tier\x18\x07 \x01(\x0e\x32\x13.cgn.common.v1.Tier\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x0f\n\x07node_id\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._loaded_options = None
   _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_WORKOPTIONS']._serialized_start=157
-  _globals['_WORKOPTIONS']._serialized_end=553
-  _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._serialized_start=502
-  _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._serialized_end=553
-  _globals['_WORKRECEIPT']._serialized_start=556
-  _globals['_WORKRECEIPT']._serialized_end=911
+  _globals['_WORKOPTIONS']._serialized_end=597
+  _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._serialized_start=546
+  _globals['_WORKOPTIONS_CUSTOMFIELDSENTRY']._serialized_end=597
+  _globals['_WORKRECEIPT']._serialized_start=600
+  _globals['_WORKRECEIPT']._serialized_end=955
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,7 @@ class WorkOptions(_message.Message):
     END_USER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     STREAM_ANSWERS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     affinity_key: _builtins.str
     """Requests with the same affinity key go to the same miner while it is connected."""
     sensitive: _builtins.bool
@@ -92,6 +93,15 @@ class WorkOptions(_message.Message):
     def data_ttl(self) -> _duration_pb2.Duration:
         """How long work data may stay on the miner; absent means the enterprise default."""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the work may take, from its dispatch (the request body complete at the node) to
+        the answer's head; capped by the node's maximum. Absent: the call's gRPC deadline, else
+        the node's maximum. Neither the request body's upload nor the answer's body after its
+        head counts, so a 2 GiB transfer is not cut by it (a CallStream or ReadAnswer without a
+        gRPC deadline then runs as long as its bytes flow).
+        """
+
     def __init__(
         self,
         *,
@@ -105,10 +115,11 @@ class WorkOptions(_message.Message):
         end_user_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         stream_answers: _builtins.bool = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "price_cap", b"price_cap"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_ttl", b"data_ttl", "price_cap", b"price_cap", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "request_id", b"request_id", "sensitive", b"sensitive", "stream_answers", b"stream_answers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_key", b"affinity_key", "custom_fields", b"custom_fields", "data_ttl", b"data_ttl", "end_user_id", b"end_user_id", "preferred_tiers", b"preferred_tiers", "price_cap", b"price_cap", "race_count", b"race_count", "request_id", b"request_id", "sensitive", b"sensitive", "stream_answers", b"stream_answers", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
