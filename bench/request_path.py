@@ -1,34 +1,45 @@
-"""Benchmark the CGN request path: the echo DService called directly vs through a sandbox.
+"""Benchmark the CGN request path with wrk: the echo DService direct, a one-hop baseline, and
+the full CGN path, side by side.
 
 Usage (from the repository root)::
 
     .venv/bin/python bench/request_path.py
-    .venv/bin/python bench/request_path.py --duration 2 --body-bytes 1024 --keep-state
+    .venv/bin/python bench/request_path.py --duration 3 --connections 1,64 --keep-state
 
-One run starts two children of its own, both on 127.0.0.1:
+One run starts its own children, all on 127.0.0.1, and measures three targets:
 
-* ``direct``: the echo DService (``python -m dservices.echo``) on a free port, the baseline;
+* ``direct``: the echo DService (``python -m dservices.echo``) on a free port;
+* ``one hop``: the baseline built here (bench/_hop.py): an aiohttp front on the default asyncio
+  loop, as the gateway runs (``--hop-uvloop``: on uvloop), that makes one grpc.aio unary
+  ``WorkService.Call`` per request to a gRPC server answering at once with the request body;
+  two processes, mutual TLS between them with certificates of a throwaway operator CA (the
+  gateway -> node link's setting and the same ``cgn_common`` credentials and channel options);
 * ``through CGN``: a complete sandbox (``python -m cgn_cli sandbox --state-dir <tempdir>``):
-  Central, a node, 2 miners each running echo as a child process, and the REST gateway. A
-  request goes gateway -> node -> miner -> echo and back.
+  Central, a node with its SQLite ledger (billing on: every request is billed), 2 miners each
+  running echo as a child process, and the REST gateway; mutual TLS between all of them. A
+  request goes gateway -> node -> miner -> echo and back, with a session token from the
+  gateway's ``POST /v1/sessions`` (the sandbox's demo account).
 
-For each path, at 1 and 64 concurrent keep-alive connections, it sends ``POST`` requests with a
-query string and a ``--body-bytes`` body (default 64) for ``--duration`` seconds (default 5),
-after a short warm-up on the same connections, and reports requests/s, p50/p99/max latency,
-errors (any status other than 200, or a body that did not round-trip byte for byte), the server
-side's CPU per request (the echo process; or every process of the sandbox) and the load
-generator's own CPU use. Latency percentiles cover successful requests only.
+The load generator is wrk (Debian's package, installed with apt-get when missing): ``POST`` with
+a query string and a ``--body-bytes`` body (default 64), keep-alive. Each cell (target x
+connection count) is a 1 s wrk warm-up, then a ``--duration`` s wrk run (default 5). ``c=1`` is
+``wrk -t1 -c1``; ``c=N`` for N > 1 is ``-t<--wrk-threads> -cN`` (default one thread: at these
+rates one wrk thread uses a small part of a core, and a second would only compete with the
+servers for the 2 cores). Reported per cell: good answers/s, wrk's p50/p99 latency (all
+answers), errors (non-2xx answers plus connect/read/write/timeout errors from wrk's summary),
+CPU per request of each server process (utime+stime from /proc/<pid>/stat around the measured
+run, divided by the requests wrk completed) and wrk's own CPU (if it nears 100% of a core, the
+client limited the run). The CPU sum counts the processes a request costs: echo (direct); front
+and gRPC server (one hop); gateway, node (its ledger writer included) and miners (CGN). The
+CGN's echo children and Central are shown but not summed. One aiohttp request per target
+before measuring checks that the body round-trips (and echo's X-Echo-* headers).
 
-The load generator is a minimal raw HTTP/1.1 client on uvloop (keep-alive, Content-Length or
-chunked responses), because the aiohttp client costs more CPU per request than the echo server
-under test and would be measured instead of it on a 2-core machine. If its CPU use reaches
-~100% the client, not the server, limits the numbers.
-
-Both children are ended by PID when the run finishes, even on error or SIGTERM (SIGTERM, then
-SIGKILL after a timeout). Afterwards every process listed in sandbox.json, and every other
-descendant of the sandbox seen just before the stop (the miners' echo children), is checked to
-be gone, and the sandbox's logs are scanned for warnings and errors. ``--keep-state`` keeps the
-temporary state directory (logs, sandbox.json) for inspection.
+The output is one table (metric rows; direct | one hop | through CGN | CGN/hop columns) and one
+JSON line with every figure. Every child is ended by PID when the run finishes, even on error or
+SIGTERM (SIGTERM, then SIGKILL after a timeout); afterwards every process listed in
+sandbox.json, and every other descendant of the sandbox seen just before the stop, is checked
+to be gone, and the sandbox's logs are scanned for warnings and errors. ``--keep-state`` keeps
+the temporary directory (logs, sandbox.json, the hop's certificates).
 
 Numbers move by 10-20% between runs on a shared 2-core machine; compare runs, not digits.
 """
@@ -37,17 +48,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import math
 import os
-import re
 import shutil
 import signal
-import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -57,187 +66,96 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import uvloop
-from _common import cpu_seconds, read_chunked
+from _logscan import scan_logs
+from _procs import (
+    HOST,
+    POLL_S,
+    Child,
+    ProcIdentity,
+    descendants,
+    free_port,
+    identify,
+    leftovers,
+    proc_cmdline,
+    proc_cpu_seconds,
+    read_json,
+    spawn,
+    stop_child,
+    wait_listening,
+)
+from _wrk import WrkResult, ensure_wrk, run_wrk, write_script
 
-from cgn_common.process import die_with_parent
+from cgn_common.certs import Authority, Identity, Role, write_issued
 
-HOST = "127.0.0.1"
-CONCURRENCY = (1, 64)
+BENCH_DIR = Path(__file__).resolve().parent
 ECHO_PATH = "/bench/echo"
 QUERY = "run=bench&n=1"
-TARGETS = ("direct", "through CGN")
-ECHO_START_TIMEOUT_S = 20.0
+DIRECT, HOP, CGN = "direct", "one hop", "through CGN"
+TARGETS = (DIRECT, HOP, CGN)
 SANDBOX_START_TIMEOUT_S = 120.0
-ECHO_STOP_TIMEOUT_S = 5.0
+CHILD_STOP_TIMEOUT_S = 5.0
 SANDBOX_STOP_TIMEOUT_S = 40.0  # the sandbox itself waits up to 10 s per child
-LEFTOVER_WAIT_S = 5.0
-CELL_GRACE_S = 30.0  # a request still unanswered this long after the window counts as an error
-MAX_WARMUP_S = 1.0
-POLL_S = 0.1
-LOG_LEVELS = ("warning", "error", "critical")
-GLOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (.*)$")
-CLIENT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+WARMUP_S = 1
+FRONT, RPC_SERVER = "HTTP front", "gRPC server"
+#: The processes whose CPU a request costs, per target; a name also covers "<name>-<n>"
+#: ("miner" covers miner-1 and miner-2).
+SUMMED = {DIRECT: ("echo",), HOP: ("front", "grpc"), CGN: ("gateway", "node", "miner")}
 
 
 # --------------------------------------------------------------------------------------------
-# /proc helpers
+# Children: echo, the hop, the sandbox
 # --------------------------------------------------------------------------------------------
 
 
-def proc_stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 is the state), or None."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by `pid` (0 once it is gone)."""
-    fields = proc_stat_fields(pid)
-    return 0.0 if fields is None else cpu_seconds(fields)
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a reused PID apart)."""
-    fields = proc_stat_fields(pid)
-    if fields is None or fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def proc_cmdline(pid: int) -> str:
-    """The command line of `pid`, shortened, for messages."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:80]
-
-
-def descendants(root: int) -> list[int]:
-    """Every live descendant of `root` (children, grandchildren, ...), from a /proc scan."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = proc_stat_fields(int(entry.name))
-            if fields is not None and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
-@dataclass(frozen=True)
-class ProcIdentity:
-    """A process identified by PID and start time, with a name for messages."""
-
-    pid: int
-    start_ticks: int
-    name: str
-
-    def alive(self) -> bool:
-        return proc_start_ticks(self.pid) == self.start_ticks
-
-
-def identify(pid: int, name: str) -> ProcIdentity | None:
-    start = proc_start_ticks(pid)
-    return None if start is None else ProcIdentity(pid, start, name)
-
-
-# --------------------------------------------------------------------------------------------
-# Children: the echo baseline and the sandbox
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A child process of this benchmark and the file that holds its output."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    output: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def spawn(name: str, args: Sequence[str], env: dict[str, str], output: Path) -> Child:
-    """Start `sys.executable args...` with stdout and stderr going to `output`.
-
-    The child gets SIGTERM from the kernel if this process dies without stopping it.
-    """
-    with output.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
-            env={**os.environ, **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            preexec_fn=die_with_parent,
-        )
-    return Child(name, proc, output)
-
-
-def check_running(child: Child) -> None:
-    if child.proc.returncode is not None:
-        raise RuntimeError(
-            f"{child.name} exited with {child.proc.returncode} before it served; its output:\n"
-            f"{child.output_tail()}"
-        )
-
-
-async def wait_listening(child: Child, port: int) -> None:
-    """Poll until `port` accepts connections, failing if the child exits or time runs out."""
-    deadline = time.monotonic() + ECHO_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        check_running(child)
-        try:
-            _, writer = await asyncio.open_connection(HOST, port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise RuntimeError(
-        f"{child.name} did not listen on port {port} within {ECHO_START_TIMEOUT_S} s"
+async def start_echo(workdir: Path) -> tuple[Child, int]:
+    port = free_port()
+    echo = await spawn(
+        "echo", ["-m", "dservices.echo"], {"CGN_LISTEN": f"{HOST}:{port}"}, workdir / "echo.log"
     )
+    return echo, port
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None while it does not exist (or is not complete)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+def hop_certificates(directory: Path) -> tuple[list[str], list[str]]:
+    """A throwaway operator CA and two certificates: the hop's server and front (client)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = Authority.create("bench hop CA")
+    authority.save(directory / "ca.pem", directory / "ca.key")
+    tls = []
+    for identity in (Identity(Role.NODE, "hop-node"), Identity(Role.GATEWAY, "hop-gateway")):
+        files = write_issued(authority, identity, directory)
+        ca = str(directory / "ca.pem")
+        tls.append(["--cert", str(files.cert_file), "--key", str(files.key_file), "--ca", ca])
+    return tls[0], tls[1]
+
+
+async def start_hop(workdir: Path, uvloop_front: bool) -> tuple[Child, Child, int, int]:
+    """The hop's gRPC server and front; returns both and their ports."""
+    server_tls, front_tls = await asyncio.to_thread(hop_certificates, workdir / "hop-certs")
+    script = str(BENCH_DIR / "_hop.py")
+    grpc_port, front_port = free_port(), free_port()
+    grpc_server = await spawn(
+        "hop grpc",
+        [script, "grpc", "--listen", f"{HOST}:{grpc_port}", *server_tls],
+        {},
+        workdir / "hop-grpc.log",
+    )
+    front = await spawn(
+        "hop front",
+        [script, "front", "--listen", f"{HOST}:{front_port}"]
+        + ["--upstream", f"{HOST}:{grpc_port}", *front_tls]
+        + (["--uvloop"] if uvloop_front else []),
+        {},
+        workdir / "hop-front.log",
+    )
+    return grpc_server, front, grpc_port, front_port
 
 
 async def wait_sandbox_json(child: Child, path: Path) -> dict[str, Any]:
     """Poll for sandbox.json (written once the sandbox serves) with a deadline."""
     deadline = time.monotonic() + SANDBOX_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        check_running(child)
+        if child.proc.returncode is not None:
+            raise RuntimeError(f"the sandbox exited early; its output:\n{child.output_tail()}")
         info = read_json(path)
         if info is not None:
             return info
@@ -247,26 +165,16 @@ async def wait_sandbox_json(child: Child, path: Path) -> dict[str, Any]:
     )
 
 
-async def stop_child(child: Child, timeout_s: float) -> str:
-    """SIGTERM `child` by PID, then SIGKILL if it has not exited after `timeout_s`."""
-    if child.proc.returncode is not None:
-        return f"had already exited ({child.proc.returncode})"
-    with contextlib.suppress(ProcessLookupError):
-        child.proc.terminate()
-    try:
-        code = await asyncio.wait_for(child.proc.wait(), timeout_s)
-        return f"exited {code} after SIGTERM"
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            child.proc.kill()
-        await child.proc.wait()
-        return f"did not exit within {timeout_s:.0f} s of SIGTERM: SIGKILLed"
-
-
 def short_name(pid: int) -> str:
-    """'echo' for an echo DService process, else its shortened command line."""
-    cmdline = proc_cmdline(pid)
-    return "echo" if "dservices.echo" in cmdline else cmdline
+    """A name for a sandbox process sandbox.json does not list: the DService module a miner
+    runs ("echo", "mediagen"), "multiprocessing" for a helper one of them forked, else its
+    shortened command line."""
+    words = proc_cmdline(pid).split()
+    if "-m" in words[:-1]:
+        return words[words.index("-m") + 1].removeprefix("dservices.")
+    if any("multiprocessing" in w for w in words):
+        return "multiprocessing"
+    return " ".join(words)
 
 
 def sandbox_process_names(sandbox: Child, info: dict[str, Any]) -> dict[int, str]:
@@ -292,209 +200,6 @@ def sandbox_processes(sandbox: Child, info: dict[str, Any]) -> list[ProcIdentity
     return [p for p in found if p is not None]
 
 
-async def leftovers(processes: Sequence[ProcIdentity]) -> list[ProcIdentity]:
-    """Which of `processes` are still running after a grace period; those are SIGKILLed."""
-    deadline = time.monotonic() + LEFTOVER_WAIT_S
-    alive = [p for p in processes if p.alive()]
-    while alive and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_S)
-        alive = [p for p in alive if p.alive()]
-    for process in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-    return alive
-
-
-# --------------------------------------------------------------------------------------------
-# Raw HTTP/1.1 load generator
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """One way to reach echo: where to connect, the encoded request, whose CPU to count."""
-
-    label: str
-    port: int
-    request: bytes
-    body: bytes
-    server_procs: Callable[[], dict[int, str]]
-
-
-def encode_request(path: str, port: int, body: bytes, extra_headers: str = "") -> bytes:
-    """A keep-alive POST with a Content-Length body."""
-    head = (
-        f"POST {path}?{QUERY} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-        f"Content-Type: application/octet-stream\r\n{extra_headers}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("ascii") + body
-
-
-def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    """Status code and lower-cased headers of a raw response head (without the blank line)."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise ValueError(f"bad status line {lines[0][:60]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """Read one response (status, headers, body) from a keep-alive stream."""
-    status, headers = parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        return status, headers, await read_chunked(reader)
-    return status, headers, await reader.readexactly(int(headers.get("content-length", "0")))
-
-
-def check_response(status: int, body: bytes, expected: bytes) -> str:
-    """'' for a good echo, else a short description of what was wrong."""
-    if status != 200:
-        return f"HTTP {status}: {body[:120]!r}"
-    if body != expected:
-        return f"body mismatch: {len(body)} bytes, starts {body[:24]!r}"
-    return ""
-
-
-@dataclass
-class CellResult:
-    """What one (target, concurrency) cell measured inside its window."""
-
-    ok: int = 0
-    errors: int = 0
-    warmup_errors: int = 0
-    error_kinds: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    elapsed: float = 0.0
-    server_cpu_by_name: dict[str, float] = field(default_factory=dict)
-    client_cpu_s: float = 0.0
-
-    @property
-    def server_cpu_s(self) -> float:
-        return sum(self.server_cpu_by_name.values())
-
-    @property
-    def rps(self) -> float:
-        return self.ok / self.elapsed if self.elapsed else 0.0
-
-    def percentile_ms(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
-
-    def record(self, measured: bool, latency: float, error: str) -> None:
-        if error:
-            self.error_kinds[error[:100]] += 1
-            if measured:
-                self.errors += 1
-            else:
-                self.warmup_errors += 1
-        elif measured:
-            self.ok += 1
-            self.latencies.append(latency)
-
-
-@dataclass(frozen=True)
-class Window:
-    """The measured interval (perf_counter seconds); requests started before it warm up."""
-
-    start: float
-    end: float
-
-
-class Connection:
-    """One keep-alive connection that reopens itself after an error."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def exchange(self, request: bytes, expected: bytes) -> str:
-        """Send one request; '' on a good echo, else what went wrong."""
-        try:
-            if self.streams is None:
-                self.streams = await asyncio.open_connection(HOST, self.port)
-            reader, writer = self.streams
-            writer.write(request)
-            status, headers, body = await read_response(reader)
-        except CLIENT_ERRORS as exc:
-            self.close()
-            return f"{type(exc).__name__}: {exc}"
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return check_response(status, body, expected)
-
-    def close(self) -> None:
-        if self.streams is not None:
-            self.streams[1].close()
-            self.streams = None
-
-
-async def client_worker(target: Target, window: Window, result: CellResult) -> None:
-    """Sequential requests on one connection until the window ends."""
-    connection = Connection(target.port)
-    start = time.perf_counter()
-    try:
-        async with asyncio.timeout(window.end - start + CELL_GRACE_S):
-            while (start := time.perf_counter()) < window.end:
-                error = await connection.exchange(target.request, target.body)
-                result.record(start >= window.start, time.perf_counter() - start, error)
-                if error:
-                    await asyncio.sleep(0.01)  # no hot loop against a failing server
-    except TimeoutError:
-        result.record(start >= window.start, 0.0, f"no answer within {CELL_GRACE_S:.0f} s")
-    finally:
-        connection.close()
-
-
-async def sample_cpu(target: Target, window: Window, result: CellResult) -> None:
-    """Server and client (this process) CPU used between the window's start and end."""
-    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
-    procs = target.server_procs()
-    server_start = {pid: proc_cpu_seconds(pid) for pid in procs}
-    client_start = time.process_time()
-    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-    for pid, name in procs.items():
-        used = proc_cpu_seconds(pid) - server_start[pid]
-        result.server_cpu_by_name[name] = result.server_cpu_by_name.get(name, 0.0) + used
-    result.client_cpu_s = time.process_time() - client_start
-
-
-async def run_cell(target: Target, clients: int, duration: float, warmup: float) -> CellResult:
-    """Warm up, then drive `clients` connections for `duration` seconds."""
-    result = CellResult()
-    now = time.perf_counter()
-    window = Window(now + warmup, now + warmup + duration)
-    async with asyncio.TaskGroup() as group:
-        group.create_task(sample_cpu(target, window, result))
-        for _ in range(clients):
-            group.create_task(client_worker(target, window, result))
-    result.elapsed = window.end - window.start
-    return result
-
-
-async def sanity_check(target: Target) -> str:
-    """One request: status, body and the X-Echo-* headers the DService should see."""
-    reader, writer = await asyncio.open_connection(HOST, target.port)
-    try:
-        writer.write(target.request)
-        status, headers, body = await read_response(reader)
-    finally:
-        writer.close()
-    problem = check_response(status, body, target.body)
-    expected = {"x-echo-method": "POST", "x-echo-path": ECHO_PATH, "x-echo-query": QUERY}
-    wrong = {k: headers.get(k) for k, v in expected.items() if headers.get(k) != v}
-    if wrong:
-        problem = f"{problem} unexpected headers {wrong}".strip()
-    return problem or "ok"
-
-
 async def open_session(gateway_url: str, account_id: str, api_key: str) -> str:
     """POST /v1/sessions; returns the bearer token."""
     async with (
@@ -510,57 +215,83 @@ async def open_session(gateway_url: str, account_id: str, api_key: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Log scan
+# Targets and cells
 # --------------------------------------------------------------------------------------------
 
 
-def odd_text_line(line: str, strict: bool) -> str:
-    """How a non-JSON log line is reported ('' to skip it).
+@dataclass(frozen=True)
+class Target:
+    """One way to reach an echo: its URL, wrk script, headers, and whose CPU to count."""
 
-    A process log should hold JSON only (`strict`); the sandbox's own output also holds its
-    banner, so there only gRPC core (glog-style) lines and Python errors count.
-    """
-    text = line.strip()
-    glog = GLOG_LINE.match(text)
-    if glog:
-        return f"gRPC core {glog.group(1)}: {glog.group(2)[:90]}"
-    if strict or any(word in text for word in ("Traceback", "Error", "Exception", "Warning")):
-        return f"non-JSON: {text[:100]}" if text else ""
-    return ""
+    label: str
+    url: str
+    headers: dict[str, str]
+    script: Path
+    server_procs: Callable[[], dict[int, str]]
+    echo_headers: bool  # the answer carries echo's X-Echo-* headers
 
 
-def scan_log(path: Path, strict: bool) -> Counter[str]:
-    """Warning/error events (JSON log lines) and odd non-JSON lines of one log, counted."""
-    found: Counter[str] = Counter()
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            odd = odd_text_line(line, strict)
-            if odd:
-                found[odd] += 1
-            continue
-        if not isinstance(entry, dict):
-            continue
-        level = str(entry.get("level", "")).lower()
-        if level in LOG_LEVELS:
-            detail = entry.get("error") or entry.get("message") or ""
-            found[f"{level}: {entry.get('event')} {str(detail)[:80]}".strip()] += 1
-    return found
+@dataclass
+class Cell:
+    """One (target, connections) cell: wrk's figures and the servers' CPU seconds by name."""
+
+    wrk: WrkResult
+    loadavg_1m: float
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    warmup_errors: int = 0
+
+    def cpu_us(self, names: Sequence[str]) -> float:
+        """CPU microseconds per completed request of the processes named (or prefixed) so."""
+        used = sum(
+            cpu
+            for name, cpu in self.cpu_s.items()
+            if any(name == n or name.startswith(f"{n}-") for n in names)
+        )
+        return 1e6 * used / self.wrk.requests if self.wrk.requests else math.nan
 
 
-def scan_logs(process_logs: Sequence[Path], sandbox_output: Path) -> list[str]:
-    """Log sizes, then one line per distinct warning/error/odd line found, with counts."""
-    sizes = ", ".join(
-        f"{p.name} {p.stat().st_size / 1024:,.0f} KiB/{len(p.read_bytes().splitlines()):,} lines"
-        for p in process_logs
+def role(target: str, name: str) -> str:
+    """A process name reduced to what the CPU rows compare ("hop front" -> "front")."""
+    return name.removeprefix("hop ") if target == HOP else name
+
+
+async def measure_cell(
+    wrk: str, target: Target, connections: int, args: argparse.Namespace
+) -> Cell:
+    """A warm-up run, then the measured run with the servers' CPU read around it."""
+    warm = await run_wrk(wrk, target.url, target.script, connections, args.wrk_threads, WARMUP_S)
+    loadavg_1m = os.getloadavg()[0]
+    procs = target.server_procs()
+    before = {pid: proc_cpu_seconds(pid) for pid in procs}
+    result = await run_wrk(
+        wrk, target.url, target.script, connections, args.wrk_threads, args.duration
     )
-    lines = [f"sandbox log volume: {sizes}"]
-    for path in [*process_logs, sandbox_output]:
-        if path.is_file():
-            for what, count in scan_log(path, path != sandbox_output).most_common(8):
-                lines.append(f"  {path.name}: {what} (x{count})")
-    return lines
+    cell = Cell(result, loadavg_1m, warmup_errors=warm.errors)
+    for pid, name in procs.items():
+        key = role(target.label, name)
+        cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + proc_cpu_seconds(pid) - before[pid]
+    return cell
+
+
+async def sanity_check(target: Target, body: bytes) -> str:
+    """One aiohttp request: status, body and (for echo) the X-Echo-* headers."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(target.url, data=body, headers=target.headers) as response,
+    ):
+        answer = await response.read()
+        problems = []
+        if response.status != 200:
+            problems.append(f"HTTP {response.status}: {answer[:120]!r}")
+        elif answer != body:
+            problems.append(f"body mismatch: {len(answer)} bytes, starts {answer[:24]!r}")
+        if target.echo_headers:
+            expected = {"X-Echo-Method": "POST", "X-Echo-Path": ECHO_PATH, "X-Echo-Query": QUERY}
+            wrong = {k: response.headers.get(k) for k, v in expected.items()}
+            wrong = {k: v for k, v in wrong.items() if v != expected[k]}
+            if wrong:
+                problems.append(f"unexpected headers {wrong}")
+    return "; ".join(problems) or "ok"
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,88 +303,172 @@ def scan_logs(process_logs: Sequence[Path], sandbox_output: Path) -> list[str]:
 class Report:
     """Everything the run prints."""
 
-    body_bytes: int
-    duration: float
-    warmup: float
-    gateway_url: str = "-"
-    results: dict[tuple[str, int], CellResult] = field(default_factory=dict)
+    args: argparse.Namespace
+    results: dict[tuple[str, int], Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gateway_url: str = "-"
+    loadavg_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
 
-def ratio(direct: float, cgn: float, invert: bool) -> str:
-    """'x.xx' for cgn/direct (or direct/cgn when `invert`), '-' if undefined."""
-    num, den = (direct, cgn) if invert else (cgn, direct)
-    if not den or den != den or num != num:
+def fmt(value: float, spec: str) -> str:
+    return "-" if value != value else spec.format(value)
+
+
+def cgn_over_hop(hop: float, cgn: float) -> str:
+    if not hop or hop != hop or cgn != cgn:
         return "-"
-    return f"{num / den:.2f}"
+    return f"{cgn / hop:.2f}"
 
 
-def metric_rows(report: Report, clients: int) -> list[list[str]]:
-    """Rows for one concurrency level: metric, direct, through CGN, ratio."""
-    cells = [report.results.get((t, clients)) for t in TARGETS]
-    if cells[0] is None or cells[1] is None:
-        return [[f"c={clients}: not measured", "-", "-", "-"]]
-    direct, cgn = cells[0], cells[1]
-    metrics: list[tuple[str, Callable[[CellResult], float], str, bool | None]] = [
-        ("req/s", lambda r: r.rps, "{:,.0f}", True),
-        ("p50 ms", lambda r: r.percentile_ms(0.50), "{:.2f}", False),
-        ("p99 ms", lambda r: r.percentile_ms(0.99), "{:.2f}", False),
-        ("max ms", lambda r: r.percentile_ms(1.0), "{:.2f}", False),
-        ("errors", lambda r: r.errors, "{:,.0f}", None),
-        ("server CPU us/req", lambda r: 1e6 * r.server_cpu_s / max(r.ok, 1), "{:,.0f}", False),
-        ("client CPU %", lambda r: 100 * r.client_cpu_s / r.elapsed, "{:.0f}", None),
+def cpu_rows(cells: dict[str, Cell]) -> list[tuple[str, dict[str, float], bool]]:
+    """(label, value per target, whether a ratio makes sense) for the CPU rows."""
+    nan = math.nan
+    miners = sorted(
+        {n for n in cells[CGN].cpu_s if n.startswith("miner")} if CGN in cells else set()
+    )
+
+    def per(target: str, names: Sequence[str]) -> float:
+        return cells[target].cpu_us(names) if target in cells and names else nan
+
+    rows: list[tuple[str, dict[str, float], bool]] = [
+        (
+            f"CPU us/req {FRONT} (hop front | gateway)",
+            {HOP: per(HOP, ["front"]), CGN: per(CGN, ["gateway"])},
+            True,
+        ),
+        (
+            f"CPU us/req {RPC_SERVER} (hop grpc | node)",
+            {HOP: per(HOP, ["grpc"]), CGN: per(CGN, ["node"])},
+            True,
+        ),
     ]
-    rows = []
-    for name, get, fmt, invert in metrics:
-        a, b = get(direct), get(cgn)
-        rows.append(
-            [
-                f"c={clients}: {name}",
-                fmt.format(a),
-                fmt.format(b),
-                "-" if invert is None else ratio(a, b, invert),
-            ]
+    for miner in miners:
+        rows.append((f"CPU us/req {miner}", {CGN: per(CGN, [miner])}, False))
+    rows.append(("CPU us/req SUM (counted procs)", {t: per(t, SUMMED[t]) for t in TARGETS}, True))
+    rows.append(
+        (
+            "CPU us/req echo (CGN: not summed)",
+            {DIRECT: per(DIRECT, ["echo"]), CGN: per(CGN, ["echo"])},
+            False,
         )
+    )
+    rows.append(("CPU us/req central (not summed)", {CGN: per(CGN, ["central"])}, False))
     return rows
 
 
+def metric_rows(report: Report, connections: int) -> list[list[str]]:
+    """Rows for one connection count: metric, direct, one hop, through CGN, CGN/hop."""
+    cells = {t: c for t in TARGETS if (c := report.results.get((t, connections))) is not None}
+    if not cells:
+        return [[f"c={connections}: not measured", "-", "-", "-", "-"]]
+    nan = math.nan
+
+    def each(get: Callable[[Cell], float]) -> dict[str, float]:
+        return {t: get(c) for t, c in cells.items()}
+
+    rows: list[tuple[str, dict[str, float], bool, str]] = [
+        ("req/s", each(lambda c: c.wrk.rps), True, "{:,.0f}"),
+        ("p50 ms", each(lambda c: c.wrk.p50_ms), True, "{:.2f}"),
+        ("p99 ms", each(lambda c: c.wrk.p99_ms), True, "{:.2f}"),
+        ("errors", each(lambda c: c.wrk.errors), False, "{:,.0f}"),
+        *((label, values, r, "{:,.0f}") for label, values, r in cpu_rows(cells)),
+        (
+            "wrk CPU % of a core",
+            each(lambda c: 100 * c.wrk.cpu_s / c.wrk.duration_s),
+            False,
+            "{:.0f}",
+        ),
+        ("load average 1 min (cell start)", each(lambda c: c.loadavg_1m), False, "{:.1f}"),
+    ]
+    table = []
+    for label, values, with_ratio, spec in rows:
+        got = [values.get(t, nan) for t in TARGETS]
+        ratio = cgn_over_hop(got[1], got[2]) if with_ratio else "-"
+        table.append([f"c={connections}: {label}", *(fmt(v, spec) for v in got), ratio])
+    return table
+
+
 def render_table(report: Report) -> str:
-    header = ["metric", "direct", "through CGN", "ratio*"]
-    body = [row for clients in CONCURRENCY for row in metric_rows(report, clients)]
+    header = ["metric", DIRECT, HOP, CGN, "CGN/hop"]
+    body = [row for c in report.args.connections for row in metric_rows(report, c)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
-    def fmt(line: list[str]) -> str:
-        first = line[0].ljust(widths[0])
-        return "  ".join([first, *(v.rjust(w) for v, w in zip(line[1:], widths[1:], strict=True))])
+    def line(cols: list[str]) -> str:
+        first = cols[0].ljust(widths[0])
+        return "  ".join([first, *(v.rjust(w) for v, w in zip(cols[1:], widths[1:], strict=True))])
 
-    rule = "-" * len(fmt(header))
-    return "\n".join([fmt(header), rule, *(fmt(line) for line in body), rule])
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *(line(cols) for cols in body), rule])
 
 
-def print_report(report: Report) -> None:
+def json_line(report: Report) -> str:
+    cells: dict[str, dict[str, Any]] = {}
+    for (target, connections), cell in report.results.items():
+        w = cell.wrk
+        cells.setdefault(target, {})[str(connections)] = {
+            "requests": w.requests,
+            "duration_s": round(w.duration_s, 3),
+            "req_per_s": round(w.rps, 1),
+            "p50_ms": w.p50_ms,
+            "p90_ms": w.p90_ms,
+            "p99_ms": w.p99_ms,
+            "max_ms": w.max_ms,
+            "errors": w.errors,
+            "error_kinds": w.error_kinds(),
+            "warmup_errors": cell.warmup_errors,
+            "cpu_us_per_req": {n: round(cell.cpu_us([n]), 1) for n in sorted(cell.cpu_s)},
+            "cpu_us_per_req_sum": round(cell.cpu_us(SUMMED[target]), 1),
+            "wrk_cpu_pct": round(100 * w.cpu_s / w.duration_s, 1),
+            "loadavg_1m_at_start": round(cell.loadavg_1m, 2),
+        }
+    a = report.args
+    params = {
+        "duration_s": a.duration,
+        "body_bytes": a.body_bytes,
+        "connections": a.connections,
+        "wrk_threads": a.wrk_threads,
+        "hop_uvloop": a.hop_uvloop,
+        "loadavg_at_start": report.loadavg_at_start,
+        "loadavg_at_end": os.getloadavg(),
+    }
+    return json.dumps({"bench": "request_path", "params": params, "cells": cells})
+
+
+def loadavg(values: Sequence[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in values)
+
+
+def print_report(report: Report, wrk_version: str) -> None:
+    a = report.args
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, aiohttp {aiohttp.__version__}, "
-        f"uvloop {version('uvloop')}"
+        f"grpcio {version('grpcio')}, {wrk_version}"
     )
     print(
-        "client: minimal raw asyncio HTTP/1.1 client on uvloop (keep-alive, one connection per "
-        "concurrent client), in this process"
+        f"request: POST {ECHO_PATH}?{QUERY} with a {a.body_bytes} B body; {WARMUP_S} s wrk "
+        f"warm-up + {a.duration} s measured per cell; c=1: wrk -t1 -c1, c>1: wrk "
+        f"-t{a.wrk_threads} -c<n>"
     )
     print(
-        f"request: POST {ECHO_PATH}?{QUERY} with a {report.body_bytes} B body; "
-        f"{report.warmup:.1f} s warm-up + {report.duration:.1f} s measured per cell"
+        f"one hop: aiohttp front on {'uvloop' if a.hop_uvloop else 'the default asyncio loop'} "
+        "-> grpc.aio WorkService.Call, mutual TLS; CGN gateway: "
+        f"{report.gateway_url}, billing on (SQLite ledger)"
     )
-    print(f"sandbox gateway: {report.gateway_url}")
+    print(
+        f"load average (1, 5, 15 min): at the start {loadavg(report.loadavg_at_start)}, "
+        f"at the end {loadavg(os.getloadavg())}"
+    )
     print()
     print(render_table(report))
     print(
-        "* ratio: direct/CGN for req/s, CGN/direct for latency and server CPU; above 1 means the "
-        "CGN path is slower or costs more.\n"
-        "  server CPU: the echo process (direct) or every sandbox process (through CGN). "
-        "Latencies: successful requests only."
+        "CGN/hop: through CGN divided by one hop (req/s below 1, latency and CPU above 1 mean the "
+        "CGN path is slower or costs more). Latencies: wrk's, all answers.\n"
+        "SUM: echo (direct); front + gRPC server (one hop); gateway + node + miners (CGN). CPU "
+        "per request = CPU seconds in the measured run / requests wrk completed."
     )
     for note in report.notes:
         print(note)
+    print(json_line(report))
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,80 +480,93 @@ def make_body(size: int) -> bytes:
     return bytes(i % 251 for i in range(size))
 
 
-async def measure(targets: Sequence[Target], report: Report) -> None:
-    """Sanity-check each target, then run every cell, interleaving targets per concurrency."""
-    for target in targets:
-        report.notes.append(f"sanity ({target.label}): {await sanity_check(target)}")
-    for clients in CONCURRENCY:
-        for target in targets:
-            print(f"measuring {target.label}, c={clients} ...", file=sys.stderr, flush=True)
-            result = await run_cell(target, clients, report.duration, report.warmup)
-            report.results[(target.label, clients)] = result
-            if len(result.server_cpu_by_name) > 1:
-                report.notes.append(cpu_breakdown(target.label, clients, result))
-            for kind, count in result.error_kinds.most_common(3):
-                report.notes.append(f"errors ({target.label}, c={clients}): {kind} (x{count})")
-            if result.warmup_errors:
-                report.notes.append(
-                    f"warm-up errors ({target.label}, c={clients}): {result.warmup_errors}"
-                )
+@dataclass
+class Children:
+    """The bench's children (None until started) and what the sandbox said about itself."""
 
-
-def cpu_breakdown(label: str, clients: int, result: CellResult) -> str:
-    """Server CPU per request by process name, largest first."""
-    parts = [
-        f"{name} {1e6 * cpu / max(result.ok, 1):,.0f}"
-        for name, cpu in sorted(result.server_cpu_by_name.items(), key=lambda item: -item[1])
-    ]
-    return f"server CPU us/req by process ({label}, c={clients}): " + ", ".join(parts)
-
-
-async def start_echo(workdir: Path) -> tuple[Child, int]:
-    port = free_port()
-    echo = await spawn(
-        "echo", ["-m", "dservices.echo"], {"CGN_LISTEN": f"{HOST}:{port}"}, workdir / "echo.log"
-    )
-    return echo, port
+    echo: Child | None = None
+    hop_grpc: Child | None = None
+    hop_front: Child | None = None
+    sandbox: Child | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 async def build_targets(
-    echo: Child, echo_port: int, sandbox: Child, info: dict[str, Any], body: bytes
+    kids: Children, ports: dict[str, int], workdir: Path, body: bytes
 ) -> list[Target]:
-    """The direct and the through-CGN targets (opens a session at the gateway)."""
+    """The three targets (opens a session at the gateway)."""
+    echo, grpc_server, front, sandbox = kids.echo, kids.hop_grpc, kids.hop_front, kids.sandbox
+    if echo is None or grpc_server is None or front is None or sandbox is None:
+        raise RuntimeError("a child is missing")
+    info = kids.info
     gateway = urlsplit(info["gateway_url"])
     if gateway.hostname != HOST or gateway.port is None:
         raise RuntimeError(f"unexpected gateway_url {info['gateway_url']!r}")
     token = await open_session(info["gateway_url"], info["account_id"], info["api_key"])
-    auth = f"Authorization: Bearer {token}\r\n"
+    plain = {"Content-Type": "application/octet-stream"}
+    authorized = {**plain, "Authorization": f"Bearer {token}"}
+    path = f"{ECHO_PATH}?{QUERY}"
+    specs: list[tuple[str, str, dict[str, str], Callable[[], dict[int, str]], bool]] = [
+        (DIRECT, f"http://{HOST}:{ports['echo']}{path}", plain, lambda: {echo.pid: "echo"}, True),
+        (
+            HOP,
+            f"http://{HOST}:{ports['front']}{path}",
+            plain,
+            lambda: {front.pid: front.name, grpc_server.pid: grpc_server.name},
+            False,
+        ),
+        (
+            CGN,
+            f"http://{HOST}:{gateway.port}/v1/dservices/echo{path}",
+            authorized,
+            lambda: sandbox_process_names(sandbox, info),
+            True,
+        ),
+    ]
     return [
         Target(
-            TARGETS[0],
-            echo_port,
-            encode_request(ECHO_PATH, echo_port, body),
-            body,
-            lambda: {echo.pid: "echo"},
-        ),
-        Target(
-            TARGETS[1],
-            gateway.port,
-            encode_request(f"/v1/dservices/echo{ECHO_PATH}", gateway.port, body, auth),
-            body,
-            lambda: sandbox_process_names(sandbox, info),
-        ),
+            label,
+            url,
+            headers,
+            write_script(workdir / f"wrk-{i}.lua", body, headers),
+            procs,
+            echo_headers,
+        )
+        for i, (label, url, headers, procs, echo_headers) in enumerate(specs)
     ]
 
 
-async def shutdown(
-    echo: Child | None, sandbox: Child | None, info: dict[str, Any], report: Report
-) -> None:
-    """Stop both children by PID and check that nothing of the sandbox is left running."""
-    if echo is not None:
-        report.notes.append(f"echo (pid {echo.pid}): {await stop_child(echo, ECHO_STOP_TIMEOUT_S)}")
-    if sandbox is None:
+async def measure(wrk: str, targets: Sequence[Target], report: Report, body: bytes) -> None:
+    """Sanity-check each target, then run every cell, interleaving targets per connection
+    count."""
+    for target in targets:
+        report.notes.append(f"sanity ({target.label}): {await sanity_check(target, body)}")
+    for connections in report.args.connections:
+        for target in targets:
+            print(f"measuring {target.label}, c={connections} ...", file=sys.stderr, flush=True)
+            cell = await measure_cell(wrk, target, connections, report.args)
+            report.results[(target.label, connections)] = cell
+            if cell.wrk.errors:
+                report.notes.append(
+                    f"errors ({target.label}, c={connections}): {cell.wrk.error_kinds()}"
+                )
+            if cell.warmup_errors:
+                report.notes.append(
+                    f"warm-up errors ({target.label}, c={connections}): {cell.warmup_errors}"
+                )
+
+
+async def shutdown(kids: Children, report: Report) -> None:
+    """Stop every child by PID and check that nothing of the sandbox is left running."""
+    for child in (kids.hop_front, kids.hop_grpc, kids.echo):
+        if child is not None:
+            outcome = await stop_child(child, CHILD_STOP_TIMEOUT_S)
+            report.notes.append(f"{child.name} (pid {child.pid}): {outcome}")
+    if kids.sandbox is None:
         return
-    watched = sandbox_processes(sandbox, info)
-    outcome = await stop_child(sandbox, SANDBOX_STOP_TIMEOUT_S)
-    report.notes.append(f"sandbox (pid {sandbox.pid}): {outcome}")
+    watched = sandbox_processes(kids.sandbox, kids.info)
+    outcome = await stop_child(kids.sandbox, SANDBOX_STOP_TIMEOUT_S)
+    report.notes.append(f"sandbox (pid {kids.sandbox.pid}): {outcome}")
     left = await leftovers(watched)
     listed = ", ".join(f"{p.name}={p.pid}" for p in watched)
     if left:
@@ -748,43 +576,58 @@ async def shutdown(
         report.notes.append(f"no sandbox process left running (checked {listed})")
 
 
+def wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False).stdout
+    return (out.splitlines() or ["wrk ?"])[0].split(" Copyright")[0].strip()
+
+
 async def run(args: argparse.Namespace) -> int:
     """Start the children, measure, always stop them, print the report."""
     workdir = Path(tempfile.mkdtemp(prefix="cgn-bench-"))
     state_dir = workdir / "state"
-    warmup = min(MAX_WARMUP_S, args.duration / 2)
-    report = Report(args.body_bytes, args.duration, warmup)
-    echo: Child | None = None
-    sandbox: Child | None = None
-    info: dict[str, Any] = {}
+    report = Report(args)
+    kids = Children()
     status = 0
+    wrk = "wrk"
     try:
-        echo, echo_port = await start_echo(workdir)
-        sandbox = await spawn(
+        wrk = await asyncio.to_thread(ensure_wrk)
+        kids.echo, echo_port = await start_echo(workdir)
+        kids.hop_grpc, kids.hop_front, grpc_port, front_port = await start_hop(
+            workdir, args.hop_uvloop
+        )
+        kids.sandbox = await spawn(
             "sandbox",
             ["-m", "cgn_cli", "sandbox", "--state-dir", str(state_dir)],
             {},
             workdir / "sandbox.log",
         )
-        print("starting echo and the sandbox ...", file=sys.stderr, flush=True)
-        await wait_listening(echo, echo_port)
-        info = await wait_sandbox_json(sandbox, state_dir / "sandbox.json")
-        report.gateway_url = info["gateway_url"]
-        targets = await build_targets(echo, echo_port, sandbox, info, make_body(args.body_bytes))
-        await measure(targets, report)
-    except (RuntimeError, OSError, aiohttp.ClientError, ExceptionGroup) as exc:
+        print("starting echo, the hop and the sandbox ...", file=sys.stderr, flush=True)
+        await wait_listening(kids.echo, echo_port)
+        await wait_listening(kids.hop_grpc, grpc_port)
+        await wait_listening(kids.hop_front, front_port)
+        kids.info = await wait_sandbox_json(kids.sandbox, state_dir / "sandbox.json")
+        report.gateway_url = kids.info["gateway_url"]
+        body = make_body(args.body_bytes)
+        ports = {"echo": echo_port, "front": front_port}
+        targets = await build_targets(kids, ports, workdir, body)
+        await measure(wrk, targets, report, body)
+    except (RuntimeError, OSError, aiohttp.ClientError, subprocess.CalledProcessError) as exc:
         report.notes.append(f"FAILED: {type(exc).__name__}: {exc}")
         status = 1
     finally:
-        await shutdown(echo, sandbox, info, report)
+        await shutdown(kids, report)
         found = scan_logs(sorted((state_dir / "logs").glob("*.log")), workdir / "sandbox.log")
         report.notes.append(f"sandbox logs: {len(found) - 1} distinct warning/error/odd line(s)")
         report.notes.extend(found)
+        for name in ("hop-grpc.log", "hop-front.log", "echo.log"):
+            text = (workdir / name).read_text(errors="replace") if (workdir / name).exists() else ""
+            if text.strip():
+                report.notes.append(f"{name}: {text.strip().splitlines()[-1][:160]}")
         if args.keep_state:
             report.notes.append(f"state kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-        print_report(report)  # also when interrupted: shows what was measured and the cleanup
+        print_report(report, wrk_version(wrk) if shutil.which(wrk) else "wrk missing")
     return status
 
 
@@ -796,16 +639,39 @@ async def bench_main(args: argparse.Namespace) -> int:
     return await run(args)
 
 
+def parse_connections(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of connection counts >= 1")
+    return values
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument(
+        "--duration", type=int, default=5, help="measured seconds per cell (wrk takes whole s)"
+    )
     parser.add_argument("--body-bytes", type=int, default=64, help="request body size")
+    parser.add_argument(
+        "--connections",
+        type=parse_connections,
+        default=[1, 64],
+        help="comma-separated keep-alive connection counts (default 1,64)",
+    )
+    parser.add_argument(
+        "--wrk-threads", type=int, default=1, help="wrk threads when connections > 1 (default 1)"
+    )
+    parser.add_argument(
+        "--hop-uvloop",
+        action="store_true",
+        help="run the hop's aiohttp front on uvloop (the gateway runs on asyncio's default loop)",
+    )
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the temporary state directory and logs"
     )
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.body_bytes < 0:
-        parser.error("--duration must be > 0 and --body-bytes >= 0")
+    if args.duration < 1 or args.body_bytes < 0 or args.wrk_threads < 1:
+        parser.error("--duration and --wrk-threads must be >= 1 and --body-bytes >= 0")
     return args
 
 
