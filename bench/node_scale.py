@@ -537,7 +537,11 @@ async def run_step(
     )
     done = len(latencies)
     if done < 2:
-        raise RuntimeError(f"only {done} requests completed with {count} miners: {dict(errors)}")
+        lost = count - sum(a["connected"] for a in miners_after)
+        raise RuntimeError(
+            f"only {done} requests completed with {count} miners: {dict(errors)}; the node "
+            f"dropped {lost} miners (see its log; --keep-state keeps it)"
+        )
     cuts = statistics.quantiles(latencies, n=100)
     total_s = args.warmup + args.duration
     if abs(served - done) > args.in_flight:
