@@ -106,6 +106,7 @@ class MinerConnection:
         supervisor: Supervisor,
         on_slots: Callable[[int], None] = lambda free: None,
         on_given_up: Callable[[], None] = lambda: None,
+        tokens: dict[str, MinerConnection] | None = None,
     ) -> None:
         self.miner_id = miner_id
         self.tier = tier
@@ -121,6 +122,9 @@ class MinerConnection:
         self._prefix = self.connection_id[-8:]
         #: dispatch token -> the dispatch.
         self._pending: dict[str, _Pending] = {}
+        #: dispatch token -> its miner, shared by every miner of the link (a data plane finds
+        #: its dispatch in one lookup, however many miners are connected).
+        self._tokens: dict[str, MinerConnection] = {} if tokens is None else tokens
         #: dispatch token -> the usage the miner reports for it: dispatches cancelled for
         #: their caller, until the miner reports what they used.
         self._cancelled: dict[str, asyncio.Future[Usage]] = {}
@@ -192,6 +196,7 @@ class MinerConnection:
             stream=unit.stream,
         )
         self._pending[pending.token] = pending
+        self._tokens[pending.token] = self
         self._acks[pending.nonce] = pending.ack
         try:
             return await self._run(unit, pending)
@@ -203,6 +208,7 @@ class MinerConnection:
             raise
         finally:
             self._pending.pop(pending.token, None)
+            self._tokens.pop(pending.token, None)
             self._acks.pop(pending.nonce, None)
 
     async def _run(self, unit: WorkUnit, pending: _Pending) -> WorkResult:
@@ -453,6 +459,8 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         self._lease_s = lease_s
         self._supervisor = supervisor
         self._miners: set[MinerConnection] = set()
+        #: dispatch token -> the miner it went to (MinerConnection keeps it).
+        self._by_token: dict[str, MinerConnection] = {}
 
     def ban(self, miner_id: str, reason: str) -> int:
         """Disconnects every connection of ``miner_id`` at once (Central refuses it from now
@@ -498,6 +506,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             ack_deadline_s=self._ack_deadline_s,
             lease_s=self._lease_s,
             supervisor=self._supervisor,
+            tokens=self._by_token,
         )
         miner_ref = miner
         miner._on_slots = lambda free: self._broker.set_free(miner_ref, free)
@@ -539,11 +548,9 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             raise AbortedError(miner.close_reason, reason="MINER_DROPPED")
 
     def _dispatch(self, token: str) -> tuple[MinerConnection, _Pending] | None:
-        for miner in self._miners:
-            found = miner.dispatch(token)
-            if found is not None:
-                return miner, found
-        return None
+        miner = self._by_token.get(token)
+        found = miner.dispatch(token) if miner is not None else None
+        return None if miner is None or found is None else (miner, found)
 
     async def Exchange(  # type: ignore[override]  # noqa: N802
         self, request_iterator: Any, context: Context

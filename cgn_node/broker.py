@@ -143,6 +143,9 @@ class Broker:
         self._affinity_entries = affinity_entries
         self._static = frozenset(static_dservices)
         self._slots: dict[MinerHandle, _Slot] = {}
+        #: DService -> how many connected miners offer it (a request's check is one lookup,
+        #: whatever the number of miners).
+        self._offered: collections.Counter[str] = collections.Counter()
         #: pool -> miners with free capacity, in insertion order (an ordered set).
         self._free: dict[PoolKey, dict[_Slot, None]] = collections.defaultdict(dict)
         #: pool -> connected miners.
@@ -166,6 +169,7 @@ class Broker:
         """Puts a miner in the pool and hands it waiting work."""
         slot = _Slot(miner, _miner_pools(miner), miner.capacity)
         self._slots[miner] = slot
+        self._offered.update(miner.dservices)
         for pool in slot.pools:
             self._connected[pool] += 1
             self._free[pool][slot] = None
@@ -183,6 +187,10 @@ class Broker:
         slot = self._slots.pop(miner, None)
         if slot is None:
             return
+        self._offered.subtract(miner.dservices)
+        for name in miner.dservices:
+            if self._offered[name] <= 0:
+                del self._offered[name]
         for pool in slot.pools:
             self._connected[pool] -= 1
             if not self._connected[pool]:
@@ -223,13 +231,13 @@ class Broker:
 
     def known_dservices(self) -> frozenset[str]:
         """DService names this node serves now."""
-        return self._static.union(d for miner in self._slots for d in miner.dservices)
+        return self._static.union(self._offered)
 
     # -- work -------------------------------------------------------------------------------
 
     async def submit(self, unit: WorkUnit) -> Outcome:
         """Runs ``unit`` to completion on some miner, re-dispatching after miner failures."""
-        if unit.dservice not in self.known_dservices():
+        if unit.dservice not in self._offered and unit.dservice not in self._static:
             raise NotFoundError(f"unknown DService {unit.dservice!r}", reason="UNKNOWN_DSERVICE")
         if self._waiting[unit.dservice] >= self._danger:
             raise ResourceExhaustedError(
