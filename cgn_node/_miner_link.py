@@ -173,9 +173,15 @@ class MinerConnection:
         )
         if unit is not None:
             usage: asyncio.Future[Usage] = asyncio.get_running_loop().create_future()
-            self._cancelled[pending.token] = usage
-            usage.add_done_callback(lambda _: self._cancelled.pop(pending.token, None))
             unit.cancelled = CancelReport(self.miner_id, usage)
+            answered = pending.result
+            if answered.done() and not answered.cancelled() and answered.exception() is None:
+                # The whole answer came just before the cancel: the miner has nothing more
+                # to report, and the work used what its completion said.
+                usage.set_result(answered.result().usage)
+            else:
+                self._cancelled[pending.token] = usage
+                usage.add_done_callback(lambda _: self._cancelled.pop(pending.token, None))
         self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
 
     async def _send_quietly(self, message: pb.ConnectResponse) -> None:

@@ -487,3 +487,45 @@ async def test_a_drain_written_to_a_stream_closing_under_it_is_only_logged(
     with caplog.at_level(logging.INFO):
         await asyncio.wait_for(miner.drain(1.0), 5)
     assert "drain_unacknowledged" in caplog.text
+
+
+async def test_an_answer_that_came_just_before_the_cancel_is_billed_at_once() -> None:
+    """The node cancels a dispatch whose whole answer it has already read (the caller left
+    in the same instant): the miner will report nothing more, so the usage of that answer is
+    what the abandoned work is billed for, at once, never a 5 s wait and a fee of 0."""
+    sent: list[pb.ConnectResponse] = []
+
+    async def write(message: Any) -> None:
+        sent.append(message)
+
+    miner = MinerConnection(
+        StreamWriter(write),
+        miner_id="m1",
+        tier=Tier.TIER_2_DATACENTER,
+        owner_account_id="",
+        dservices=frozenset({"echo"}),
+        capacity=1,
+        ack_deadline_s=0.2,
+        lease_s=1.0,
+        supervisor=Supervisor("test"),
+    )
+    unit = _unit("w-crossed")
+    run = asyncio.create_task(miner.run(unit))
+    await until(lambda: bool(sent), "the assignment")
+    assignment = sent[0].assignment
+    done = pb.WorkCompletion(dispatch_token=assignment.dispatch_token)
+    done.usage.cpu_time.FromMicroseconds(4_321)
+    done.usage.cpu_time_metering = resources_pb2.METERING_METHOD_ISOLATED
+    response = pb.WorkResponse(
+        dispatch_token=assignment.dispatch_token,
+        head=http_pb2.HttpResponseHead(status_code=200),
+        body_complete=True,
+        completion=done,
+    )
+    miner.on_message(pb.ConnectRequest(response_nonce=sent[0].nonce, response=response))
+    run.cancel()  # in the same instant: the caller went away
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert unit.cancelled is not None
+    assert unit.cancelled.usage.done()
+    assert unit.cancelled.usage.result().cpu_time_us == 4_321
