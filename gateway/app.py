@@ -79,49 +79,52 @@ NODE_KEY = web.AppKey("node", NodeClient)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _BodyTooLargeError(Exception):
-    pass
+class _BodyRefusedError(Exception):
+    """A request body refused while it was read (too large, silent too long, or malformed);
+    :meth:`answer` is the JSON error, after which the connection closes, so the rest of the
+    body is never read."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str, http_status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.http_status = http_status
+
+    def answer(self, request_id: str = "") -> web.Response:
+        response = error_response(
+            self.code,
+            self.message,
+            http_status=self.http_status,
+            reason=self.reason,
+            request_id=request_id,
+        )
+        response.force_close()
+        return response
 
 
-class _BodyTimeoutError(Exception):
-    pass
+def _too_large_error(limit: int) -> _BodyRefusedError:
+    return _BodyRefusedError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body exceeds {limit} bytes",
+        "BODY_TOO_LARGE",
+        http_status=413,
+    )
 
 
-class _BadBodyError(Exception):
-    pass
+def _too_large(limit: int, request_id: str = "") -> web.Response:
+    """413; the connection closes after it, so an unread body is never drained."""
+    return _too_large_error(limit).answer(request_id)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, refused unread when ``Content-Length`` is over ``limit`` (see
     :func:`_body_slices` for the rest)."""
     if request.content_length is not None and request.content_length > limit:
-        raise _BodyTooLargeError
+        raise _too_large_error(limit)
     return b"".join([data async for data in _body_slices(request, limit)])
-
-
-def _too_large(limit: int, request_id: str = "") -> web.Response:
-    """413; the connection closes after it, so an unread body is never drained."""
-    response = error_response(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"request body exceeds {limit} bytes",
-        http_status=413,
-        reason="BODY_TOO_LARGE",
-        request_id=request_id,
-    )
-    response.force_close()
-    return response
-
-
-def _body_timeout(timeout_s: int, request_id: str = "") -> web.Response:
-    response = error_response(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"no request body bytes for {timeout_s} s",
-        http_status=408,
-        reason="BODY_TIMEOUT",
-        request_id=request_id,
-    )
-    response.force_close()
-    return response
 
 
 async def _read_body(
@@ -130,23 +133,8 @@ async def _read_body(
     """The body, or the error answer that refuses it."""
     try:
         return await _read_limited(request, limit)
-    except _BodyTooLargeError:
-        return _too_large(limit, request_id)
-    except _BodyTimeoutError:
-        return _body_timeout(request.app[CONFIG_KEY].body_timeout_s, request_id)
-    except _BadBodyError:
-        return _bad_body(request_id)
-
-
-def _bad_body(request_id: str = "") -> web.Response:
-    response = error_response(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "malformed request body framing",
-        reason="BAD_HTTP_REQUEST",
-        request_id=request_id,
-    )
-    response.force_close()
-    return response
+    except _BodyRefusedError as refused:
+        return refused.answer(request_id)
 
 
 def _expect_within(
@@ -645,12 +633,8 @@ class _Call:
                 await call.write(work_pb.CallStreamRequest(body=http_pb2.BodyChunk(data=data)))
             await call.write(work_pb.CallStreamRequest(body=http_pb2.BodyChunk(end_of_body=True)))
             await call.done_writing()
-        except _BodyTooLargeError:
-            return _too_large(limit, self.request_id)
-        except _BodyTimeoutError:
-            return _body_timeout(self.config.body_timeout_s, self.request_id)
-        except _BadBodyError:
-            return _bad_body(self.request_id)
+        except _BodyRefusedError as refused:
+            return refused.answer(self.request_id)
         except asyncio.InvalidStateError:
             pass
         return None
@@ -735,12 +719,21 @@ async def _body_slices(request: web.Request, limit: int) -> AsyncIterator[bytes]
             async with asyncio.timeout(timeout_s):
                 chunk = await request.content.readany()
         except TimeoutError:
-            raise _BodyTimeoutError from None
+            raise _BodyRefusedError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no request body bytes for {timeout_s} s",
+                "BODY_TIMEOUT",
+                http_status=408,
+            ) from None
         except HttpProcessingError:  # broken chunked framing and the like: the DApp's bytes
-            raise _BadBodyError from None
+            raise _BodyRefusedError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed request body framing",
+                "BAD_HTTP_REQUEST",
+            ) from None
         size += len(chunk)
         if size > limit:
-            raise _BodyTooLargeError
+            raise _too_large_error(limit)
         if chunk:
             held.append(chunk)
             held_size += len(chunk)
