@@ -113,10 +113,10 @@ def result_from_parts(
     )
 
 
-def response_head(result: WorkResult) -> http_pb2.HttpResponseHead:
-    """The HttpResponseHead of ``result``."""
-    return http_pb2.HttpResponseHead(
-        status_code=result.status,
-        headers=_headers(result.headers),
-        content_length=len(result.body),
-    )
+def response_head(result: WorkResult, *, streamed: bool = False) -> http_pb2.HttpResponseHead:
+    """The HttpResponseHead of ``result``; without ``content_length`` when its body streams
+    (``result`` then holds the head alone, and the length is not known in advance)."""
+    head = http_pb2.HttpResponseHead(status_code=result.status, headers=_headers(result.headers))
+    if not streamed:
+        head.content_length = len(result.body)
+    return head

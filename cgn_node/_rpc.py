@@ -8,7 +8,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -32,7 +32,7 @@ from cgn_common.types import Tier
 from cgn_node._convert import request_from_call, response_head, usage_to_proto
 from cgn_node.broker import Broker, MinerFailedError, Outcome
 from cgn_node.central_client import CentralClient
-from cgn_node.limits import body_limit, check_body_size
+from cgn_node.limits import Binding, body_limit, check_body_size, too_large
 from cgn_node.recorder import FinishedWork, WorkRecorder
 from cgn_node.sessions import SessionClaims, SessionInvalidError, SessionIssuer
 from cgn_node.spool import Spool, SpoolBudget
@@ -178,8 +178,7 @@ class Work(work_grpc.WorkServiceServicer):
         outcome = await self._submit(unit, started)
         result = outcome.result
         if stream is not None and stream.started:  # the rest comes through ReadAnswer
-            head = response_head(result)
-            head.ClearField("content_length")
+            head = response_head(result, streamed=True)
             token = self._hold(_HeldAnswer(unit, outcome, stream, started))
             return work_pb.CallResponse(head=head, answer_token=token)
         finished = self._finished(unit, outcome, started, result.usage)
@@ -257,16 +256,12 @@ class Work(work_grpc.WorkServiceServicer):
         unit = self._new_unit(probe, context, stream, body_size=declared or 0)
         claims: SessionClaims = current_caller().session
         dservice_limit = self._broker.body_limits.limit(start.dservice)
-        limit, _ = body_limit(self._max_stream_body_bytes, claims, dservice_limit)
-
-        def check(size: int) -> None:
-            self._check_body_size(size, claims, start.dservice, streamed=True)
-
+        limit, binding = body_limit(self._max_stream_body_bytes, claims, dservice_limit)
         if start.await_accept:
             yield work_pb.CallStreamResponse(accepted=work_pb.CallAccepted(max_body_bytes=limit))
         spool = Spool(self._spool_budget, directory=self._spool_dir)
         try:
-            await self._spool_body(request_iterator, spool, check)
+            await self._spool_body(request_iterator, spool, limit, binding, start.dservice)
             if declared is not None and spool.size != declared:
                 raise InvalidArgumentError(
                     f"the body has {spool.size} bytes, not the {declared} its head declares"
@@ -278,10 +273,8 @@ class Work(work_grpc.WorkServiceServicer):
             else:
                 unit.request = replace(unit.request, spool=spool)
             outcome = await self._submit(unit, started)
-            response_head_ = response_head(outcome.result)
-            if stream.started:
-                response_head_.ClearField("content_length")
-            yield work_pb.CallStreamResponse(head=response_head_)
+            answer_head = response_head(outcome.result, streamed=stream.started)
+            yield work_pb.CallStreamResponse(head=answer_head)
             async for part in self._answer(_HeldAnswer(unit, outcome, stream, started)):
                 if isinstance(part, bytes):
                     yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=part))
@@ -338,20 +331,22 @@ class Work(work_grpc.WorkServiceServicer):
     async def _spool_body(
         parts: AsyncIterator[work_pb.CallStreamRequest],
         spool: Spool,
-        check: Callable[[int], None],
+        limit: int,
+        binding: Binding,
+        dservice: str,
     ) -> None:
         """A CallStream's request body into ``spool``: its BodyChunks until end_of_body (or
-        the end of the stream), cut with BODY_TOO_LARGE (``check``) as soon as it passes the
-        limit."""
+        the end of the stream), cut with BODY_TOO_LARGE as soon as it passes ``limit``
+        (``binding``'s)."""
         async for part in parts:
             if part.WhichOneof("kind") != "body":
                 raise InvalidArgumentError("after its CallStart, a CallStream sends BodyChunks")
             data = part.body.data
-            check(spool.size + len(data))
+            if spool.size + len(data) > limit:
+                raise too_large(spool.size + len(data), limit, binding, dservice)
             await spool.write(data)
             if part.body.end_of_body:
                 break
-        spool.finish()
 
     def _new_unit(
         self,

@@ -36,14 +36,18 @@ def check_body_size(
     """Raises BodyTooLargeError (RESOURCE_EXHAUSTED, BODY_TOO_LARGE) when a body of ``size``
     bytes for ``dservice`` is over the limit that binds (:func:`body_limit`)."""
     limit, binding = body_limit(node_max, claims, dservice_limit)
-    if size <= limit:
-        return
+    if size > limit:
+        raise too_large(size, limit, binding, dservice)
+
+
+def too_large(size: int, limit: int, binding: Binding, dservice: str) -> BodyTooLargeError:
+    """The refusal of a body of ``size`` bytes over ``limit`` (``binding``'s)."""
     whose = {
         "node": "this node's limit",
         "account": "the account's limit",
         "dservice": f"the limit of DService {dservice!r}",
     }[binding]
-    raise BodyTooLargeError(
+    return BodyTooLargeError(
         f"the request body is {size} bytes, over {whose} of {limit} bytes ({binding})"
     )
 

@@ -47,7 +47,7 @@ class SpoolBudget:
 
 
 class Spool:
-    """One request body, written once (:meth:`write` ... :meth:`finish`), then read from the
+    """One request body, written once (:meth:`write` until it is whole), then read from the
     start as often as needed (:meth:`slices`), concurrently too; :meth:`close` frees it."""
 
     def __init__(
@@ -64,7 +64,6 @@ class Spool:
         self._fd: int | None = None
         self._charged = 0
         self.size = 0
-        self.finished = False
 
     @property
     def on_disk(self) -> bool:
@@ -101,10 +100,6 @@ class Spool:
         if self._fd is not None:
             raise ValueError("the body is on disk: read it with slices()")
         return b"".join(self._memory)
-
-    def finish(self) -> None:
-        """The body is complete."""
-        self.finished = True
 
     async def slices(self, size: int = BODY_CHUNK_BYTES) -> AsyncIterator[bytes]:
         """The body from its start, ``size`` bytes at a time."""
