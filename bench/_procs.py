@@ -117,8 +117,17 @@ def free_port() -> int:
         return port
 
 
-async def spawn(name: str, args: Sequence[str], env: dict[str, str], output: Path) -> Child:
-    """Start `sys.executable args...` with stdout and stderr going to `output`.
+async def spawn(
+    name: str,
+    args: Sequence[str],
+    env: dict[str, str],
+    output: Path,
+    *,
+    pipes: bool = False,
+    cwd: Path | None = None,
+) -> Child:
+    """Start `sys.executable args...` with stdout and stderr going to `output` (with `pipes`,
+    stdin and stdout are pipes instead, stderr still goes to `output`).
 
     The child gets SIGTERM from the kernel if this process dies without stopping it.
     """
@@ -127,10 +136,11 @@ async def spawn(name: str, args: Sequence[str], env: dict[str, str], output: Pat
             sys.executable,
             *args,
             env={**os.environ, **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
+            stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipes else out,
             stderr=out,
             preexec_fn=die_with_parent,
+            cwd=cwd,
         )
     return Child(name, proc, output)
 

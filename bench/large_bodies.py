@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import time
@@ -42,6 +41,9 @@ from typing import TypeVar
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procs import HOST, Child, free_port, spawn, stop_child, wait_listening
 
 from cgn_common.rpc import open_channel
 from dservices.echo import _PATTERN
@@ -70,21 +72,12 @@ def _expected_digest(size: int) -> str:
     return digest.hexdigest()
 
 
-async def _echo(port: int) -> asyncio.subprocess.Process:
-    """A fresh echo process on ``port``, once it answers."""
-    env = {**os.environ, "CGN_LISTEN": f"127.0.0.1:{port}"}
-    echo = await asyncio.create_subprocess_exec(sys.executable, "-m", "dservices.echo", env=env)
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/ready") as ready:
-                    await ready.read()
-                return echo
-            except aiohttp.ClientConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+async def _echo(output: Path) -> tuple[Child, int]:
+    """A fresh echo process on a free loopback port, once it listens."""
+    port = free_port()
+    echo = await spawn("echo", ["-m", "dservices.echo"], {"CGN_LISTEN": f"{HOST}:{port}"}, output)
+    await wait_listening(echo, port)
+    return echo, port
 
 
 async def _curl(*args: str) -> tuple[float, str]:
@@ -126,14 +119,6 @@ async def _first_line(url: str, headers: dict[str, str]) -> float:
     return seconds
 
 
-def _free_port() -> int:
-    """A free loopback port (bound, then released for the child to take)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _through_cgn(sb: RunningSandbox, size: int) -> tuple[float, str]:
     """Seconds and SHA-256 of the same download through the sandbox's node (CallStream)."""
     token = await sb.session_token()
@@ -170,18 +155,9 @@ def _write_random(path: Path, mib: int) -> str:
     return digest.hexdigest()
 
 
-def _cgn_processes(sb: RunningSandbox) -> dict[str, int]:
-    """The CGN's processes (gateway, node, miners: not the DService, not Central)."""
-    found: dict[str, int] = {}
-    for name, process in sb.info["processes"].items():
-        if name in ("gateway", "node") or name.startswith("miner"):
-            found[name] = int(process["pid"])
-    return found
-
-
 async def _measured(sb: RunningSandbox, transfer: Awaitable[T]) -> tuple[T, dict[str, float]]:
     """``transfer``'s result and the peak RSS (MiB) of each CGN process during it."""
-    processes = _cgn_processes(sb)
+    processes = sb.cgn_processes()
     for pid in processes.values():
         reset_peak_rss(pid)
     result = await transfer
@@ -212,10 +188,9 @@ async def main() -> int:
         sent = await asyncio.to_thread(_write_random, upload, args.mib)
         post = ["--upload-file", str(upload), "--request", "POST", *digest]
 
-        port = _free_port()
-        echo = await _echo(port)
+        echo, port = await _echo(Path(tmp) / "echo.log")
         try:
-            base = f"http://127.0.0.1:{port}/large"
+            base = f"http://{HOST}:{port}/large"
             direct_down, got = await _curl(*generate, base)
             rows.append(
                 _row("download, direct (echo)", args.mib, direct_down, None, got == expected)
@@ -225,8 +200,7 @@ async def main() -> int:
             rows.append(_row("upload, direct (echo)", args.mib, direct_up, None, ok))
             direct_drip = await _first_line(base, drip)
         finally:
-            echo.terminate()
-            await asyncio.wait_for(echo.wait(), 10)
+            await stop_child(echo, 10)
 
         sb = start_sandbox(Path(tmp) / "state", Path(tmp) / "sandbox.log", miners=1)
         try:

@@ -55,7 +55,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import statistics
@@ -70,14 +69,14 @@ from typing import Any
 from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_seconds
+from _procs import Child, proc_cpu_seconds, read_json, spawn, stop_child
 
 from central.accounts import AccountStore
 from central.db import open_engine
 from cgn_cli._admin import AdminClient
 from cgn_common.certs import Authority, Identity, Role, write_issued
-from cgn_common.process import die_with_parent
 from cgn_common.rpc import open_channel
 from cgn_common.tls import TlsConfig
 from cgn_common.types import AccountKind, Tier
@@ -110,11 +109,6 @@ QUIESCE_TIMEOUT_S = 120.0
 # --------------------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (every thread) so far."""
-    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split())
-
-
 def proc_mem_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of ``pid``, MiB."""
     values: dict[str, float] = {}
@@ -130,9 +124,9 @@ async def quiesce(pid: int, timeout_s: float) -> float:
     e.g. ledger rows of finished work, is done); returns the seconds waited."""
     began = time.monotonic()
     while time.monotonic() - began < timeout_s:
-        before = proc_cpu_s(pid)
+        before = proc_cpu_seconds(pid)
         await asyncio.sleep(QUIET_SAMPLE_S)
-        if proc_cpu_s(pid) - before < QUIET_CPU * QUIET_SAMPLE_S:
+        if proc_cpu_seconds(pid) - before < QUIET_CPU * QUIET_SAMPLE_S:
             break
     return time.monotonic() - began
 
@@ -140,25 +134,6 @@ async def quiesce(pid: int, timeout_s: float) -> float:
 # --------------------------------------------------------------------------------------------
 # Children
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Child:
-    """A process this benchmark started; its output goes to ``log``."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class Children:
@@ -173,18 +148,7 @@ class Children:
     ) -> Child:
         """``sys.executable args...``; stdin/stdout piped with ``pipes``, else output to a log."""
         log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *args,
-                env={**os.environ, **env},
-                stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if pipes else out,
-                stderr=out,
-                preexec_fn=die_with_parent,
-                cwd=ROOT,
-            )
-        child = Child(name, proc, log)
+        child = await spawn(name, args, env, log, pipes=pipes, cwd=ROOT)
         self.started.append(child)
         return child
 
@@ -195,25 +159,19 @@ class Children:
         complaints: list[str] = []
         ordered = sorted(reversed(self.started), key=lambda c: c.name not in first)
         for child in ordered:
-            if child.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                complaints.append(f"{child.name} (pid {child.pid}) needed SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signal.SIGKILL)
-                await child.proc.wait()
+            running = child.proc.returncode is None
+            outcome = await stop_child(child, STOP_TIMEOUT_S)
+            if running and child.proc.returncode == -signal.SIGKILL:
+                complaints.append(f"{child.name} (pid {child.pid}) {outcome}")
         return complaints
 
 
 def read_endpoints(ready_file: Path) -> dict[str, str] | None:
     """The endpoints a ready file announces, or None while it is not written."""
-    try:
-        endpoints: dict[str, str] = json.loads(ready_file.read_text())["endpoints"]
-    except (OSError, json.JSONDecodeError):
+    ready = read_json(ready_file)
+    if ready is None:
         return None
+    endpoints: dict[str, str] = ready["endpoints"]
     return endpoints
 
 
@@ -230,12 +188,12 @@ async def wait_ready(child: Child, ready_file: Path) -> dict[str, str]:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if child.proc.returncode is not None:
-            raise RuntimeError(f"{child.name} exited:\n{child.tail()}")
+            raise RuntimeError(f"{child.name} exited:\n{child.output_tail()}")
         endpoints = read_endpoints(ready_file)
         if endpoints is not None:
             return endpoints
         await asyncio.sleep(POLL_S)
-    raise RuntimeError(f"{child.name} not ready after {START_TIMEOUT_S} s:\n{child.tail()}")
+    raise RuntimeError(f"{child.name} not ready after {START_TIMEOUT_S} s:\n{child.output_tail()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +312,7 @@ async def start_cluster(args: argparse.Namespace, state: Path, children: Childre
         deadline = time.monotonic() + START_TIMEOUT_S
         while not await admin.node_linked(accounts.node_id):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Central did not link the node:\n{central.tail()}")
+                raise RuntimeError(f"Central did not link the node:\n{central.output_tail()}")
             await asyncio.sleep(POLL_S)
     finally:
         await admin.close()
@@ -419,7 +377,7 @@ class MinerProcs:
         await child.proc.stdin.drain()
         line = await child.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"{child.name} exited:\n{child.tail()}")
+            raise RuntimeError(f"{child.name} exited:\n{child.output_tail()}")
         return line.decode().strip()
 
     async def connect(self, total: int) -> None:
@@ -432,7 +390,9 @@ class MinerProcs:
         for child, share, answer in zip(self.procs, shares, answers, strict=True):
             got = int(answer.split()[1])
             if got != share:
-                raise RuntimeError(f"{child.name}: {answer!r}, wanted {share}:\n{child.tail()}")
+                raise RuntimeError(
+                    f"{child.name}: {answer!r}, wanted {share}:\n{child.output_tail()}"
+                )
 
     async def stats(self) -> list[dict[str, Any]]:
         answers = await asyncio.gather(*(self._ask(c, "stats") for c in self.procs))
@@ -471,7 +431,7 @@ async def run_step(
     await miners.connect(count)
     await asyncio.sleep(args.settle)
     await quiesce(cluster.node.pid, QUIESCE_TIMEOUT_S)
-    step_cpu = proc_cpu_s(cluster.node.pid)
+    step_cpu = proc_cpu_seconds(cluster.node.pid)
     start = time.time() + args.load_start_delay
     window = (start + args.warmup, start + args.warmup + args.duration)
     loads = []
@@ -507,10 +467,10 @@ async def run_step(
             )
         )
     await asyncio.sleep(max(0.0, window[0] - time.time()))
-    node_cpu = proc_cpu_s(cluster.node.pid)
+    node_cpu = proc_cpu_seconds(cluster.node.pid)
     miners_before = await miners.stats()
     await asyncio.sleep(max(0.0, window[1] - time.time()))
-    node_cpu = proc_cpu_s(cluster.node.pid) - node_cpu
+    node_cpu = proc_cpu_seconds(cluster.node.pid) - node_cpu
     miners_after = await miners.stats()
     rss, hwm = proc_mem_mib(cluster.node.pid)
     latencies: list[float] = []
@@ -520,14 +480,14 @@ async def run_step(
     for load in loads:
         out, _ = await load.proc.communicate()
         if load.proc.returncode != 0 or not out:
-            raise RuntimeError(f"{load.name} failed:\n{load.tail()}")
+            raise RuntimeError(f"{load.name} failed:\n{load.output_tail()}")
         result = json.loads(out)
         latencies.extend(result["latencies"])
         errors.update(result["errors"])
         load_cpu += result["cpu_s"]
         all_done += result["all_done"]
     backlog_s = await quiesce(cluster.node.pid, QUIESCE_TIMEOUT_S)
-    step_cpu = proc_cpu_s(cluster.node.pid) - step_cpu
+    step_cpu = proc_cpu_seconds(cluster.node.pid) - step_cpu
     served = sum(
         a["served"] - b["served"] for a, b in zip(miners_after, miners_before, strict=True)
     )

@@ -127,11 +127,7 @@ async def test_a_gigabyte_each_way_through_the_gateway_in_bounded_memory_beside_
     sandbox: RunningSandbox,
 ) -> None:
     size = 1024 * MIB
-    watched = {
-        name: int(process["pid"])
-        for name, process in sandbox.current()["processes"].items()
-        if name in ("gateway", "node") or name.startswith("miner")
-    }
+    watched = sandbox.cgn_processes()
     for pid in watched.values():
         reset_peak_rss(pid)
     seed = os.urandom(MIB)

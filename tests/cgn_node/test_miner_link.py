@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -463,6 +463,22 @@ async def test_a_banned_accounts_sessions_stop_working_at_once(cluster: Cluster)
     assert time.monotonic() - started < 1
 
 
+def _connection_writing_to(write: Callable[[Any], Awaitable[None]]) -> MinerConnection:
+    """A node's connection to one miner whose stream is ``write`` (a scripted peer in
+    process)."""
+    return MinerConnection(
+        StreamWriter(write),
+        miner_id="m1",
+        tier=Tier.TIER_2_DATACENTER,
+        owner_account_id="",
+        dservices=frozenset({"echo"}),
+        capacity=1,
+        ack_deadline_s=0.2,
+        lease_s=1.0,
+        supervisor=Supervisor("test"),
+    )
+
+
 async def test_a_drain_written_to_a_stream_closing_under_it_is_only_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -473,17 +489,7 @@ async def test_a_drain_written_to_a_stream_closing_under_it_is_only_logged(
     async def closing(message: Any) -> None:
         raise grpc.aio.InternalError('Failed "execute_batch"')
 
-    miner = MinerConnection(
-        StreamWriter(closing),
-        miner_id="m1",
-        tier=Tier.TIER_2_DATACENTER,
-        owner_account_id="",
-        dservices=frozenset({"echo"}),
-        capacity=1,
-        ack_deadline_s=0.2,
-        lease_s=1.0,
-        supervisor=Supervisor("test"),
-    )
+    miner = _connection_writing_to(closing)
     with caplog.at_level(logging.INFO):
         await asyncio.wait_for(miner.drain(1.0), 5)
     assert "drain_unacknowledged" in caplog.text
@@ -498,17 +504,7 @@ async def test_an_answer_that_came_just_before_the_cancel_is_billed_at_once() ->
     async def write(message: Any) -> None:
         sent.append(message)
 
-    miner = MinerConnection(
-        StreamWriter(write),
-        miner_id="m1",
-        tier=Tier.TIER_2_DATACENTER,
-        owner_account_id="",
-        dservices=frozenset({"echo"}),
-        capacity=1,
-        ack_deadline_s=0.2,
-        lease_s=1.0,
-        supervisor=Supervisor("test"),
-    )
+    miner = _connection_writing_to(write)
     unit = _unit("w-crossed")
     run = asyncio.create_task(miner.run(unit))
     await until(lambda: bool(sent), "the assignment")

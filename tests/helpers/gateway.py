@@ -11,12 +11,11 @@ from cgn_common.certs import Role
 from cgn_common.interceptors import Rule, rules_for
 from cgn_common.rpc import GrpcServer
 from cgn_common.tls import ClientAuth
+from cgn_node.server import WORK_METHODS, WORK_SERVICE
 from gateway.config import GatewayConfig
 from gateway.server import start
 from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 from tests.helpers.pki import Pki
-
-WORK_SERVICE = "cgn.work.v1.WorkService"
 
 
 def gateway_config(node_address: str, pki: Pki, **options: Any) -> GatewayConfig:
@@ -43,7 +42,7 @@ async def gateway_before(
         "scripted-node",
         pki.issue(Role.NODE, "n1"),
         ClientAuth.REQUIRED,
-        rules_for(WORK_SERVICE, ["Call", "CallStream", "ReadAnswer"], Rule.peer(Role.GATEWAY)),
+        rules_for(WORK_SERVICE, WORK_METHODS, Rule.peer(Role.GATEWAY)),
     )
     server.add(work_grpc.add_WorkServiceServicer_to_server, node, WORK_SERVICE)
     address = await server.start("127.0.0.1:0")

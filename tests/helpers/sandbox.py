@@ -65,6 +65,15 @@ class RunningSandbox:
         data: dict[str, Any] = json.loads((self.state_dir / "sandbox.json").read_text())
         return data
 
+    def cgn_processes(self) -> dict[str, int]:
+        """The CGN's own processes now, name -> pid: gateway, node, miners (not the DServices,
+        not Central): those whose memory a large body must not grow."""
+        return {
+            name: int(process["pid"])
+            for name, process in self.current()["processes"].items()
+            if name in ("gateway", "node") or name.startswith("miner")
+        }
+
     def pids(self) -> set[int]:
         """The sandbox, its children and every descendant (DService processes too)."""
         return {self.process.pid} | descendants(self.process.pid)
