@@ -41,7 +41,6 @@ from cgn_common.errors import (
 from cgn_common.ids import new_id
 from cgn_common.logs import log_event
 from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES, StreamWriter, read_hello
-from cgn_common.tasks import Supervisor
 from cgn_common.types import Tier
 from cgn_node._convert import assignment, result_from_parts, usage_from_proto
 from cgn_node.broker import Broker, MinerFailedError, MinerRefusedError
@@ -57,6 +56,11 @@ _log = logging.getLogger(__name__)
 Context: TypeAlias = Any
 
 _MAX_CONCURRENCY = 256
+#: The optional protocol features (docs/miner-protocol.md, "Features"): "batch", several
+#: messages in one either way when both sides list it; "answer_acks", an answer within the ack
+#: deadline acknowledges its assignment (the node has always read it so).
+BATCH = "batch"
+NODE_FEATURES = (BATCH, "answer_acks")
 #: The largest answer the node holds for a unary Call (a larger one fails the unit: bounded
 #: memory whatever a miner sends).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -103,7 +107,6 @@ class MinerConnection:
         capacity: int,
         ack_deadline_s: float,
         lease_s: float,
-        supervisor: Supervisor,
         on_slots: Callable[[int], None] = lambda free: None,
         on_given_up: Callable[[], None] = lambda: None,
         tokens: dict[str, MinerConnection] | None = None,
@@ -117,7 +120,6 @@ class MinerConnection:
         self._writer = writer
         self._ack_deadline_s = ack_deadline_s
         self._lease_s = lease_s
-        self._supervisor = supervisor
         self._nonces = itertools.count(1)
         self._prefix = self.connection_id[-8:]
         #: dispatch token -> the dispatch.
@@ -182,10 +184,7 @@ class MinerConnection:
             else:
                 self._cancelled[pending.token] = usage
                 usage.add_done_callback(lambda _: self._cancelled.pop(pending.token, None))
-        self._supervisor.spawn(f"cancel-{pending.token}", self._send_quietly(message))
-
-    async def _send_quietly(self, message: pb.ConnectResponse) -> None:
-        if (exc := await self._writer.send_quietly(message)) is not None:
+        if (exc := self._writer.post(message)) is not None:
             log_event(_log, "miner_send_failed", miner_id=self.miner_id, error=repr(exc))
 
     async def run(self, unit: WorkUnit) -> WorkResult:
@@ -456,14 +455,12 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         *,
         ack_deadline_s: float,
         lease_s: float,
-        supervisor: Supervisor,
     ) -> None:
         self._broker = broker
         self._central = central
         self._node_id = node_id
         self._ack_deadline_s = ack_deadline_s
         self._lease_s = lease_s
-        self._supervisor = supervisor
         self._miners: set[MinerConnection] = set()
         #: dispatch token -> the miner it went to (MinerConnection keeps it).
         self._by_token: dict[str, MinerConnection] = {}
@@ -502,8 +499,11 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
         tier = info.account.tier
         if tier is None:
             raise PermissionDeniedError("miner account has no tier", reason="MINER_WITHOUT_TIER")
+        writer = StreamWriter(context.write)
+        if BATCH in hello.features:
+            writer.set_batch(_node_batch)
         miner = MinerConnection(
-            StreamWriter(context.write),
+            writer,
             miner_id=hello.miner_id,
             tier=tier,
             owner_account_id=info.owner_account_id,
@@ -511,7 +511,6 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             capacity=max(1, min(hello.max_concurrent_work_units or 1, _MAX_CONCURRENCY)),
             ack_deadline_s=self._ack_deadline_s,
             lease_s=self._lease_s,
-            supervisor=self._supervisor,
             tokens=self._by_token,
         )
         miner_ref = miner
@@ -522,6 +521,7 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             tier=int(miner.tier),  # type: ignore[arg-type]
             max_grade=int(info.max_grade),  # type: ignore[arg-type]
             connection_id=miner.connection_id,
+            features=NODE_FEATURES,
         )
         welcome.ack_deadline.FromMilliseconds(int(self._ack_deadline_s * 1000))
         welcome.availability_interval.FromSeconds(10)
@@ -622,9 +622,24 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
     @staticmethod
     async def _read(context: Context, miner: MinerConnection) -> None:
         while (message := await context.read()) is not grpc.aio.EOF:
-            if message.WhichOneof("kind") == "goodbye":
+            kind = message.WhichOneof("kind")
+            if kind == "batch":
+                for inner in message.batch.messages:
+                    inner_kind = inner.WhichOneof("kind")
+                    if inner_kind in ("batch", "hello"):
+                        raise InvalidArgumentError(f"a {inner_kind} inside a MinerBatch")
+                    if inner_kind == "goodbye":
+                        return
+                    miner.on_message(inner)
+                continue
+            if kind == "goodbye":
                 return
             miner.on_message(message)
+
+
+def _node_batch(messages: list[pb.ConnectResponse]) -> pb.ConnectResponse:
+    """Node messages written together, for a miner that reads batches."""
+    return pb.ConnectResponse(batch=pb.NodeBatch(messages=messages))
 
 
 async def _slices(request: HttpRequest) -> AsyncIterator[bytes]:

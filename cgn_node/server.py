@@ -9,6 +9,7 @@ import hmac
 import logging
 from pathlib import Path
 
+from cgn_common import loop as event_loop
 from cgn_common.certs import Role
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.interceptors import Rule, Rules, rules_for
@@ -172,7 +173,6 @@ class Node:
             config.node_id,
             ack_deadline_s=config.ack_deadline_ms / 1000,
             lease_s=config.lease_ms / 1000,
-            supervisor=self.supervisor,
         )
         self.miner_server.add(
             link_grpc.add_MinerLinkServiceServicer_to_server, self.miner_link, MINER_LINK_SERVICE
@@ -282,4 +282,4 @@ async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
 
 def run(config: NodeConfig, ready_file: Path | None = None) -> None:
     """Blocking entry point for ``cgn node``."""
-    asyncio.run(serve(config, ready_file))
+    event_loop.run(serve(config, ready_file))

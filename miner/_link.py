@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import grpc
@@ -41,6 +41,12 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024
 #: How long after a unit's timeout the miner stops it itself, failing it, if the node has
 #: not cancelled it by then.
 DEADLINE_GRACE_S = 1.0
+
+#: The optional protocol features this miner supports (docs/miner-protocol.md, "Features").
+FEATURES = ("batch",)
+#: With the node's "answer_acks", how much of the ack deadline the miner may hold an Ack back
+#: hoping the answer comes first (which then acknowledges the assignment, one message fewer).
+ACK_HOLD_SHARE = 0.1
 
 #: Request headers the miner sets itself; a DApp's copies are dropped.
 _OURS = frozenset({"x-cgn-attempt", "x-request-id"})
@@ -133,6 +139,37 @@ class _Exchange:
         self._call.cancel()
 
 
+class _Heartbeat:
+    """Renews a unit's lease while it runs: a WorkProgress every third of a lease, with the
+    wall time used so far (a unit's CPU share is known only at its end). A timer, not a task:
+    most units end before the first beat."""
+
+    __slots__ = ("_handle", "_loop", "_nonce", "_period", "_post", "_started", "_token")
+
+    def __init__(
+        self, post: Callable[[pb.ConnectRequest], None], nonce: str, token: str, lease_s: float
+    ) -> None:
+        self._post = post
+        self._nonce = nonce
+        self._token = token
+        self._period = lease_s / 3
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self._handle = self._loop.call_later(self._period, self._beat)
+
+    def _beat(self) -> None:
+        progress = pb.WorkProgress(dispatch_token=self._token)
+        progress.usage_so_far.wall_time.FromMicroseconds(
+            int((time.monotonic() - self._started) * 1_000_000)
+        )
+        self._post(pb.ConnectRequest(response_nonce=self._nonce, progress=progress))
+        self._handle = self._loop.call_later(self._period, self._beat)
+
+    def cancel(self) -> None:
+        """The unit ended: no more beats."""
+        self._handle.cancel()
+
+
 class LinkSession:
     """One connection to a node; ``run`` returns when the stream ends."""
 
@@ -144,6 +181,10 @@ class LinkSession:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: dispatch token -> what its call to the DService used (filled when the call ends).
         self._spent: dict[str, Spent] = {}
+        #: dispatch token -> its Ack, held back until the answer comes or the hold ends.
+        self._held_acks: dict[str, asyncio.TimerHandle] = {}
+        #: How long an Ack may be held back (0: never, the node did not offer answer_acks).
+        self._ack_hold_s = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
         self._stub: pb_grpc.MinerLinkServiceStub | None = None
@@ -179,18 +220,15 @@ class LinkSession:
             software_version="0.1.0",
             max_concurrent_work_units=self._config.max_concurrent_work_units,
             runtime=self._config.runtime,
+            features=FEATURES,
         )
 
-    async def _send(self, call: Any, message: pb.ConnectRequest) -> None:
-        if self._writer is None:
-            self._writer = StreamWriter(call.write)
-        await self._writer.send(message)
-
-    async def _send_quietly(self, call: Any, message: pb.ConnectRequest) -> None:
-        """Sends, and only logs a failure: the stream is gone and the node knows it."""
-        if self._writer is None:
-            self._writer = StreamWriter(call.write)
-        if (exc := await self._writer.send_quietly(message)) is not None:
+    def _post(self, message: pb.ConnectRequest) -> None:
+        """Queues a message for the node (written in order, with others of the same moment
+        when the node reads batches); a failure is only logged: the stream is gone and the
+        node knows it."""
+        assert self._writer is not None
+        if (exc := self._writer.post(message)) is not None:
             log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
 
     async def run(
@@ -210,6 +248,11 @@ class LinkSession:
             await call  # raises the node's refusal status
             return
         self.welcome = first.welcome
+        self._writer = StreamWriter(call.write)
+        if "batch" in first.welcome.features:
+            self._writer.set_batch(_miner_batch)
+        if "answer_acks" in first.welcome.features:
+            self._ack_hold_s = first.welcome.ack_deadline.ToMilliseconds() / 1000 * ACK_HOLD_SHARE
         self._last_nonce = first.nonce
         connected.set()
         log_event(
@@ -221,23 +264,35 @@ class LinkSession:
         )
         try:
             while (message := await call.read()) is not grpc.aio.EOF:
-                self._last_nonce = message.nonce
-                await self._on_message(call, message)
+                batch = message.batch.messages if message.WhichOneof("kind") == "batch" else ()
+                for one in batch or (message,):
+                    self._last_nonce = one.nonce
+                    self._on_message(call, one)
                 if self._drained.is_set():
                     return
         finally:
             connected.clear()
+            for held in self._held_acks.values():
+                held.cancel()
             for task in list(self._tasks.values()):
                 task.cancel()
 
-    async def _on_message(self, call: Any, message: pb.ConnectResponse) -> None:
+    def _on_message(self, call: Any, message: pb.ConnectResponse) -> None:
         kind = message.WhichOneof("kind")
         nonce = message.nonce
         if kind == "assignment":
             nack = self._nack_reason(message.assignment)
-            await self._ack(call, nonce, nack)
-            if nack is None:
-                self._start_work(call, nonce, message.assignment)
+            if nack is not None:
+                self._ack(nonce, nack)
+                return
+            token = message.assignment.dispatch_token
+            if self._ack_hold_s:  # the answer may come first and acknowledge it
+                self._held_acks[token] = asyncio.get_running_loop().call_later(
+                    self._ack_hold_s, self._release_ack, token, nonce
+                )
+            else:
+                self._ack(nonce, None)
+            self._start_work(call, nonce, message.assignment)
         elif kind == "cancel":
             token = message.cancel.dispatch_token
             cancelled = self._tasks.get(token)
@@ -246,23 +301,50 @@ class LinkSession:
                 cancelled.cancel()
                 self._spawn(call, self._report_cancelled(call, nonce, token, cancelled, spent))
         elif kind == "ping":
-            await self._send(call, pb.ConnectRequest(response_nonce=nonce, pong=pb.Pong()))
+            self._post(pb.ConnectRequest(response_nonce=nonce, pong=pb.Pong()))
         elif kind == "drain":
-            await self._ack(call, nonce, None)
+            self._ack(nonce, None)
             grace_s = message.drain.grace.ToMilliseconds() / 1000
             self._draining = True
             self._spawn(call, self._drain(call, grace_s))
         elif kind in ("key_revoke",):
-            await self._ack(call, nonce, None)
+            self._ack(nonce, None)
         elif kind in ("key_grant", "dservice_update", "attestation_challenge"):
-            await self._ack(call, nonce, UnimplementedError(f"{kind} is not supported yet"))
+            self._ack(nonce, UnimplementedError(f"{kind} is not supported yet"))
 
-    async def _ack(self, call: Any, nonce: str, nack: CgnError | None) -> None:
+    def _ack(self, nonce: str, nack: CgnError | None) -> None:
         """An Ack of the node message ``nonce``; with ``nack``, a NACK saying why."""
         message = pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack())
         if nack is not None:
             message.error_detail.CopyFrom(status_proto(nack))
-        await self._send(call, message)
+        self._post(message)
+
+    def _release_ack(self, token: str, nonce: str) -> None:
+        """The held Ack of dispatch ``token`` goes now: its answer did not come in time."""
+        if self._held_acks.pop(token, None) is not None:
+            self._ack(nonce, None)
+
+    def _answer(self, token: str, message: pb.ConnectRequest) -> None:
+        """Sends the unit's answer or failure on the control stream, with the WorkSlots its
+        end frees (together when the node reads batches); an Ack still held back is not
+        needed any more: the answer acknowledges the assignment."""
+        self._post(message)
+        self._ended(token)
+
+    def _ended(self, token: str) -> None:
+        """The unit ``token`` is over (answered, failed, cancelled or crashed): its held Ack
+        is dropped, and its slot freed, the node told how many are free."""
+        held = self._held_acks.pop(token, None)
+        if held is not None:
+            held.cancel()
+        if self._tasks.pop(token, None) is None:
+            return  # ended already
+        self._spent.pop(token, None)
+        if not self._drained.is_set():
+            free = max(0, self._config.max_concurrent_work_units - len(self._tasks))
+            self._post(
+                pb.ConnectRequest(response_nonce=self._last_nonce, slots=pb.WorkSlots(free=free))
+            )
 
     def _nack_reason(self, assignment: pb.WorkAssignment) -> CgnError | None:
         """Why this miner rejects the assignment (the node sends it elsewhere), or None."""
@@ -292,7 +374,13 @@ class LinkSession:
             _, late = await asyncio.wait(running, timeout=grace_s)
             for task in late:
                 task.cancel()
-        await self._send_quietly(call, pb.ConnectRequest(goodbye=pb.Goodbye(reason="drained")))
+        assert self._writer is not None
+        if (
+            exc := await self._writer.send_quietly(
+                pb.ConnectRequest(goodbye=pb.Goodbye(reason="drained"))
+            )
+        ) is not None:
+            log_event(_log, "miner_send_failed", logging.WARNING, error=repr(exc))
         with contextlib.suppress(*STREAM_GONE):
             await call.done_writing()
         self._drained.set()
@@ -312,9 +400,7 @@ class LinkSession:
         usage.cpu_time.FromMicroseconds(spent.cpu_time_us)
         usage.wall_time.FromMicroseconds(spent.wall_time_us)
         completion = pb.WorkCompletion(dispatch_token=token, usage=usage)
-        await self._send_quietly(
-            call, pb.ConnectRequest(response_nonce=nonce, completion=completion)
-        )
+        self._post(pb.ConnectRequest(response_nonce=nonce, completion=completion))
         log_event(
             _log,
             "work_cancelled",
@@ -328,32 +414,7 @@ class LinkSession:
         spent = self._spent[token] = Spent(bytes_in=assignment.body_size or len(assignment.body))
         task = asyncio.create_task(self._work(call, nonce, assignment, spent))
         self._tasks[token] = task
-
-        def finished(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(token, None)
-            self._spent.pop(token, None)
-            free = max(0, self._config.max_concurrent_work_units - len(self._tasks))
-            slots = pb.ConnectRequest(
-                response_nonce=self._last_nonce, slots=pb.WorkSlots(free=free)
-            )
-            if not self._drained.is_set():
-                self._spawn(call, self._send_quietly(call, slots))
-
-        task.add_done_callback(finished)
-
-    async def _heartbeat(self, call: Any, nonce: str, token: str, lease_s: float) -> None:
-        """Renews the unit's lease while it runs: a WorkProgress every third of a lease, with
-        the wall time used so far (a unit's CPU share is known only at its end)."""
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(lease_s / 3)
-            progress = pb.WorkProgress(dispatch_token=token)
-            progress.usage_so_far.wall_time.FromMicroseconds(
-                int((time.monotonic() - started) * 1_000_000)
-            )
-            await self._send_quietly(
-                call, pb.ConnectRequest(response_nonce=nonce, progress=progress)
-            )
+        task.add_done_callback(lambda _: self._ended(token))
 
     async def _work(
         self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
@@ -389,7 +450,7 @@ class LinkSession:
         # later, only stops a unit whose node never cancels it.
         timeout = assignment.timeout.ToMilliseconds() / 1000
         timeout_s = timeout + DEADLINE_GRACE_S if timeout else None
-        heartbeat = asyncio.create_task(self._heartbeat(call, nonce, token, lease_s))
+        heartbeat = _Heartbeat(self._post, nonce, token, lease_s)
         try:
             # Until the answer's head: a streamed answer's body then takes as long as it takes
             # (a long download, server-sent events), its lease kept by the heartbeat.
@@ -419,7 +480,7 @@ class LinkSession:
             error = DServiceFailedError("the miner failed")
         finally:
             heartbeat.cancel()
-        await self._fail(call, nonce, assignment, error)
+        self._fail(nonce, assignment, error)
 
     async def _open_exchange(self, token: str) -> _Exchange:
         assert self._data_stub is not None
@@ -491,14 +552,10 @@ class LinkSession:
                 body_complete=True,
                 completion=completion,
             )
-            await self._send_quietly(
-                call, pb.ConnectRequest(response_nonce=nonce, response=response)
-            )
+            self._answer(token, pb.ConnectRequest(response_nonce=nonce, response=response))
         self.completed += 1
 
-    async def _fail(
-        self, call: Any, nonce: str, assignment: pb.WorkAssignment, error: CgnError
-    ) -> None:
+    def _fail(self, nonce: str, assignment: pb.WorkAssignment, error: CgnError) -> None:
         self.failed += 1
         log_event(
             _log,
@@ -511,7 +568,10 @@ class LinkSession:
         failure = pb.WorkFailure(
             dispatch_token=assignment.dispatch_token, status=status_proto(error)
         )
-        await self._send_quietly(call, pb.ConnectRequest(response_nonce=nonce, failure=failure))
+        self._answer(
+            assignment.dispatch_token,
+            pb.ConnectRequest(response_nonce=nonce, failure=failure),
+        )
 
 
 def _check_body_size(assignment: pb.WorkAssignment, limit: int) -> None:
@@ -550,3 +610,8 @@ def _response_head(answer: DServiceAnswer, size: int | None) -> http_pb2.HttpRes
     if size is not None:
         head.content_length = size
     return head
+
+
+def _miner_batch(messages: list[pb.ConnectRequest]) -> pb.ConnectRequest:
+    """Miner messages written together, for a node that reads batches."""
+    return pb.ConnectRequest(batch=pb.MinerBatch(messages=messages))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from cgn_common import loop as event_loop
 from cgn_common.config import Secret
 from cgn_common.errors import InvalidArgumentError
 from cgn_common.logs import log_event
@@ -118,4 +119,4 @@ async def serve(config: MinerConfig, ready_file: Path | None = None) -> None:
 
 def run(config: MinerConfig, ready_file: Path | None = None) -> None:
     """Blocking entry point for ``cgn miner run``."""
-    asyncio.run(serve(config, ready_file))
+    event_loop.run(serve(config, ready_file))

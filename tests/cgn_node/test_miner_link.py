@@ -18,7 +18,6 @@ from cgn_common.certs import Role
 from cgn_common.errors import DeadlineExceededError, DServiceFailedError, UnauthenticatedError
 from cgn_common.rpc import open_channel
 from cgn_common.streams import BODY_CHUNK_BYTES, StreamWriter
-from cgn_common.tasks import Supervisor
 from cgn_common.types import AccountKind, Tier
 from cgn_node._miner_link import MinerConnection
 from cgn_node.broker import MinerFailedError
@@ -48,7 +47,8 @@ class ScriptedMiner:
     # "answer", "chunks", "silent", "heartbeat", "fail", "wrong-nonce", "reports-on-cancel"
     # (heartbeats, and answers a cancel with its usage so far, as the real miner does), or
     # "exchange" (takes the body and answers on the dispatch's data plane: the body
-    # reversed, so that a wrong or reordered slice shows)
+    # reversed, so that a wrong or reordered slice shows), or "batching" (lists the "batch"
+    # feature, sends no Ack and answers with its WorkSlots in one MinerBatch)
     behaviour: str
     assignments: list[pb.WorkAssignment] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
@@ -59,6 +59,9 @@ class ScriptedMiner:
     api_key: str = ""
     #: The sizes of the body slices the node sent on data planes.
     slices: list[int] = field(default_factory=list)
+    #: The size of every NodeBatch received, and the Welcome's features.
+    batches: list[int] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
     _stub: Any = None
 
     async def run(self, address: str, pki: Pki, api_key: str) -> None:
@@ -70,38 +73,46 @@ class ScriptedMiner:
                 api_key=api_key,
                 dservices=[dservice_pb2.DServiceOffer(name="echo")],
                 max_concurrent_work_units=4,
+                features=["batch"] if self.behaviour == "batching" else [],
             )
             await call.write(pb.ConnectRequest(hello=hello))
             tasks: set[asyncio.Task[None]] = set()
             try:
-                while (message := await call.read()) is not grpc.aio.EOF:
-                    kind = message.WhichOneof("kind")
-                    if kind == "welcome":
-                        self.welcomed.set()
-                    elif kind == "cancel":
-                        token = message.cancel.dispatch_token
-                        self.cancels.append(self._work_ids.get(token, token))
-                        if self.behaviour == "reports-on-cancel":
-                            done = pb.WorkCompletion(dispatch_token=token)
-                            done.usage.cpu_time.FromMicroseconds(250_000)
-                            done.usage.wall_time.FromMicroseconds(900_000)
-                            done.usage.cpu_time_metering = resources_pb2.METERING_METHOD_ISOLATED
-                            done.usage.bytes_in = 7
-                            await call.write(
-                                pb.ConnectRequest(response_nonce=message.nonce, completion=done)
-                            )
-                    elif kind == "assignment":
-                        self.assignments.append(message.assignment)
-                        self.assigned.set()
-                        task = asyncio.create_task(self._work(call, message))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                while (received := await call.read()) is not grpc.aio.EOF:
+                    if received.WhichOneof("kind") == "batch":
+                        self.batches.append(len(received.batch.messages))
+                    for message in received.batch.messages or (received,):
+                        await self._on_message(call, message, tasks)
                 self.ended = "EOF"
             except grpc.aio.AioRpcError as exc:
                 self.ended = exc.code().name
             finally:
                 for task in tasks:
                     task.cancel()
+
+    async def _on_message(
+        self, call: Any, message: pb.ConnectResponse, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "welcome":
+            self.features = list(message.welcome.features)
+            self.welcomed.set()
+        elif kind == "cancel":
+            token = message.cancel.dispatch_token
+            self.cancels.append(self._work_ids.get(token, token))
+            if self.behaviour == "reports-on-cancel":
+                done = pb.WorkCompletion(dispatch_token=token)
+                done.usage.cpu_time.FromMicroseconds(250_000)
+                done.usage.wall_time.FromMicroseconds(900_000)
+                done.usage.cpu_time_metering = resources_pb2.METERING_METHOD_ISOLATED
+                done.usage.bytes_in = 7
+                await call.write(pb.ConnectRequest(response_nonce=message.nonce, completion=done))
+        elif kind == "assignment":
+            self.assignments.append(message.assignment)
+            self.assigned.set()
+            task = asyncio.create_task(self._work(call, message))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _work(self, call: Any, message: pb.ConnectResponse) -> None:
         work_id = message.assignment.dispatch_token
@@ -117,6 +128,18 @@ class ScriptedMiner:
             await asyncio.sleep(ACK_DEADLINE_S * 2 / 3)
             await call.write(pb.ConnectRequest(slots=pb.WorkSlots(free=3)))
             await asyncio.sleep(ACK_DEADLINE_S * 2 / 3)
+        if self.behaviour == "batching":  # no Ack: the answer acknowledges the assignment
+            response = pb.WorkResponse(
+                dispatch_token=work_id,
+                head=http_pb2.HttpResponseHead(status_code=200),
+                body=self.miner_id.encode(),
+                body_complete=True,
+                completion=pb.WorkCompletion(dispatch_token=work_id),
+            )
+            answer = pb.ConnectRequest(response_nonce=message.nonce, response=response)
+            slots = pb.ConnectRequest(response_nonce=message.nonce, slots=pb.WorkSlots(free=4))
+            await call.write(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots])))
+            return
         await call.write(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
         if self.behaviour in ("answer", "frozen-machine", "busy-stream"):
             response = pb.WorkResponse(
@@ -475,7 +498,6 @@ def _connection_writing_to(write: Callable[[Any], Awaitable[None]]) -> MinerConn
         capacity=1,
         ack_deadline_s=0.2,
         lease_s=1.0,
-        supervisor=Supervisor("test"),
     )
 
 
@@ -525,3 +547,22 @@ async def test_an_answer_that_came_just_before_the_cancel_is_billed_at_once() ->
     assert unit.cancelled is not None
     assert unit.cancelled.usage.done()
     assert unit.cancelled.usage.result().cpu_time_us == 4_321
+
+
+async def test_a_batching_miner_gets_assignments_together_and_its_answer_acknowledges(
+    cluster: Cluster,
+) -> None:
+    """A miner listing the "batch" feature: assignments queued at once reach it in NodeBatch
+    messages; its MinerBatch of an answer and WorkSlots, with no Ack, completes each unit
+    (the Welcome's "answer_acks") and keeps the miner."""
+    miner, _ = await _connect(cluster, "batching")
+    assert set(miner.features) == {"batch", "answer_acks"}
+    connection = next(iter(cluster.node.broker.miners()))
+    assert isinstance(connection, MinerConnection)
+    results = await asyncio.gather(
+        *(connection.run(_unit(f"w{n}", deadline_s=10)) for n in range(4))
+    )
+    assert [r.body for r in results] == [miner.miner_id.encode()] * 4
+    assert max(miner.batches) > 1  # the four assignments went out in fewer writes
+    assert len(miner.assignments) == 4
+    assert miner.miner_id in {m.miner_id for m in cluster.node.broker.miners()}

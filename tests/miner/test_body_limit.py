@@ -12,6 +12,7 @@ from cgn_common.config import Secret
 from cgn_common.descriptor import parse_descriptor
 from cgn_common.errors import BodyTooLargeError
 from cgn_common.status import reason_of
+from cgn_common.streams import StreamWriter
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from miner._link import LinkSession, _check_body_size
@@ -76,10 +77,12 @@ def test_a_body_of_the_limit_passes_and_one_over_it_does_not() -> None:
 async def test_a_unit_over_the_limit_fails_before_its_body_is_fetched(tmp_path: Path) -> None:
     session = _session(tmp_path)
     call = _Call()
+    session._writer = StreamWriter(call.write)
     exchange: list[Any] = []
     # Not inline: the body would come on a data plane, which is never opened (the session
     # has no stub; opening one would fail the test).
     await session._run_unit(call, "n1", _assignment(11, inline=False), Spent(), exchange)
+    await session._writer.flush()
     assert exchange == []
     (sent,) = call.sent
     status = sent.failure.status

@@ -182,6 +182,7 @@ class ConnectRequest(_message.Message):
     PONG_FIELD_NUMBER: _builtins.int
     KEY_REQUEST_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     response_nonce: _builtins.str
     """The nonce of the node message this answers; empty for unsolicited messages."""
     @_builtins.property
@@ -242,6 +243,12 @@ class ConnectRequest(_message.Message):
     def goodbye(self) -> Global___Goodbye:
         """The miner is leaving: finish work in flight, then close."""
 
+    @_builtins.property
+    def batch(self) -> Global___MinerBatch:
+        """Several miner messages in one, to be handled in order as if each had come alone; only
+        to a node whose Welcome lists the "batch" feature.
+        """
+
     def __init__(
         self,
         *,
@@ -260,16 +267,43 @@ class ConnectRequest(_message.Message):
         pong: Global___Pong | None = ...,
         key_request: Global___KeyRequest | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        batch: Global___MinerBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "slots", b"slots"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "batch", b"batch", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "slots", b"slots"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "response_nonce", b"response_nonce", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attestation", b"attestation", "availability", b"availability", "batch", b"batch", "completion", b"completion", "error_detail", b"error_detail", "failure", b"failure", "goodbye", b"goodbye", "hello", b"hello", "key_request", b"key_request", "kind", b"kind", "pong", b"pong", "progress", b"progress", "response", b"response", "response_body", b"response_body", "response_nonce", b"response_nonce", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "attestation", "ack", "slots", "progress", "response", "response_body", "completion", "failure", "availability", "pong", "key_request", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "attestation", "ack", "slots", "progress", "response", "response_body", "completion", "failure", "availability", "pong", "key_request", "goodbye", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class MinerBatch(_message.Message):
+    """Miner messages sent together (e.g. a WorkResponse and the WorkSlots that follow it). A batch
+    holds no batch and no hello.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectRequest]:
+        """The messages, in the order they are to be handled."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ConnectRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MinerBatch: _TypeAlias = MinerBatch  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
@@ -288,6 +322,7 @@ class ConnectResponse(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     DSERVICE_UPDATE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     nonce: _builtins.str
     """A fresh value the miner echoes as response_nonce when it answers."""
     @_builtins.property
@@ -335,6 +370,12 @@ class ConnectResponse(_message.Message):
     def dservice_update(self) -> Global___DServiceUpdate:
         """A signed DService package update the miner should install."""
 
+    @_builtins.property
+    def batch(self) -> Global___NodeBatch:
+        """Several node messages in one, to be handled in order as if each had come alone, each
+        with its own nonce; only to a miner whose MinerHello lists the "batch" feature.
+        """
+
     def __init__(
         self,
         *,
@@ -349,16 +390,43 @@ class ConnectResponse(_message.Message):
         ping: Global___Ping | None = ...,
         drain: Global___Drain | None = ...,
         dservice_update: Global___DServiceUpdate | None = ...,
+        batch: Global___NodeBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "attestation_challenge", b"attestation_challenge", "cancel", b"cancel", "drain", b"drain", "dservice_update", b"dservice_update", "key_grant", b"key_grant", "key_revoke", b"key_revoke", "kind", b"kind", "ping", b"ping", "request_body", b"request_body", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "attestation_challenge", b"attestation_challenge", "batch", b"batch", "cancel", b"cancel", "drain", b"drain", "dservice_update", b"dservice_update", "key_grant", b"key_grant", "key_revoke", b"key_revoke", "kind", b"kind", "ping", b"ping", "request_body", b"request_body", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "attestation_challenge", b"attestation_challenge", "cancel", b"cancel", "drain", b"drain", "dservice_update", b"dservice_update", "key_grant", b"key_grant", "key_revoke", b"key_revoke", "kind", b"kind", "nonce", b"nonce", "ping", b"ping", "request_body", b"request_body", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "attestation_challenge", b"attestation_challenge", "batch", b"batch", "cancel", b"cancel", "drain", b"drain", "dservice_update", b"dservice_update", "key_grant", b"key_grant", "key_revoke", b"key_revoke", "kind", b"kind", "nonce", b"nonce", "ping", b"ping", "request_body", b"request_body", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "attestation_challenge", "assignment", "request_body", "cancel", "key_grant", "key_revoke", "ping", "drain", "dservice_update"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["welcome", "attestation_challenge", "assignment", "request_body", "cancel", "key_grant", "key_revoke", "ping", "drain", "dservice_update", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class NodeBatch(_message.Message):
+    """Node messages sent together (e.g. the assignments of a burst of requests). A batch holds no
+    batch and no welcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectResponse]:
+        """The messages, in the order they are to be handled."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ConnectResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeBatch: _TypeAlias = NodeBatch  # noqa: Y015
 
 @_typing.final
 class MinerHello(_message.Message):
@@ -376,6 +444,7 @@ class MinerHello(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_WORK_UNITS_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     miner_id: _builtins.str
     """The miner operator account id at Central (one account per worker node)."""
     api_key: _builtins.str
@@ -396,6 +465,12 @@ class MinerHello(_message.Message):
     def dservices(self) -> _containers.RepeatedCompositeFieldContainer[_dservice_pb2.DServiceOffer]:
         """The DServices the miner has installed and verified."""
 
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional protocol features the miner supports (docs/miner-protocol.md, "Features"):
+        "batch" (it reads NodeBatch). Unknown names are ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -407,10 +482,11 @@ class MinerHello(_message.Message):
         software_version: _builtins.str = ...,
         max_concurrent_work_units: _builtins.int = ...,
         runtime: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fitness", b"fitness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "cluster_id", b"cluster_id", "dservices", b"dservices", "fitness", b"fitness", "max_concurrent_work_units", b"max_concurrent_work_units", "miner_id", b"miner_id", "runtime", b"runtime", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "cluster_id", b"cluster_id", "dservices", b"dservices", "features", b"features", "fitness", b"fitness", "max_concurrent_work_units", b"max_concurrent_work_units", "miner_id", b"miner_id", "runtime", b"runtime", "software_version", b"software_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -428,6 +504,7 @@ class Welcome(_message.Message):
     ACK_DEADLINE_FIELD_NUMBER: _builtins.int
     AVAILABILITY_INTERVAL_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """The node's id."""
     tier: _types_pb2.Tier.ValueType
@@ -444,6 +521,15 @@ class Welcome(_message.Message):
     def availability_interval(self) -> _duration_pb2.Duration:
         """How often the miner should send Availability."""
 
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional protocol features the node supports (docs/miner-protocol.md, "Features"):
+        "batch" (it reads MinerBatch) and "answer_acks" (a WorkResponse or WorkFailure that
+        comes within the ack deadline acknowledges its assignment: the miner may hold its Ack
+        back for a short while and send none when the answer comes first). Unknown names are
+        ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -453,10 +539,11 @@ class Welcome(_message.Message):
         ack_deadline: _duration_pb2.Duration | None = ...,
         availability_interval: _duration_pb2.Duration | None = ...,
         connection_id: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "availability_interval", b"availability_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "availability_interval", b"availability_interval", "connection_id", b"connection_id", "max_grade", b"max_grade", "node_id", b"node_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_deadline", b"ack_deadline", "availability_interval", b"availability_interval", "connection_id", b"connection_id", "features", b"features", "max_grade", b"max_grade", "node_id", b"node_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
