@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
+import functools
 import logging
 import os
 import time
@@ -204,7 +205,13 @@ def peer_identity(auth: AuthContext) -> Identity | None:
     values = auth.get("peer_spiffe_id")
     if not values:
         return None
-    return Identity.from_uri(values[0].decode("utf-8", "replace"))
+    return _identity_of(values[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_of(spiffe_id: bytes) -> Identity | None:
+    """The identity a URI SAN names (parsed once per distinct peer, not once per call)."""
+    return Identity.from_uri(spiffe_id.decode("utf-8", "replace"))
 
 
 def peer_certificate(auth: AuthContext) -> bytes | None:

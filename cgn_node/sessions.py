@@ -132,6 +132,10 @@ class RevocationView:
             raise SessionInvalidError()
 
 
+#: How many checked tokens a node keeps (a few hundred KiB at most).
+PARSED_TOKENS_KEPT = 4096
+
+
 class SessionIssuer:
     """Issues and verifies session tokens with an HMAC key shared by the node's processes."""
 
@@ -143,6 +147,11 @@ class SessionIssuer:
         revocations: RevocationView | None = None,
     ) -> None:
         self._key = key or secrets.token_bytes(32)
+        #: Tokens whose signature and claims were checked, with their claims (a DApp sends the
+        #: same token with every request: the HMAC and JSON are paid once per token, not per
+        #: request). Expiry and revocation are still checked on every use; bounded, the oldest
+        #: entry going first.
+        self._parsed: dict[str, SessionClaims] = {}
         self.ttl_s = ttl_s
         self._node_id = node_id
         self.revocations = revocations or RevocationView()
@@ -195,6 +204,19 @@ class SessionIssuer:
 
     def parse(self, token: str) -> SessionClaims:
         """The claims of a genuine, unexpired token, revoked or not."""
+        claims = self._parsed.get(token)
+        if claims is None:
+            claims = self._checked(token)
+            if len(self._parsed) >= PARSED_TOKENS_KEPT:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[token] = claims
+        if claims.expires_at <= time.time():
+            self._parsed.pop(token, None)
+            raise SessionInvalidError()
+        return claims
+
+    def _checked(self, token: str) -> SessionClaims:
+        """The claims of a token whose signature holds (expired or not)."""
         body, _, signature = token.partition(".")
         if not body or not signature or not hmac.compare_digest(signature, self._sign(body)):
             raise SessionInvalidError()
@@ -211,8 +233,6 @@ class SessionIssuer:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SessionInvalidError() from exc
-        if claims.expires_at <= time.time():
-            raise SessionInvalidError()
         return claims
 
 

@@ -3,15 +3,16 @@
 ``record`` puts an entry in a bounded queue and returns at once; one task takes what is
 queued (up to ``max_batch``), numbers and hashes it on a worker thread, commits it in one
 transaction on another while it prepares the next batch, and repeats. While one batch
-commits, the next one gathers, so the commit rate adapts to the load: one row per commit
-when idle, thousands under load. A full queue makes ``record`` wait (back
+commits, the next one gathers, so the commit rate adapts to the load; a batch also waits
+``LINGER_S`` after its first row for others, so a node at a few hundred requests a second
+commits several rows per transaction rather than one. A full queue makes ``record`` wait (back
 pressure) rather than drop a row.
 
 Durability (docs/ledger.md): a row is *durable* once its batch committed (SQLite WAL with
 ``synchronous=NORMAL`` survives a crash of the process, not a power loss; PostgreSQL with
 its defaults survives both). Rows queued or committing when the node dies are lost: at most
-``max_queue`` rows, in practice the rows of the last few milliseconds. ``wait_durable``
-waits for everything recorded so far.
+``max_queue`` rows, in practice the rows of the last few milliseconds (plus the linger).
+``wait_durable`` waits for everything recorded so far.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from settlement.ledger import (
 
 _log = logging.getLogger(__name__)
 
+#: How long a batch waits after its first row for more (10 ms: a row becomes durable that
+#: much later at most; measured in docs/performance.md).
+LINGER_S = 0.01
+
 
 class LedgerWriter:
     """Appends recorded entries to ``store`` in batches, under ``supervisor``."""
@@ -44,8 +49,10 @@ class LedgerWriter:
         *,
         max_queue: int = 50_000,
         max_batch: int = 20_000,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.store = store
+        self._linger_s = linger_s
         self._queue: asyncio.Queue[LedgerEntry] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._recorded = 0
@@ -112,11 +119,15 @@ class LedgerWriter:
             raise
 
     async def _take(self) -> list[LedgerEntry]:
-        """The next batch: what is queued, up to max_batch, waiting for one entry if none."""
+        """The next batch: what is queued, up to max_batch, waiting for one entry if none,
+        then ``linger_s`` for more (a transaction and two thread hand-offs per batch, not
+        per row, at a few hundred requests a second too)."""
         batch = [await self._queue.get()]
+        self._taken.append(batch)  # from here on a restart commits it
+        if self._linger_s and self._queue.qsize() < self._max_batch - 1:
+            await asyncio.sleep(self._linger_s)
         while len(batch) < self._max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        self._taken.append(batch)
         return batch
 
     async def _prepare(self, batch: list[LedgerEntry]) -> PreparedBatch | None:

@@ -101,3 +101,29 @@ def test_a_token_carries_the_accounts_body_limit_and_older_tokens_mean_none() ->
     signature = hmac.new(b"k" * 32, body.encode(), hashlib.sha256).digest()
     old = f"{body}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
     assert issuer.verify(old).max_body_bytes == 0
+
+
+def test_a_token_checked_before_is_still_refused_once_expired_or_revoked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node keeps the claims of tokens whose signature it checked (one HMAC per token,
+    not per request); expiry and revocation are still judged on every use, and the kept
+    tokens are bounded."""
+    issuer = SessionIssuer(b"k" * 32, 60, "node-1")
+    token, claims = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
+    assert issuer.verify(token) == claims
+    assert issuer.verify(token) == claims  # from what was kept
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 61)
+    with pytest.raises(SessionInvalidError):
+        issuer.verify(token)
+    monkeypatch.setattr(time, "time", lambda: now)
+    again, again_claims = issuer.issue("acct_1", [Tier.TIER_1_PRIVATE])
+    issuer.verify(again)
+    issuer.revocations.session_revoked(again_claims.session_id, again_claims.expires_at)
+    with pytest.raises(SessionInvalidError):
+        issuer.verify(again)
+    monkeypatch.setattr("cgn_node.sessions.PARSED_TOKENS_KEPT", 3)
+    for _ in range(5):
+        issuer.verify(issuer.issue("acct_2", [Tier.TIER_1_PRIVATE])[0])
+    assert len(issuer._parsed) <= 3
