@@ -9,11 +9,13 @@ Usage (from the repository root)::
 One run starts its own children, all on 127.0.0.1, and measures three targets:
 
 * ``direct``: the echo DService (``python -m dservices.echo``) on a free port;
-* ``one hop``: the baseline built here (bench/_hop.py): an aiohttp front on the default asyncio
-  loop, as the gateway runs (``--hop-uvloop``: on uvloop), that makes one grpc.aio unary
-  ``WorkService.Call`` per request to a gRPC server answering at once with the request body;
-  two processes, mutual TLS between them with certificates of a throwaway operator CA (the
-  gateway -> node link's setting and the same ``cgn_common`` credentials and channel options);
+* ``one hop``: the baseline built here (bench/_hop.py): an aiohttp front that makes one
+  grpc.aio unary ``WorkService.Call`` per request to a gRPC server answering at once with the
+  request body; two processes, mutual TLS between them with certificates of a throwaway
+  operator CA (the gateway -> node link's setting and the same ``cgn_common`` credentials and
+  channel options);
+  both on the event loop the CGN's processes run on in the same run (``--loop``: uvloop, as
+  the services run by default, or asyncio's own loop), so the comparison is like for like;
 * ``through CGN``: a complete sandbox (``python -m cgn_cli sandbox --state-dir <tempdir>``):
   Central, a node with its SQLite ledger (billing on: every request is billed), 2 miners each
   running echo as a child process, and the REST gateway; mutual TLS between all of them. A
@@ -86,6 +88,7 @@ from _procs import (
 from _wrk import WrkResult, ensure_wrk, run_wrk, write_script
 
 from cgn_common.certs import Authority, Identity, Role, write_issued
+from cgn_common.loop import LOOP_ENV
 
 BENCH_DIR = Path(__file__).resolve().parent
 ECHO_PATH = "/bench/echo"
@@ -128,22 +131,25 @@ def hop_certificates(directory: Path) -> tuple[list[str], list[str]]:
     return tls[0], tls[1]
 
 
-async def start_hop(workdir: Path, uvloop_front: bool) -> tuple[Child, Child, int, int]:
-    """The hop's gRPC server and front; returns both and their ports."""
+async def start_hop(workdir: Path, event_loop: str) -> tuple[Child, Child, int, int]:
+    """The hop's gRPC server and front, both on ``event_loop``; returns both and their
+    ports."""
+    on_loop = ["--uvloop"] if event_loop == "uvloop" else []
     server_tls, front_tls = await asyncio.to_thread(hop_certificates, workdir / "hop-certs")
     script = str(BENCH_DIR / "_hop.py")
     grpc_port, front_port = free_port(), free_port()
     grpc_server = await spawn(
         "hop grpc",
-        [script, "grpc", "--listen", f"{HOST}:{grpc_port}", *server_tls],
+        [script, "grpc", "--listen", f"{HOST}:{grpc_port}", *server_tls, *on_loop],
         {},
         workdir / "hop-grpc.log",
     )
     front = await spawn(
         "hop front",
-        [script, "front", "--listen", f"{HOST}:{front_port}"]
-        + ["--upstream", f"{HOST}:{grpc_port}", *front_tls]
-        + (["--uvloop"] if uvloop_front else []),
+        [
+            *(script, "front", "--listen", f"{HOST}:{front_port}"),
+            *("--upstream", f"{HOST}:{grpc_port}", *front_tls, *on_loop),
+        ],
         {},
         workdir / "hop-front.log",
     )
@@ -427,7 +433,7 @@ def json_line(report: Report) -> str:
         "body_bytes": a.body_bytes,
         "connections": a.connections,
         "wrk_threads": a.wrk_threads,
-        "hop_uvloop": a.hop_uvloop,
+        "event_loop": a.loop,
         "loadavg_at_start": report.loadavg_at_start,
         "loadavg_at_end": os.getloadavg(),
     }
@@ -450,7 +456,7 @@ def print_report(report: Report, wrk_version: str) -> None:
         f"-t{a.wrk_threads} -c<n>"
     )
     print(
-        f"one hop: aiohttp front on {'uvloop' if a.hop_uvloop else 'the default asyncio loop'} "
+        f"event loop of the hop and of every CGN process: {a.loop}; one hop: aiohttp front "
         "-> grpc.aio WorkService.Call, mutual TLS; CGN gateway: "
         f"{report.gateway_url}, billing on (SQLite ledger)"
     )
@@ -592,13 +598,11 @@ async def run(args: argparse.Namespace) -> int:
     try:
         wrk = await asyncio.to_thread(ensure_wrk)
         kids.echo, echo_port = await start_echo(workdir)
-        kids.hop_grpc, kids.hop_front, grpc_port, front_port = await start_hop(
-            workdir, args.hop_uvloop
-        )
+        kids.hop_grpc, kids.hop_front, grpc_port, front_port = await start_hop(workdir, args.loop)
         kids.sandbox = await spawn(
             "sandbox",
             ["-m", "cgn_cli", "sandbox", "--state-dir", str(state_dir)],
-            {},
+            {LOOP_ENV: args.loop},
             workdir / "sandbox.log",
         )
         print("starting echo, the hop and the sandbox ...", file=sys.stderr, flush=True)
@@ -662,9 +666,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--wrk-threads", type=int, default=1, help="wrk threads when connections > 1 (default 1)"
     )
     parser.add_argument(
-        "--hop-uvloop",
-        action="store_true",
-        help="run the hop's aiohttp front on uvloop (the gateway runs on asyncio's default loop)",
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default=os.environ.get(LOOP_ENV, "uvloop"),
+        help="the event loop of the hop's two processes and of the sandbox's (CGN_EVENT_LOOP; "
+        "default uvloop, as the CGN's services run)",
     )
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the temporary state directory and logs"
