@@ -63,10 +63,13 @@ class _Stat:
             return None
         return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
-    def threads(self) -> int | None:
-        """How many threads the process has; None once it has been reaped."""
+    def sample(self) -> tuple[int, int, int] | None:
+        """:meth:`ticks` and the number of threads the process has, from one read."""
         fields = self._fields(18)
-        return None if fields is None else int(fields[17])
+        if fields is None:
+            return None
+        own = int(fields[11]) + int(fields[12])
+        return own, int(fields[13]) + int(fields[14]), int(fields[17])
 
     def close(self) -> None:
         """Closes the file."""
@@ -135,6 +138,8 @@ class ProcessTreeCpu:
             except OSError:
                 self._main_children = None
         self._scanned_at = -RESCAN_INTERVAL_S
+        #: The root's /proc reading taken by the last search, for the reading that follows.
+        self._root_sample: tuple[int, int, int] | None = None
         self._last_us = 0
 
     @property
@@ -150,7 +155,10 @@ class ProcessTreeCpu:
         this read. So one ``pread`` of a file kept open serves instead of listing the
         threads and opening a file per thread."""
         root, main = self._root, self._main_children
-        if main is not None and root is not None and root.threads() == 1:
+        if root is None:
+            return []
+        self._root_sample = sample = root.sample()
+        if main is not None and sample is not None and sample[2] == 1:
             with contextlib.suppress(OSError):
                 data = os.pread(main, _CHILDREN_READ, 0)
                 if len(data) < _CHILDREN_READ:
@@ -158,7 +166,9 @@ class ProcessTreeCpu:
         return _children(self.pid)
 
     def rescan(self) -> None:
-        """Finds the process's live descendants now (a few small /proc reads)."""
+        """Finds the process's live descendants now (a few small /proc reads). Its read of
+        the process's own ``stat`` also serves the next :meth:`read_us`, which is meant to
+        follow at once (the meter calls the two back to back)."""
         self._scanned_at = self._now()
         found: dict[int, _Stat] = {}
         parents = [self.pid]
@@ -184,11 +194,14 @@ class ProcessTreeCpu:
         if self._now() - self._scanned_at >= RESCAN_INTERVAL_S:
             self.rescan()
         # The parent before its children: a child reaped between the two reads is then
-        # missed once (the figure holds still) rather than counted twice.
-        root = self._root.ticks()
+        # missed once (the figure holds still) rather than counted twice. A search (above,
+        # or just before at a busy period's start) read the parent already: that serves.
+        root, self._root_sample = self._root_sample, None
+        if root is None:
+            root = self._root.sample()
         if root is None:
             return self._last_us  # reaped: its pid, and so its clock, may be someone else's
-        own_ticks, children_ticks = root
+        own_ticks, children_ticks, _ = root
         if self._clock is not None:
             try:
                 total_ns = time.clock_gettime_ns(self._clock)
