@@ -119,7 +119,8 @@ async def _measure(
     """CPU µs per call and wall p50 µs (of each call, as its caller saw it)."""
     callers = [await make() for _ in range(concurrency)]
     for call in callers:  # warm: connections open, caches filled
-        await call()
+        for _ in range(max(1, 200 // concurrency)):
+            await call()
     walls: list[float] = []
 
     async def run(call: Call, n: int) -> None:

@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +44,7 @@ from cgn_common.process import die_with_parent
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Metering
 from miner._http1 import (
+    RawStream,
     RequestBody,
     ResponseTooLargeError,
     StreamedBody,
@@ -135,6 +136,134 @@ class Spent:
     #: Whether the call to the DService got as far as ending (a unit cancelled before it
     #: reached the DService used nothing).
     ended: bool = False
+
+
+def _cgn_error(name: str, exc: BaseException) -> BaseException:
+    """A failure of the DService or of its connection as the CGN's error (``exc`` itself when
+    it is not one of those)."""
+    if isinstance(exc, CgnError):
+        return exc  # already the CGN's (e.g. a streamed body's source failed)
+    if isinstance(exc, UpstreamProtocolError):
+        if exc.local:
+            return InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}")
+        return DServiceFailedError(f"DService {name!r} failed: {exc}")
+    if isinstance(exc, ResponseTooLargeError):
+        return DServiceFailedError(f"DService {name!r}: {exc}")
+    if isinstance(exc, OSError):
+        error = UnavailableError(f"DService {name!r} failed: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+_FAILURES = (UpstreamProtocolError, ResponseTooLargeError, OSError)
+
+
+class _Body:
+    """An answer's body as it arrives, its failures as the CGN's errors."""
+
+    __slots__ = ("_chunks", "_name")
+
+    def __init__(self, name: str, chunks: AsyncIterator[bytes]) -> None:
+        self._name = name
+        self._chunks = chunks
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except _FAILURES as exc:
+            raise _cgn_error(self._name, exc) from None
+
+
+class _MeteredCall:
+    """One call to a DService as :meth:`DServiceProcess.stream` makes it: metered from just
+    before the request is sent until the context ends, however it ends."""
+
+    __slots__ = (
+        "_answer",
+        "_body",
+        "_headers",
+        "_meter",
+        "_method",
+        "_name",
+        "_raw",
+        "_spent",
+        "_started",
+        "_target",
+        "_ticket",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        meter: ProcessMeter,
+        upstream: Upstream,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: RequestBody,
+        spent: Spent | None,
+    ) -> None:
+        self._name = name
+        self._meter = meter
+        self._upstream = upstream
+        self._method = method
+        self._target = target
+        self._headers = headers
+        self._body = body
+        self._spent = spent
+        self._answer: DServiceAnswer | None = None
+        self._raw: RawStream | None = None
+
+    async def __aenter__(self) -> DServiceAnswer:
+        self._ticket = self._meter.begin()
+        self._started = time.perf_counter_ns()
+        try:
+            self._raw = raw = await self._upstream.open(
+                self._method, self._target, self._headers, self._body, MAX_RESPONSE_BYTES
+            )
+        except BaseException as exc:
+            self._end()
+            if isinstance(exc, _FAILURES):
+                raise _cgn_error(self._name, exc) from None
+            raise
+        try:
+            headers = response_headers(raw.headers)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        self._answer = DServiceAnswer(raw.status, headers, _Body(self._name, raw.body))
+        return self._answer
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._raw is not None:
+                await self._raw.aclose()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Takes the call's share however it ended: a failed or cancelled call's must not go
+        to the others, and abandoned work is billed for it (SPEC 15)."""
+        metered = self._meter.end(self._ticket)
+        wall_us = (time.perf_counter_ns() - self._started) // 1000
+        answer = self._answer
+        if answer is not None:
+            answer.cpu_time_us = metered.cpu_time_us
+            answer.wall_time_us = wall_us
+            answer.peak_memory_bytes = metered.peak_memory_bytes
+            answer.cpu_metering = metered.cpu_metering
+            answer.peak_memory_metering = metered.peak_memory_metering
+        spent = self._spent
+        if spent is not None:
+            spent.cpu_time_us = metered.cpu_time_us
+            spent.wall_time_us = wall_us
+            spent.cpu_metering = metered.cpu_metering
+            spent.ended = True
 
 
 def _free_port() -> int:
@@ -382,8 +511,7 @@ class DServiceProcess:
             peak_memory_metering=answer.peak_memory_metering,
         )
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         path: str,
@@ -391,7 +519,7 @@ class DServiceProcess:
         headers: Sequence[tuple[str, bytes]],
         body: RequestBody,
         spent: Spent | None = None,
-    ) -> AsyncIterator[DServiceAnswer]:
+    ) -> contextlib.AbstractAsyncContextManager[DServiceAnswer]:
         """Sends one request to the DService, unchanged but for the headers the miner owns
         (:func:`request_headers`); yields its answer's head with the body to read as it
         arrives (at most MAX_RESPONSE_BYTES). A :class:`StreamedBody` goes to the DService a
@@ -402,64 +530,17 @@ class DServiceProcess:
         upstream = self._upstream
         if not self._ready.is_set() or meter is None or upstream is None:
             raise UnavailableError(f"DService {self.name!r} is not running")
-        target = path + (f"?{query}" if query else "")
-        send = request_headers(headers, self._listen.authority, body_size(body))
-        ticket = meter.begin()
-        started = time.perf_counter_ns()
-        answer: DServiceAnswer | None = None
-        try:
-            with self._failures():
-                raw = await upstream.open(
-                    method.encode("ascii", "replace"),
-                    target.encode("utf-8", "surrogateescape"),
-                    send,
-                    body,
-                    MAX_RESPONSE_BYTES,
-                )
-            try:
-                answer = DServiceAnswer(
-                    raw.status, response_headers(raw.headers), self._mapped(raw.body)
-                )
-                yield answer
-            finally:
-                await raw.aclose()
-        finally:
-            # Also when the call fails or is cancelled: its share must not go to the others,
-            # and abandoned work is billed for it (SPEC 15).
-            metered = meter.end(ticket)
-            wall_us = (time.perf_counter_ns() - started) // 1000
-            if answer is not None:
-                answer.cpu_time_us = metered.cpu_time_us
-                answer.wall_time_us = wall_us
-                answer.peak_memory_bytes = metered.peak_memory_bytes
-                answer.cpu_metering = metered.cpu_metering
-                answer.peak_memory_metering = metered.peak_memory_metering
-            if spent is not None:
-                spent.cpu_time_us = metered.cpu_time_us
-                spent.wall_time_us = wall_us
-                spent.cpu_metering = metered.cpu_metering
-                spent.ended = True
-
-    @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
-        """The DService's and the connection's failures as the CGN's errors."""
-        try:
-            yield
-        except CgnError:
-            raise  # already the CGN's (e.g. a streamed body's source failed)
-        except UpstreamProtocolError as exc:
-            if exc.local:
-                raise InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}") from None
-            raise DServiceFailedError(f"DService {self.name!r} failed: {exc}") from None
-        except ResponseTooLargeError as exc:
-            raise DServiceFailedError(f"DService {self.name!r}: {exc}") from None
-        except OSError as exc:
-            raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
-
-    async def _mapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        with self._failures():
-            async for chunk in body:
-                yield chunk
+        target = path + ("?" + query if query else "")
+        return _MeteredCall(
+            self.name,
+            meter,
+            upstream,
+            method.encode("ascii", "replace"),
+            target.encode("utf-8", "surrogateescape"),
+            request_headers(headers, self._listen.authority, body_size(body)),
+            body,
+            spent,
+        )
 
     async def stop(self) -> None:
         """Stops the child (SIGTERM, then SIGKILL after 5 s)."""
