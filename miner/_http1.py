@@ -254,9 +254,6 @@ class _Call:
         self._fed = 0
         self._head_done = False
         self._complete = False
-        #: The answer's framing says it ends when the connection does.
-        self._until_close = False
-        self._framed = False
         self._chunks: list[bytes] = []
         if sending is not None:
             sending.add_done_callback(self._sent if streamed else _retrieved)
@@ -276,12 +273,8 @@ class _Call:
         self._head_bytes += line
         if self._head_bytes > MAX_HEAD_BYTES:
             raise UpstreamProtocolError(f"headers exceed {MAX_HEAD_BYTES} bytes")
-        if self._head_done or self._complete:
-            return  # a trailer (not passed on), or after the answer
-        lower = name.lower()
-        if lower == b"content-length" or lower == b"transfer-encoding":
-            self._framed = True
-        self.headers.append((name, value.rstrip(b" \t")))
+        if not self._head_done:  # else a trailer (not passed on), or after the answer
+            self.headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         if self._complete:
@@ -290,7 +283,6 @@ class _Call:
         if status < 200:  # 100 Continue and friends: the final answer follows
             self.headers = []
             self._head_bytes = 0
-            self._framed = False
             return
         self.status = status
         self._head_done = True
@@ -298,8 +290,14 @@ class _Call:
         if self._head_only:
             self._complete = True
             self._keep = False
-        elif status != 204 and status != 304 and not self._framed:
-            self._until_close = True
+
+    def _until_close(self) -> bool:
+        """Whether the answer's framing says it ends when the connection does (it has a body,
+        but neither Content-Length nor Transfer-Encoding)."""
+        if self.status in (204, 304):
+            return False
+        framing = (b"content-length", b"transfer-encoding")
+        return not any(name.lower() in framing for name, _ in self.headers)
 
     def on_body(self, body: bytes) -> None:
         if not self._complete:
@@ -391,7 +389,7 @@ class _Call:
                     return
                 data = await self._receive()
                 if not data:
-                    if self._until_close:  # the connection's end is the answer's
+                    if self._until_close():  # the connection's end is the answer's
                         self._complete, self._keep, clean = True, False, True
                         return
                     # Not a ConnectionError: part of an answer came, so the request is not
