@@ -249,7 +249,8 @@ class _Call:
         self._parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        #: Bytes of the head so far (its header lines, as _check counts them), and fed in all.
+        #: Bytes of the head's header lines so far (each name and value, plus 2), and bytes
+        #: fed to the parser in all.
         self._head_bytes = 0
         self._fed = 0
         self._head_done = False
