@@ -9,6 +9,7 @@ reused its pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -41,9 +42,9 @@ class _Stat:
         self.pid = pid
         self._fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
 
-    def ticks(self) -> tuple[int, int] | None:
-        """(utime + stime, cutime + cstime) in ticks; None once the process has been reaped.
-        cutime and cstime hold the children it has waited for, with theirs."""
+    def _fields(self, count: int) -> list[bytes] | None:
+        """The fields from state (field 3) on, the first ``count`` of them split off; None
+        once the process has been reaped."""
         try:
             data = os.pread(self._fd, 1024, 0)
         except OSError:
@@ -51,9 +52,24 @@ class _Stat:
         if not data:
             return None
         # After the command name, which may hold spaces and parentheses: state is field 3,
-        # utime 14, stime 15, cutime 16, cstime 17 (proc(5)).
-        fields = data[data.rindex(b")") + 2 :].split(None, 15)
+        # utime 14, stime 15, cutime 16, cstime 17, num_threads 20 (proc(5)).
+        return data[data.rindex(b")") + 2 :].split(None, count)
+
+    def ticks(self) -> tuple[int, int] | None:
+        """(utime + stime, cutime + cstime) in ticks; None once the process has been reaped.
+        cutime and cstime hold the children it has waited for, with theirs."""
+        fields = self._fields(15)
+        if fields is None:
+            return None
         return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+    def sample(self) -> tuple[int, int, int] | None:
+        """:meth:`ticks` and the number of threads the process has, from one read."""
+        fields = self._fields(18)
+        if fields is None:
+            return None
+        own = int(fields[11]) + int(fields[12])
+        return own, int(fields[13]) + int(fields[14]), int(fields[17])
 
     def close(self) -> None:
         """Closes the file."""
@@ -62,6 +78,10 @@ class _Stat:
 
 #: Whether this kernel has ``/proc/<pid>/task/<tid>/children`` (CONFIG_PROC_CHILDREN).
 _CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+#: What one read of a ``children`` file takes; a fuller file is read by the slower way.
+_CHILDREN_READ = 4096
 
 
 def _children(pid: int) -> list[int]:
@@ -108,7 +128,18 @@ class ProcessTreeCpu:
             self._clock = None
         #: Live descendants by pid, parents before their children.
         self._descendants: dict[int, _Stat] = {}
+        #: The process's main thread's ``children`` file, kept open: while the process has
+        #: one thread, that thread forked every child it has (see :meth:`_root_children`).
+        self._main_children: int | None = None
+        if _CHILDREN_FILES:
+            try:
+                path = f"/proc/{pid}/task/{pid}/children"
+                self._main_children = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._main_children = None
         self._scanned_at = -RESCAN_INTERVAL_S
+        #: The root's /proc reading taken by the last search, for the reading that follows.
+        self._root_sample: tuple[int, int, int] | None = None
         self._last_us = 0
 
     @property
@@ -116,13 +147,34 @@ class ProcessTreeCpu:
         """True while the last scan found no live descendant."""
         return not self._descendants
 
+    def _root_children(self) -> list[int]:
+        """The process's live children. While it has a single thread (its main one, whose
+        thread id is its pid) that thread is every child's parent: a thread that ended handed
+        its children on to a live one of the process before it stopped being counted, and a
+        thread that starts after the count forks nothing the count could have missed before
+        this read. So one ``pread`` of a file kept open serves instead of listing the
+        threads and opening a file per thread."""
+        root, main = self._root, self._main_children
+        if root is None:
+            return []
+        self._root_sample = sample = root.sample()
+        if main is not None and sample is not None and sample[2] == 1:
+            with contextlib.suppress(OSError):
+                data = os.pread(main, _CHILDREN_READ, 0)
+                if len(data) < _CHILDREN_READ:
+                    return [int(child) for child in data.split()]
+        return _children(self.pid)
+
     def rescan(self) -> None:
-        """Finds the process's live descendants now (a few small /proc reads)."""
+        """Finds the process's live descendants now (a few small /proc reads). Its read of
+        the process's own ``stat`` also serves the next :meth:`read_us`, which is meant to
+        follow at once (the meter calls the two back to back)."""
         self._scanned_at = self._now()
         found: dict[int, _Stat] = {}
         parents = [self.pid]
         while parents:
-            for child in _children(parents.pop(0)):
+            parent = parents.pop(0)
+            for child in self._root_children() if parent == self.pid else _children(parent):
                 stat = self._descendants.pop(child, None)
                 if stat is None:
                     try:
@@ -142,11 +194,14 @@ class ProcessTreeCpu:
         if self._now() - self._scanned_at >= RESCAN_INTERVAL_S:
             self.rescan()
         # The parent before its children: a child reaped between the two reads is then
-        # missed once (the figure holds still) rather than counted twice.
-        root = self._root.ticks()
+        # missed once (the figure holds still) rather than counted twice. A search (above,
+        # or just before at a busy period's start) read the parent already: that serves.
+        root, self._root_sample = self._root_sample, None
+        if root is None:
+            root = self._root.sample()
         if root is None:
             return self._last_us  # reaped: its pid, and so its clock, may be someone else's
-        own_ticks, children_ticks = root
+        own_ticks, children_ticks, _ = root
         if self._clock is not None:
             try:
                 total_ns = time.clock_gettime_ns(self._clock)
@@ -172,6 +227,9 @@ class ProcessTreeCpu:
         if self._root is not None:
             self._root.close()
             self._root = None
+        if self._main_children is not None:
+            os.close(self._main_children)
+            self._main_children = None
         for stat in self._descendants.values():
             stat.close()
         self._descendants = {}

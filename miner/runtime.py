@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,12 +38,13 @@ from cgn_common.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from cgn_common.http import end_to_end
+from cgn_common.http import HOP_BY_HOP, end_to_end
 from cgn_common.logs import log_event
 from cgn_common.process import die_with_parent
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Metering
 from miner._http1 import (
+    RawStream,
     RequestBody,
     ResponseTooLargeError,
     StreamedBody,
@@ -75,6 +76,8 @@ MAX_RESPONSE_BYTES = 2 * 1024 * 1024 * 1024
 #: Request headers the miner writes itself (``Host``: the listener's address) or that carry
 #: the CGN's own credentials; a copy arriving with the work is dropped.
 _MINER_SETS = frozenset({"host", "x-cgn-session"})
+#: What a request's headers lose; ``Connection`` among them (a header it names goes too).
+_REQUEST_DROPS = HOP_BY_HOP | _MINER_SETS
 
 #: Longest DService output line logged whole; longer lines are cut (and say so).
 _MAX_LOG_LINE = 4096
@@ -137,6 +140,134 @@ class Spent:
     ended: bool = False
 
 
+def _cgn_error(name: str, exc: BaseException) -> BaseException:
+    """A failure of the DService or of its connection as the CGN's error (``exc`` itself when
+    it is not one of those)."""
+    if isinstance(exc, CgnError):
+        return exc  # already the CGN's (e.g. a streamed body's source failed)
+    if isinstance(exc, UpstreamProtocolError):
+        if exc.local:
+            return InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}")
+        return DServiceFailedError(f"DService {name!r} failed: {exc}")
+    if isinstance(exc, ResponseTooLargeError):
+        return DServiceFailedError(f"DService {name!r}: {exc}")
+    if isinstance(exc, OSError):
+        error = UnavailableError(f"DService {name!r} failed: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+_FAILURES = (UpstreamProtocolError, ResponseTooLargeError, OSError)
+
+
+class _Body:
+    """An answer's body as it arrives, its failures as the CGN's errors."""
+
+    __slots__ = ("_chunks", "_name")
+
+    def __init__(self, name: str, chunks: AsyncIterator[bytes]) -> None:
+        self._name = name
+        self._chunks = chunks
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except _FAILURES as exc:
+            raise _cgn_error(self._name, exc) from None
+
+
+class _MeteredCall:
+    """One call to a DService as :meth:`DServiceProcess.stream` makes it: metered from just
+    before the request is sent until the context ends, however it ends."""
+
+    __slots__ = (
+        "_answer",
+        "_body",
+        "_headers",
+        "_meter",
+        "_method",
+        "_name",
+        "_raw",
+        "_spent",
+        "_started",
+        "_target",
+        "_ticket",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        meter: ProcessMeter,
+        upstream: Upstream,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: RequestBody,
+        spent: Spent | None,
+    ) -> None:
+        self._name = name
+        self._meter = meter
+        self._upstream = upstream
+        self._method = method
+        self._target = target
+        self._headers = headers
+        self._body = body
+        self._spent = spent
+        self._answer: DServiceAnswer | None = None
+        self._raw: RawStream | None = None
+
+    async def __aenter__(self) -> DServiceAnswer:
+        self._ticket = self._meter.begin()
+        self._started = time.perf_counter_ns()
+        try:
+            self._raw = raw = await self._upstream.open(
+                self._method, self._target, self._headers, self._body, MAX_RESPONSE_BYTES
+            )
+        except BaseException as exc:
+            self._end()
+            if isinstance(exc, _FAILURES):
+                raise _cgn_error(self._name, exc) from None
+            raise
+        try:
+            headers = response_headers(raw.headers)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        self._answer = DServiceAnswer(raw.status, headers, _Body(self._name, raw.body))
+        return self._answer
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._raw is not None:
+                await self._raw.aclose()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Takes the call's share however it ended: a failed or cancelled call's must not go
+        to the others, and abandoned work is billed for it (SPEC 15)."""
+        metered = self._meter.end(self._ticket)
+        wall_us = (time.perf_counter_ns() - self._started) // 1000
+        answer = self._answer
+        if answer is not None:
+            answer.cpu_time_us = metered.cpu_time_us
+            answer.wall_time_us = wall_us
+            answer.peak_memory_bytes = metered.peak_memory_bytes
+            answer.cpu_metering = metered.cpu_metering
+            answer.peak_memory_metering = metered.peak_memory_metering
+        spent = self._spent
+        if spent is not None:
+            spent.cpu_time_us = metered.cpu_time_us
+            spent.wall_time_us = wall_us
+            spent.cpu_metering = metered.cpu_metering
+            spent.ended = True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,10 +280,15 @@ def request_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The headers the DService receives: ``Host`` (the listener's address) first, then the
     end-to-end headers as given, and ``Content-Length`` only when a body came without one."""
-    kept = end_to_end(headers, _MINER_SETS)
+    names = [n.lower() for n, _ in headers]
+    if _REQUEST_DROPS.isdisjoint(names):  # the usual case: nothing to drop, nothing named
+        kept: Sequence[tuple[str, bytes]] = headers
+    else:
+        kept = end_to_end(headers, _MINER_SETS)
+        names = [n.lower() for n, _ in kept]
     out = [(b"Host", authority.encode("ascii"))]
     out += [(n.encode("latin-1"), v) for n, v in kept]
-    if body_length and not any(n.lower() == "content-length" for n, _ in kept):
+    if body_length and "content-length" not in names:
         out.append((b"Content-Length", str(body_length).encode()))
     return out
 
@@ -160,7 +296,10 @@ def request_headers(
 def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, bytes]]:
     """The DService's answer headers as sent, minus hop-by-hop ones and those its
     ``Connection`` names (``Content-Length`` stays: it is the DService's framing)."""
-    return end_to_end([(n.decode("latin-1"), v) for n, v in raw])
+    named = [(n.decode("latin-1"), v) for n, v in raw]
+    if HOP_BY_HOP.isdisjoint([n.lower() for n, _ in named]):  # no Connection: none named
+        return named
+    return end_to_end(named)
 
 
 class _OutputLog:
@@ -382,8 +521,7 @@ class DServiceProcess:
             peak_memory_metering=answer.peak_memory_metering,
         )
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         path: str,
@@ -391,7 +529,7 @@ class DServiceProcess:
         headers: Sequence[tuple[str, bytes]],
         body: RequestBody,
         spent: Spent | None = None,
-    ) -> AsyncIterator[DServiceAnswer]:
+    ) -> contextlib.AbstractAsyncContextManager[DServiceAnswer]:
         """Sends one request to the DService, unchanged but for the headers the miner owns
         (:func:`request_headers`); yields its answer's head with the body to read as it
         arrives (at most MAX_RESPONSE_BYTES). A :class:`StreamedBody` goes to the DService a
@@ -402,64 +540,17 @@ class DServiceProcess:
         upstream = self._upstream
         if not self._ready.is_set() or meter is None or upstream is None:
             raise UnavailableError(f"DService {self.name!r} is not running")
-        target = path + (f"?{query}" if query else "")
-        send = request_headers(headers, self._listen.authority, body_size(body))
-        ticket = meter.begin()
-        started = time.perf_counter_ns()
-        answer: DServiceAnswer | None = None
-        try:
-            with self._failures():
-                raw = await upstream.open(
-                    method.encode("ascii", "replace"),
-                    target.encode("utf-8", "surrogateescape"),
-                    send,
-                    body,
-                    MAX_RESPONSE_BYTES,
-                )
-            try:
-                answer = DServiceAnswer(
-                    raw.status, response_headers(raw.headers), self._mapped(raw.body)
-                )
-                yield answer
-            finally:
-                await raw.aclose()
-        finally:
-            # Also when the call fails or is cancelled: its share must not go to the others,
-            # and abandoned work is billed for it (SPEC 15).
-            metered = meter.end(ticket)
-            wall_us = (time.perf_counter_ns() - started) // 1000
-            if answer is not None:
-                answer.cpu_time_us = metered.cpu_time_us
-                answer.wall_time_us = wall_us
-                answer.peak_memory_bytes = metered.peak_memory_bytes
-                answer.cpu_metering = metered.cpu_metering
-                answer.peak_memory_metering = metered.peak_memory_metering
-            if spent is not None:
-                spent.cpu_time_us = metered.cpu_time_us
-                spent.wall_time_us = wall_us
-                spent.cpu_metering = metered.cpu_metering
-                spent.ended = True
-
-    @contextlib.contextmanager
-    def _failures(self) -> Iterator[None]:
-        """The DService's and the connection's failures as the CGN's errors."""
-        try:
-            yield
-        except CgnError:
-            raise  # already the CGN's (e.g. a streamed body's source failed)
-        except UpstreamProtocolError as exc:
-            if exc.local:
-                raise InvalidArgumentError(f"not a valid HTTP/1.1 request: {exc}") from None
-            raise DServiceFailedError(f"DService {self.name!r} failed: {exc}") from None
-        except ResponseTooLargeError as exc:
-            raise DServiceFailedError(f"DService {self.name!r}: {exc}") from None
-        except OSError as exc:
-            raise UnavailableError(f"DService {self.name!r} failed: {exc}") from exc
-
-    async def _mapped(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        with self._failures():
-            async for chunk in body:
-                yield chunk
+        target = path + ("?" + query if query else "")
+        return _MeteredCall(
+            self.name,
+            meter,
+            upstream,
+            method.encode("ascii", "replace"),
+            target.encode("utf-8", "surrogateescape"),
+            request_headers(headers, self._listen.authority, body_size(body)),
+            body,
+            spent,
+        )
 
     async def stop(self) -> None:
         """Stops the child (SIGTERM, then SIGKILL after 5 s)."""

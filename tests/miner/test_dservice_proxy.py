@@ -165,6 +165,40 @@ async def test_head_keeps_its_framing_and_bad_answers_are_errors(scripted: Scrip
     upstream.close()
 
 
+async def test_interim_answers_are_skipped_and_only_clean_connections_are_kept(
+    scripted: Scripted,
+) -> None:
+    """A 100 Continue before the answer is passed over; an answer that ends with its
+    connection is read to that end; a connection is kept only after an answer its framing
+    ended, with nothing after it (a HEAD's answer is framed by the request, which the parser
+    cannot be told, so its connection goes too)."""
+    scripted.answers += [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: 1\r\n\r\nto the end",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-Trailing-Space: a  \r\n\r\n",
+    ]
+    upstream = Upstream(Listen(port=scripted.port))
+    try:
+        assert (await _call(scripted, upstream, b"GET", b"/1", []))[0::2] == (200, b"ok")
+        assert await _call(scripted, upstream, b"GET", b"/2", []) == (
+            200,
+            [("X-A", b"1")],
+            b"to the end",
+        )
+        assert scripted.connections == 1  # /1's connection was kept, then closed by /2
+        assert (await _call(scripted, upstream, b"GET", b"/3", []))[2] == b"ok"
+        assert scripted.connections == 2
+        assert (await _call(scripted, upstream, b"HEAD", b"/4", []))[2] == b""
+        assert scripted.connections == 3  # /3's was not kept: bytes came after its answer
+        status, headers, _ = await _call(scripted, upstream, b"GET", b"/5", [])
+        assert (status, headers) == (204, [("X-Trailing-Space", b"a")])
+        assert scripted.connections == 4  # nor /4's, a HEAD
+    finally:
+        upstream.close()
+
+
 async def test_a_request_http_cannot_carry_is_refused_before_sending(scripted: Scripted) -> None:
     upstream = Upstream(Listen(port=scripted.port))
     for method, target, headers in (

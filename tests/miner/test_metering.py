@@ -164,10 +164,17 @@ def _total_cpu_us(pid: int) -> int:
     return int(total * 1_000_000)
 
 
-@pytest.fixture
-def parent() -> Iterator[subprocess.Popen[str]]:
+#: The same parent, its child forked by a second thread: the tree is then searched through
+#: every thread's ``children`` file rather than the main thread's alone.
+_THREADED_PARENT = (
+    f"import threading\nthreading.Thread(target=exec, args=({_PARENT!r}, {{}})).start()"
+)
+
+
+@pytest.fixture(params=[_PARENT, _THREADED_PARENT], ids=["main-thread", "other-thread"])
+def parent(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
     with subprocess.Popen(
-        [sys.executable, "-c", _PARENT, _BURNING_CHILD],
+        [sys.executable, "-c", request.param, _BURNING_CHILD],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
