@@ -18,7 +18,7 @@ from typing import Any
 
 from _common import cpu_seconds
 
-from cgn_common.process import die_with_parent
+from cgn_common.process import dies_with_this_process
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -139,7 +139,7 @@ async def spawn(
             stdin=asyncio.subprocess.PIPE if pipes else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if pipes else out,
             stderr=out,
-            preexec_fn=die_with_parent,
+            preexec_fn=dies_with_this_process(),
             cwd=cwd,
         )
     return Child(name, proc, output)

@@ -52,7 +52,7 @@ import aiohttp
 from _common import cpu_seconds
 from PIL import Image, ImageDraw, ImageFont
 
-from cgn_common.process import die_with_parent
+from cgn_common.process import dies_with_this_process
 
 HOST = "127.0.0.1"
 SIZE = (1000, 1000)
@@ -257,7 +257,7 @@ async def spawn(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=out,
-            preexec_fn=die_with_parent,
+            preexec_fn=dies_with_this_process(),
         )
 
 

@@ -36,7 +36,7 @@ from cgn_common.errors import (
     UnavailableError,
 )
 from cgn_common.logs import log_event
-from cgn_common.process import die_with_parent
+from cgn_common.process import dies_with_this_process
 from cgn_common.ready import write_json_atomic
 from cgn_common.signals import wait_for_stop
 from cgn_common.tasks import Supervisor
@@ -174,7 +174,7 @@ class Sandbox:
                 env={**os.environ, **env},
                 stdout=log,
                 stderr=log,
-                preexec_fn=die_with_parent,
+                preexec_fn=dies_with_this_process(),
                 cwd=self.state_dir,
             )
         child = Child(name, process, ready_file, log_file)

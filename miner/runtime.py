@@ -40,7 +40,7 @@ from cgn_common.errors import (
 )
 from cgn_common.http import HOP_BY_HOP, end_to_end
 from cgn_common.logs import log_event
-from cgn_common.process import die_with_parent
+from cgn_common.process import dies_with_this_process
 from cgn_common.tasks import Supervisor
 from cgn_common.types import Metering
 from miner._http1 import (
@@ -411,7 +411,7 @@ class DServiceProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                preexec_fn=die_with_parent,
+                preexec_fn=dies_with_this_process(),
             )
         except OSError as exc:
             raise FailedPreconditionError(f"DService {self.name!r} cannot start: {exc}") from None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import resource
 import signal
 import sys
@@ -41,7 +42,8 @@ _READY = "ready"
 
 def worker_main(connection: Connection, config: MediaGenConfig) -> None:
     """A worker process: prepares once, then runs jobs from ``connection`` until EOF."""
-    die_with_parent()
+    parent = multiprocessing.parent_process()
+    die_with_parent(parent.pid if parent is not None and parent.pid else os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops workers itself
     if config.worker_memory_bytes > 0:
         limit = config.worker_memory_bytes
