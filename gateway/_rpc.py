@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
+
 from cgn_common.rpc import CHANNEL_OPTIONS
 from cgn_common.tls import ReloadingChannel, TlsConfig
 from generated.cgn.common.v1 import http_pb2
@@ -122,8 +124,9 @@ class NodeClient:
         await self._channel.close()
 
 
-def _bearer(token: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {token}"),)
+def _bearer(token: str) -> grpc.aio.Metadata:
+    # grpc.aio's own type: a tuple it would convert on every call.
+    return grpc.aio.Metadata(("authorization", f"Bearer {token}"))
 
 
 def work_options(

@@ -62,6 +62,7 @@ STRIPPED_REQUEST_HEADERS = frozenset(
         "x-cgn-timeout-ms",
     }
 )
+_STRIPPED_WITH_AUTHORIZATION = STRIPPED_REQUEST_HEADERS | {"authorization"}
 #: Answer headers the gateway replaces: ``Server`` (no DService version leaks) and
 #: ``X-Request-Id`` (the CGN's).
 _REPLACED_RESPONSE_HEADERS = frozenset({"server", "x-request-id"})
@@ -122,8 +123,17 @@ def _too_large(limit: int, request_id: str = "") -> web.Response:
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, refused unread when ``Content-Length`` is over ``limit`` (see
     :func:`_body_slices` for the rest)."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise _too_large_error(limit)
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        # The whole body came with the head (a small one usually does): take it as it is,
+        # without the slices' timer and generator, which only matter while bytes are due.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise _too_large_error(limit)
+        return body
     return b"".join([data async for data in _body_slices(request, limit)])
 
 
@@ -448,12 +458,10 @@ def _response_headers(
 ) -> list[tuple[str, str]] | None:
     """The DService's end-to-end answer headers, ``Server`` and ``X-Request-Id`` ours, as
     ``str`` (aiohttp writes ``str`` as UTF-8: a value that is not UTF-8 cannot pass, None)."""
-    out: list[tuple[str, str]] = []
-    for name, value in end_to_end(headers, _REPLACED_RESPONSE_HEADERS):
-        try:
-            out.append((name, value.decode("utf-8")))
-        except UnicodeDecodeError:
-            return None
+    try:
+        out = [(n, v.decode("utf-8")) for n, v in end_to_end(headers, _REPLACED_RESPONSE_HEADERS)]
+    except UnicodeDecodeError:
+        return None
     out.append(("Server", SERVER_NAME))
     out.append(("X-Request-Id", request_id))
     return out
@@ -470,8 +478,7 @@ async def _restore_headers(request: web.Request, response: web.StreamResponse) -
     framing = ("Date", "Content-Length", "Transfer-Encoding", "Connection")
     kept = {k: prepared[k] for k in framing if k in prepared}
     prepared.clear()
-    for name, value in response.exact:
-        prepared.add(name, value)
+    prepared.extend(response.exact)
     for name, value in kept.items():
         if name not in prepared:
             prepared[name] = value
@@ -503,7 +510,7 @@ async def call_dservice(request: web.Request) -> web.StreamResponse:
     if not _well_formed(token):
         return _session_invalid(request_id)
     raw = [(n.decode("latin-1"), v) for n, v in request.raw_headers]
-    drop = STRIPPED_REQUEST_HEADERS | ({"authorization"} if in_authorization else set())
+    drop = _STRIPPED_WITH_AUTHORIZATION if in_authorization else STRIPPED_REQUEST_HEADERS
     headers = end_to_end(raw, drop) + _forwarded(request, name)
     head = http_pb2.HttpRequestHead(
         method=request.method,
@@ -514,7 +521,7 @@ async def call_dservice(request: web.Request) -> web.StreamResponse:
     length = request.content_length
     if length is not None and length > config.max_work_body_bytes:
         return _too_large(config.max_work_body_bytes, request_id)
-    call = _Call(request, token, name, head, timeout_s)
+    call = _Call(request, token, name, head, headers, timeout_s)
     if request.can_read_body and (length is None or length > INLINE_BODY_BYTES):
         return await call.streamed_in()
     return await call.whole()
@@ -533,12 +540,15 @@ class _Call:
         token: str,
         dservice: str,
         head: http_pb2.HttpRequestHead,
+        headers: list[tuple[str, bytes]],
         timeout_s: float,
     ) -> None:
         self.request = request
         self.token = token
         self.dservice = dservice
         self.head = head
+        #: ``head``'s headers as pairs, which check_request reads.
+        self.headers = headers
         #: How long the work may take until the answer's head (the DApp's
         #: ``X-CGN-Timeout-Ms``, capped): the bodies' transfers do not count.
         self.timeout_s = timeout_s
@@ -553,7 +563,7 @@ class _Call:
                 head.method,
                 head.path,
                 head.query,
-                [(h.name, h.value) for h in head.headers],
+                self.headers,
                 body_length,
                 self.config.max_work_body_bytes,
             )
@@ -760,7 +770,8 @@ def make_app(config: GatewayConfig, node: NodeClient) -> web.Application:
         middlewares=[cors.preflight(config), _errors], client_max_size=config.max_work_body_bytes
     )
     app.on_response_prepare.append(_restore_headers)
-    app.on_response_prepare.append(cors.response_headers(config))  # after the DService's
+    if config.cors_allowed_origins:  # without, the hook would never add a header
+        app.on_response_prepare.append(cors.response_headers(config))  # after the DService's
     app[CONFIG_KEY] = config
     app[NODE_KEY] = node
     control = _expect_within(config.max_control_body_bytes)
