@@ -513,11 +513,11 @@ async def call_dservice(request: web.Request) -> web.StreamResponse:
     drop = _STRIPPED_WITH_AUTHORIZATION if in_authorization else STRIPPED_REQUEST_HEADERS
     headers = end_to_end(raw, drop) + _forwarded(request, name)
     head = http_pb2.HttpRequestHead(
-        method=request.method,
-        path=path,
-        query=request.rel_url.raw_query_string,
-        headers=[http_pb2.HttpHeader(name=n, value=v) for n, v in headers],
+        method=request.method, path=path, query=request.rel_url.raw_query_string
     )
+    add = head.headers.add  # in place: half the cost of building HttpHeaders and copying them
+    for header_name, value in headers:
+        add(name=header_name, value=value)
     length = request.content_length
     if length is not None and length > config.max_work_body_bytes:
         return _too_large(config.max_work_body_bytes, request_id)
