@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from pathlib import Path
 
 from aiohttp import web
 
+from cgn_common import loop as event_loop
 from cgn_common.logs import log_event
 from cgn_common.ready import write_ready_file
 from cgn_common.signals import wait_for_stop
@@ -61,5 +61,6 @@ async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:
 
 
 def run(config: GatewayConfig, ready_file: Path | None = None) -> None:
-    """Blocking entry point for ``cgn gateway``."""
-    asyncio.run(serve(config, ready_file))
+    """Blocking entry point for ``cgn gateway``, on the services' event loop (uvloop unless
+    ``CGN_EVENT_LOOP=asyncio``, cgn_common/loop.py)."""
+    event_loop.run(serve(config, ready_file))
