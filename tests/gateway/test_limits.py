@@ -309,6 +309,15 @@ async def test_a_chunked_body_is_cut_at_the_limit(gateway: Gateway) -> None:
     assert answer.closed
 
 
+async def test_a_whole_chunked_body_over_the_limit_is_413(gateway: Gateway) -> None:
+    # Complete and small, it is all in before the handler runs: read at once, still measured.
+    chunk = b"%x\r\n%s\r\n" % (1024, b"y" * 1024)
+    head = _request("POST", "/v1/sessions", "Transfer-Encoding: chunked", close=False)
+    answer = await _send(gateway, head + chunk * (CONTROL_LIMIT // 1024 + 1) + b"0\r\n\r\n")
+    assert (answer.status, answer.error()["reason"]) == (413, "BODY_TOO_LARGE")
+    assert answer.closed
+
+
 @pytest.mark.parametrize(
     "body",
     [
