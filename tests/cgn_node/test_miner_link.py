@@ -63,6 +63,8 @@ class ScriptedMiner:
     batches: list[int] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     _stub: Any = None
+    #: One write at a time on the stream (units answered at once would write concurrently).
+    _writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, address: str, pki: Pki, api_key: str) -> None:
         async with open_channel(address, pki.client_only()) as channel:
@@ -138,7 +140,8 @@ class ScriptedMiner:
             )
             answer = pb.ConnectRequest(response_nonce=message.nonce, response=response)
             slots = pb.ConnectRequest(response_nonce=message.nonce, slots=pb.WorkSlots(free=4))
-            await call.write(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots])))
+            async with self._writing:
+                await call.write(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots])))
             return
         await call.write(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
         if self.behaviour in ("answer", "frozen-machine", "busy-stream"):
