@@ -40,6 +40,27 @@ def proc_cpu_seconds(pid: int) -> float:
     return 0.0 if fields is None else cpu_seconds(fields)
 
 
+def proc_context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of every thread of ``pid`` so far (0 once it is
+    gone): each is a thread put to sleep or preempted and another run, which the CPU figures
+    pay for in the kernel (docs/performance.md)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for line in status.splitlines():
+            if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
+
+
 def proc_start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (tells a reused PID apart)."""
     fields = proc_stat_fields(pid)

@@ -79,6 +79,7 @@ from _procs import (
     identify,
     leftovers,
     proc_cmdline,
+    proc_context_switches,
     proc_cpu_seconds,
     read_json,
     spawn,
@@ -244,6 +245,7 @@ class Cell:
     wrk: WrkResult
     loadavg_1m: float
     cpu_s: dict[str, float] = field(default_factory=dict)
+    switches: dict[str, int] = field(default_factory=dict)
     warmup_errors: int = 0
 
     def cpu_us(self, names: Sequence[str]) -> float:
@@ -254,6 +256,15 @@ class Cell:
             if any(name == n or name.startswith(f"{n}-") for n in names)
         )
         return 1e6 * used / self.wrk.requests if self.wrk.requests else math.nan
+
+    def switches_per_request(self, names: Sequence[str]) -> float:
+        """Context switches per completed request of the processes named (or prefixed) so."""
+        used = sum(
+            n
+            for name, n in self.switches.items()
+            if any(name == m or name.startswith(f"{m}-") for m in names)
+        )
+        return used / self.wrk.requests if self.wrk.requests else math.nan
 
 
 def role(target: str, name: str) -> str:
@@ -269,6 +280,7 @@ async def measure_cell(
     loadavg_1m = os.getloadavg()[0]
     procs = target.server_procs()
     before = {pid: proc_cpu_seconds(pid) for pid in procs}
+    switched = {pid: proc_context_switches(pid) for pid in procs}
     result = await run_wrk(
         wrk, target.url, target.script, connections, args.wrk_threads, args.duration
     )
@@ -276,6 +288,7 @@ async def measure_cell(
     for pid, name in procs.items():
         key = role(target.label, name)
         cell.cpu_s[key] = cell.cpu_s.get(key, 0.0) + proc_cpu_seconds(pid) - before[pid]
+        cell.switches[key] = cell.switches.get(key, 0) + proc_context_switches(pid) - switched[pid]
     return cell
 
 
@@ -359,6 +372,17 @@ def cpu_rows(cells: dict[str, Cell]) -> list[tuple[str, dict[str, float], bool]]
         )
     )
     rows.append(("CPU us/req central (not summed)", {CGN: per(CGN, ["central"])}, False))
+
+    def switches(target: str, names: Sequence[str]) -> float:
+        return cells[target].switches_per_request(names) if target in cells else nan
+
+    rows.append(
+        (
+            "switches/req SUM (context switches, counted procs)",
+            {t: switches(t, SUMMED[t]) for t in TARGETS},
+            True,
+        )
+    )
     return rows
 
 
@@ -377,7 +401,10 @@ def metric_rows(report: Report, connections: int) -> list[list[str]]:
         ("p50 ms", each(lambda c: c.wrk.p50_ms), True, "{:.2f}"),
         ("p99 ms", each(lambda c: c.wrk.p99_ms), True, "{:.2f}"),
         ("errors", each(lambda c: c.wrk.errors), False, "{:,.0f}"),
-        *((label, values, r, "{:,.0f}") for label, values, r in cpu_rows(cells)),
+        *(
+            (label, values, r, "{:.1f}" if label.startswith("switches") else "{:,.0f}")
+            for label, values, r in cpu_rows(cells)
+        ),
         (
             "wrk CPU % of a core",
             each(lambda c: 100 * c.wrk.cpu_s / c.wrk.duration_s),
@@ -424,6 +451,9 @@ def json_line(report: Report) -> str:
             "warmup_errors": cell.warmup_errors,
             "cpu_us_per_req": {n: round(cell.cpu_us([n]), 1) for n in sorted(cell.cpu_s)},
             "cpu_us_per_req_sum": round(cell.cpu_us(SUMMED[target]), 1),
+            "context_switches_per_req": {
+                n: round(cell.switches_per_request([n]), 2) for n in sorted(cell.switches)
+            },
             "wrk_cpu_pct": round(100 * w.cpu_s / w.duration_s, 1),
             "loadavg_1m_at_start": round(cell.loadavg_1m, 2),
         }
@@ -470,7 +500,9 @@ def print_report(report: Report, wrk_version: str) -> None:
         "CGN/hop: through CGN divided by one hop (req/s below 1, latency and CPU above 1 mean the "
         "CGN path is slower or costs more). Latencies: wrk's, all answers.\n"
         "SUM: echo (direct); front + gRPC server (one hop); gateway + node + miners (CGN). CPU "
-        "per request = CPU seconds in the measured run / requests wrk completed."
+        "per request = CPU seconds in the measured run / requests wrk completed. switches/req: "
+        "voluntary + involuntary context switches of every thread (/proc/<pid>/task/*/status) "
+        "in the measured run / requests completed."
     )
     for note in report.notes:
         print(note)
