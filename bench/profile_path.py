@@ -37,6 +37,8 @@ from tests.helpers.sandbox import RunningSandbox, start_sandbox, stop_sandbox
 #: Our packages: the frame nearest the leaf from one of these names the work.
 _PACKAGES = "cgn_node|cgn_common|gateway|miner|settlement|central|dservices"
 _OURS = re.compile(rf"\(({_PACKAGES})/[^/:]+\.py")
+#: The frame an event-loop callback runs under: asyncio's, or the CGN's uvloop runner.
+_LOOP_FRAME = re.compile(r"^(Handle\._run \(|run \(cgn_common/loop\.py)")
 #: Leaf frames of a thread that waits (the event loop's epoll, a worker's futex wait, which
 #: py-spy shows as an unnamed libc address, a child watcher's wait4): not CPU, left out.
 _WAITS = (
@@ -72,8 +74,9 @@ def _aggregate(raw: Path) -> tuple[int, collections.Counter[str], collections.Co
         total += n
         leaves[_short(frames[-1])] += n
         # Only what runs inside an event-loop callback is attributed (the frames below it are
-        # the process's entry point and the loop itself).
-        start = max((i for i, f in enumerate(frames) if f.startswith("Handle._run ")), default=0)
+        # the process's entry point and the loop itself: asyncio's Handle._run, or, on uvloop,
+        # whose loop is C, everything up to cgn_common/loop.py's run).
+        start = max((i for i, f in enumerate(frames) if _LOOP_FRAME.match(f)), default=-1) + 1
         mine = next(
             (f for f in reversed(frames[start:]) if _OURS.search(f)),
             "(no CGN frame: event loop, gRPC and aiohttp machinery, other threads)",
