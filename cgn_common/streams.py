@@ -113,17 +113,14 @@ class StreamWriter:
     async def _drain(self) -> None:
         """Writes until the queue is empty (its first step runs a loop turn after the first
         message queued, so a burst queued in one turn goes out together)."""
+        taken: list[tuple[Any, asyncio.Future[None] | None]] = []
         try:
             while self._queue:
-                if self._batch is not None and len(self._queue) > 1:
-                    taken = [
-                        self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
-                    ]
-                    message = self._batch([m for m, _ in taken])
-                else:
-                    taken = [self._queue.popleft()]
-                    message = taken[0][0]
+                batch = self._batch if len(self._queue) > 1 else None
+                count = min(len(self._queue), self._max_batch) if batch is not None else 1
+                taken = [self._queue.popleft() for _ in range(count)]
                 try:
+                    message = batch([m for m, _ in taken]) if batch is not None else taken[0][0]
                     await self._write(message)
                 except Exception as exc:  # the stream is gone (STREAM_GONE) or broke
                     self._fail(exc, taken)
@@ -131,8 +128,9 @@ class StreamWriter:
                 for _, written in taken:
                     if written is not None and not written.done():
                         written.set_result(None)
+                taken = []
         except asyncio.CancelledError:  # the loop is closing: no sender may wait forever
-            self._fail(STREAM_CLOSED, [])
+            self._fail(STREAM_CLOSED, taken)
             raise
         finally:
             self._task = None

@@ -626,8 +626,9 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
             if kind == "batch":
                 for inner in message.batch.messages:
                     inner_kind = inner.WhichOneof("kind")
-                    if inner_kind in ("batch", "hello"):
-                        raise InvalidArgumentError(f"a {inner_kind} inside a MinerBatch")
+                    if inner_kind in ("batch", "hello"):  # the stream ends, saying why
+                        miner.close(f"protocol violation: a {inner_kind} inside a MinerBatch")
+                        return
                     if inner_kind == "goodbye":
                         return
                     miner.on_message(inner)

@@ -19,7 +19,7 @@ from cgn_common.errors import DeadlineExceededError, DServiceFailedError, Unauth
 from cgn_common.rpc import open_channel
 from cgn_common.streams import BODY_CHUNK_BYTES, StreamWriter
 from cgn_common.types import AccountKind, Tier
-from cgn_node._miner_link import MinerConnection
+from cgn_node._miner_link import MinerConnection, MinerLink
 from cgn_node.broker import MinerFailedError
 from cgn_node.work import HttpRequest, ResponseBody, WorkUnit
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
@@ -116,6 +116,16 @@ class ScriptedMiner:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+    def _answer(self, work_id: str) -> pb.WorkResponse:
+        """A whole 200 answer whose body is this miner's id."""
+        return pb.WorkResponse(
+            dispatch_token=work_id,
+            head=http_pb2.HttpResponseHead(status_code=200),
+            body=self.miner_id.encode(),
+            body_complete=True,
+            completion=pb.WorkCompletion(dispatch_token=work_id),
+        )
+
     async def _work(self, call: Any, message: pb.ConnectResponse) -> None:
         work_id = message.assignment.dispatch_token
         self._work_ids[work_id] = message.assignment.work_id
@@ -131,27 +141,14 @@ class ScriptedMiner:
             await call.write(pb.ConnectRequest(slots=pb.WorkSlots(free=3)))
             await asyncio.sleep(ACK_DEADLINE_S * 2 / 3)
         if self.behaviour == "batching":  # no Ack: the answer acknowledges the assignment
-            response = pb.WorkResponse(
-                dispatch_token=work_id,
-                head=http_pb2.HttpResponseHead(status_code=200),
-                body=self.miner_id.encode(),
-                body_complete=True,
-                completion=pb.WorkCompletion(dispatch_token=work_id),
-            )
-            answer = pb.ConnectRequest(response_nonce=message.nonce, response=response)
+            answer = pb.ConnectRequest(response_nonce=message.nonce, response=self._answer(work_id))
             slots = pb.ConnectRequest(response_nonce=message.nonce, slots=pb.WorkSlots(free=4))
             async with self._writing:
                 await call.write(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots])))
             return
         await call.write(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
         if self.behaviour in ("answer", "frozen-machine", "busy-stream"):
-            response = pb.WorkResponse(
-                dispatch_token=work_id,
-                head=http_pb2.HttpResponseHead(status_code=200),
-                body=self.miner_id.encode(),
-                body_complete=True,
-                completion=pb.WorkCompletion(dispatch_token=work_id),
-            )
+            response = self._answer(work_id)
             await call.write(pb.ConnectRequest(response_nonce=message.nonce, response=response))
         elif self.behaviour == "chunks":
             head = http_pb2.HttpResponseHead(status_code=201)
@@ -569,3 +566,31 @@ async def test_a_batching_miner_gets_assignments_together_and_its_answer_acknowl
     assert max(miner.batches) > 1  # the four assignments went out in fewer writes
     assert len(miner.assignments) == 4
     assert miner.miner_id in {m.miner_id for m in cluster.node.broker.miners()}
+
+
+async def test_a_batch_inside_a_miners_batch_drops_the_miner_saying_why() -> None:
+    """A MinerBatch holds no batch and no hello: the miner is dropped (ABORTED, with the
+    reason), the messages before the bad one were handled, nothing after it."""
+
+    async def write(message: Any) -> None:
+        return None
+
+    miner = _connection_writing_to(write)
+    slots: list[int] = []
+    miner._on_slots = slots.append
+    nested = pb.ConnectRequest(batch=pb.MinerBatch())
+    first = pb.ConnectRequest(slots=pb.WorkSlots(free=1))
+    after = pb.ConnectRequest(slots=pb.WorkSlots(free=0))
+    batch = pb.ConnectRequest(batch=pb.MinerBatch(messages=[first, nested, after]))
+
+    class Context:
+        def __init__(self) -> None:
+            self.messages: list[Any] = [batch]
+
+        async def read(self) -> Any:
+            return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+    await MinerLink._read(Context(), miner)
+    assert miner.closed.is_set()
+    assert miner.close_reason == "protocol violation: a batch inside a MinerBatch"
+    assert slots == [1]

@@ -87,3 +87,24 @@ async def test_a_failed_write_fails_every_queued_and_later_message() -> None:
     assert writer.failed is gone
     assert writer.post("later") is gone
     assert await writer.send_quietly("later") is gone
+
+
+async def test_a_writer_stopped_mid_write_fails_its_waiting_senders_instead_of_leaving_them() -> (
+    None
+):
+    started = asyncio.Event()
+
+    async def write(message: str) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never finishes: the loop closes under it
+
+    writer = StreamWriter(write)
+    in_flight = asyncio.create_task(writer.send("in flight"))
+    await started.wait()
+    queued = asyncio.create_task(writer.send("queued"))
+    await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()
+    for sender in (in_flight, queued):
+        with pytest.raises(RuntimeError, match="writer was stopped"):
+            await sender

@@ -5,7 +5,6 @@ node (a gRPC MinerLinkService in process) that offers them, or not."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,11 @@ from typing import Any
 import grpc
 import pytest
 
-from cgn_common.config import Secret
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
-from miner._link import LinkSession
-from miner.config import MinerConfig
-from miner.fitness import FitnessResult
 from miner.runtime import ProcessRuntime
+from tests.helpers.scripted_node import miner_linked_to
 
 #: The slow unit's DService holds its answer this long: past the miner's Ack hold (a tenth
 #: of the ack deadline below), well inside the ack deadline.
@@ -103,25 +99,6 @@ async def runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
         await runtime.stop()
 
 
-@contextlib.asynccontextmanager
-async def _miner_of(node: ScriptedNode, runtime: ProcessRuntime) -> AsyncIterator[None]:
-    server = grpc.aio.server()
-    pb_grpc.add_MinerLinkServiceServicer_to_server(node, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    config = MinerConfig(miner_id="m1", miner_key=Secret("k"), max_concurrent_work_units=4)
-    session = LinkSession(config, runtime, FitnessResult(1, 1, 1, 1))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    running = asyncio.create_task(session.run(channel, asyncio.Event()))
-    try:
-        yield
-    finally:
-        running.cancel()
-        await asyncio.wait({running})
-        await channel.close()
-        await server.stop(None)
-
-
 def _of(got: list[tuple[pb.ConnectRequest, tuple[str, ...]]], nonce: str) -> list[str]:
     return [str(m.WhichOneof("kind")) for m, _ in got if m.response_nonce == nonce]
 
@@ -130,7 +107,7 @@ async def test_with_the_features_a_fast_answer_acknowledges_and_carries_its_slot
     runtime: ProcessRuntime,
 ) -> None:
     node = ScriptedNode(["batch", "answer_acks"])
-    async with _miner_of(node, runtime):
+    async with miner_linked_to(node, runtime, slots=4):
         got = await node.until_answered()
     assert node.hello_features == ["batch"]
     # The fast unit: no Ack (its answer came within the hold), and the answer went out in one
@@ -148,7 +125,7 @@ async def test_without_the_features_every_assignment_is_acked_at_once_and_nothin
     runtime: ProcessRuntime,
 ) -> None:
     node = ScriptedNode([])
-    async with _miner_of(node, runtime):
+    async with miner_linked_to(node, runtime, slots=4):
         got = await node.until_answered()
     assert all(kinds == () for _, kinds in got)
     for nonce in ("n1", "n2"):

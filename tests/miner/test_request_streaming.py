@@ -18,16 +18,13 @@ from typing import Any
 import grpc
 import pytest
 
-from cgn_common.config import Secret
 from cgn_common.descriptor import parse_descriptor
 from cgn_common.streams import BODY_CHUNK_BYTES
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.minerlink.v1 import miner_link_service_pb2 as pb
 from generated.cgn.minerlink.v1 import miner_link_service_pb2_grpc as pb_grpc
-from miner._link import LinkSession
-from miner.config import MinerConfig
-from miner.fitness import FitnessResult
 from miner.runtime import ProcessRuntime
+from tests.helpers.scripted_node import miner_linked_to
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "d_streamed"
@@ -153,21 +150,8 @@ env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
 
 @contextlib.asynccontextmanager
 async def _running(node: ScriptedNode, runtime: ProcessRuntime) -> AsyncIterator[Miner]:
-    server = grpc.aio.server()
-    pb_grpc.add_MinerLinkServiceServicer_to_server(node, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    config = MinerConfig(miner_id="m1", miner_key=Secret("k"), max_concurrent_work_units=2)
-    session = LinkSession(config, runtime, FitnessResult(1, 1, 1, 1))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    running = asyncio.create_task(session.run(channel, asyncio.Event()))
-    try:
+    async with miner_linked_to(node, runtime, slots=2) as port:
         yield Miner(node, runtime, port)
-    finally:
-        running.cancel()
-        await asyncio.wait({running})
-        await channel.close()
-        await server.stop(None)
 
 
 async def test_a_large_body_streams_into_the_dservice_in_bounded_memory(
