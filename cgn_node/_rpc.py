@@ -261,10 +261,18 @@ class Work(work_grpc.WorkServiceServicer):
             yield work_pb.CallStreamResponse(accepted=work_pb.CallAccepted(max_body_bytes=limit))
         spool = Spool(self._spool_budget, directory=self._spool_dir)
         try:
-            await self._spool_body(request_iterator, spool, limit, binding, start.dservice)
+            ended = await self._spool_body(request_iterator, spool, limit, binding, start.dservice)
             if declared is not None and spool.size != declared:
                 raise InvalidArgumentError(
                     f"the body has {spool.size} bytes, not the {declared} its head declares"
+                )
+            if not ended and declared is None and spool.size:
+                # A stream that stops without end_of_body may be a caller that cancelled
+                # (grpc.aio ends the reads before the cancel arrives): never dispatch a body
+                # that may be cut. (No chunk at all is a request without a body, a GET.)
+                raise InvalidArgumentError(
+                    "the body's stream ended without end_of_body and its head declares no "
+                    "content_length: it may be cut, so it is not run"
                 )
             # The work's deadline runs from its dispatch: the upload did not count.
             unit.deadline = time.monotonic() + self._timeout_s(start.options, context)
@@ -334,10 +342,10 @@ class Work(work_grpc.WorkServiceServicer):
         limit: int,
         binding: Binding,
         dservice: str,
-    ) -> None:
+    ) -> bool:
         """A CallStream's request body into ``spool``: its BodyChunks until end_of_body (or
         the end of the stream), cut with BODY_TOO_LARGE as soon as it passes ``limit``
-        (``binding``'s)."""
+        (``binding``'s). True when end_of_body came."""
         async for part in parts:
             if part.WhichOneof("kind") != "body":
                 raise InvalidArgumentError("after its CallStart, a CallStream sends BodyChunks")
@@ -346,7 +354,8 @@ class Work(work_grpc.WorkServiceServicer):
                 raise too_large(spool.size + len(data), limit, binding, dservice)
             await spool.write(data)
             if part.body.end_of_body:
-                break
+                return True
+        return False
 
     def _new_unit(
         self,

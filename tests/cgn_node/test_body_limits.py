@@ -274,3 +274,46 @@ async def test_a_dservices_limit_follows_the_miners_connected_now(cluster: Clust
     lax.cancel()
     await until(lambda: not cluster.node.broker.miners(), "the other miner to leave")
     assert cluster.node.broker.body_limits.limit("echo") == 0
+
+
+async def _stream(
+    cluster: Cluster, token: str, size: int, *, declared: bool, end_of_body: bool
+) -> bytes:
+    """A CallStream of a ``size``-byte body to echo that closes its side after the body, with
+    or without ``head.content_length`` and the last chunk's ``end_of_body``; the answer."""
+    head = http_pb2.HttpRequestHead(method="POST", path="/x")
+    if declared:
+        head.content_length = size
+    start = work_pb.CallStart(dservice="echo", head=head)
+    chunk = http_pb2.BodyChunk(data=b"x" * size, end_of_body=end_of_body)
+    requests = [work_pb.CallStreamRequest(start=start)]
+    if size or end_of_body:
+        requests.append(work_pb.CallStreamRequest(body=chunk))
+    async with open_channel(cluster.endpoints["work"], cluster.pki.client_only()) as channel:
+        call: Any = work_grpc.WorkServiceStub(channel).CallStream(
+            iter(requests), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+        )
+        return b"".join([m.body.data async for m in call])
+
+
+async def test_a_stream_that_ends_without_end_of_body_or_a_length_is_never_run(
+    cluster: Cluster,
+) -> None:
+    """A caller that cancels mid-upload ends the node's reads like one that closed its side
+    (grpc.aio), so a body that ends without end_of_body counts as whole only when the head
+    declared its length; otherwise it may be cut and no miner gets it (a stress run saw the
+    gateway's cancel reach a scripted node as the end of the stream)."""
+    miner, task = await _connect(cluster, {"echo": 0})
+    enterprise = await cluster.enterprise("e")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _stream(cluster, enterprise.token, 100, declared=False, end_of_body=False)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "without end_of_body" in str(caught.value.details())
+    assert miner.bodies == []
+    # A declared length, or end_of_body, makes the same stream whole.
+    assert await _stream(cluster, enterprise.token, 100, declared=True, end_of_body=False) == b"100"
+    assert await _stream(cluster, enterprise.token, 70, declared=False, end_of_body=True) == b"70"
+    # No chunk at all: a request without a body (a GET), run.
+    assert await _stream(cluster, enterprise.token, 0, declared=False, end_of_body=False) == b"0"
+    assert miner.bodies == [100, 70, 0]
+    task.cancel()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cgn_common.errors import BodyTooLargeError, UnavailableError
+from cgn_common.errors import BodyTooLargeError, InvalidArgumentError, UnavailableError
 from cgn_common.streams import INLINE_BODY_BYTES
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import work_pb2
@@ -78,6 +78,8 @@ class StreamingNode(work_grpc.WorkServiceServicer):
             body += part.body.data
             if part.body.end_of_body:
                 break
+        else:  # as the node: a stream that stops short may be a cancel, never a whole body
+            raise InvalidArgumentError("the body's stream ended without end_of_body")
         self.received.append(bytes(body))
         yield work_pb.CallStreamResponse(head=_head(("Content-Length", b"2")))
         yield work_pb.CallStreamResponse(body=http_pb2.BodyChunk(data=b"ok"))
