@@ -91,6 +91,9 @@ class _Pending:
     #: from then on the body goes to ``stream`` slice by slice.
     stream: ResponseBody | None = None
     streaming: bool = False
+    #: The miner's last word on the unit came (its whole answer, or its failure): the unit no
+    #: longer holds a slot on the miner, while the broker still counts it until its run ends.
+    answered: bool = False
 
 
 class MinerConnection:
@@ -134,6 +137,8 @@ class MinerConnection:
         self._acks: dict[str, asyncio.Future[None]] = {}
         #: sequence numbers of assignments sent, for WorkSlots arithmetic.
         self._assigned: collections.deque[int] = collections.deque()
+        #: Dispatches answered whose run has not ended yet (see _Pending.answered).
+        self._answered = 0
         #: When this node last read a message of the miner's (any stream of it).
         self.heard = time.monotonic()
         self._on_slots = on_slots
@@ -155,7 +160,10 @@ class MinerConnection:
         seen = self._seq(response_nonce) or 0
         while self._assigned and self._assigned[0] <= seen:
             self._assigned.popleft()
-        self._on_slots(max(0, free - len(self._assigned)))
+        # The broker still counts the answered units whose run has not ended, which the
+        # miner has freed already: their release adds them back (counting them now as free
+        # too gave one slot more than the miner had per such unit, and a NACK).
+        self._on_slots(max(0, free - len(self._assigned) - self._answered))
 
     async def send(self, message: pb.ConnectResponse) -> None:
         """Writes one message; writes are serialized."""
@@ -215,6 +223,8 @@ class MinerConnection:
             self._pending.pop(pending.token, None)
             self._tokens.pop(pending.token, None)
             self._acks.pop(pending.nonce, None)
+            if pending.answered:
+                self._answered -= 1
 
     async def _run(self, unit: WorkUnit, pending: _Pending) -> WorkResult:
         remaining = unit.remaining_s()
@@ -375,6 +385,7 @@ class MinerConnection:
 
     def _on_response(self, p: _Pending, r: pb.WorkResponse) -> None:
         if r.body_complete:
+            self._answered_by(p)
             self._finish(p, result_from_parts(r.head, r.body, r.completion.usage))
         elif p.stream is not None and not r.body:
             # A streamed answer: the head goes to the caller now, the body as it comes on
@@ -402,10 +413,17 @@ class MinerConnection:
     def _on_completion(self, p: _Pending, completion: pb.WorkCompletion) -> None:
         if p.head is not None and not p.result.done():
             body = b"".join(p.chunks)
+            self._answered_by(p)
             self._finish(p, result_from_parts(p.head, body, completion.usage))
 
-    @staticmethod
-    def _on_failure(p: _Pending, failure: pb.WorkFailure) -> None:
+    def _answered_by(self, p: _Pending) -> None:
+        """The miner's last word on ``p`` came: its slot there is free."""
+        if not p.answered:
+            p.answered = True
+            self._answered += 1
+
+    def _on_failure(self, p: _Pending, failure: pb.WorkFailure) -> None:
+        self._answered_by(p)
         if not p.ack.done():
             p.ack.set_result(None)
         _settle(p.result, DServiceFailedError(failure.status.message))

@@ -583,14 +583,50 @@ async def test_a_batch_inside_a_miners_batch_drops_the_miner_saying_why() -> Non
     after = pb.ConnectRequest(slots=pb.WorkSlots(free=0))
     batch = pb.ConnectRequest(batch=pb.MinerBatch(messages=[first, nested, after]))
 
-    class Context:
-        def __init__(self) -> None:
-            self.messages: list[Any] = [batch]
-
-        async def read(self) -> Any:
-            return self.messages.pop(0) if self.messages else grpc.aio.EOF
-
-    await MinerLink._read(Context(), miner)
+    await MinerLink._read(_Reads(batch), miner)
     assert miner.closed.is_set()
     assert miner.close_reason == "protocol violation: a batch inside a MinerBatch"
     assert slots == [1]
+
+
+async def test_slots_that_come_with_an_answer_never_count_its_slot_twice() -> None:
+    """A miner of one slot answers and says it has one free slot, both in the same read (a
+    MinerBatch): the node's broker still counts the answered unit until its run ends, and that
+    end frees it, so the WorkSlots must count it taken (it once counted it free as well: two
+    slots on a one-slot miner, and the next assignment NACKed "no free slot")."""
+    sent: list[pb.ConnectResponse] = []
+
+    async def write(message: Any) -> None:
+        sent.append(message)
+
+    miner = _connection_writing_to(write)
+    told: list[int] = []
+    miner._on_slots = told.append
+    run = asyncio.create_task(miner.run(_unit("w-slots")))
+    await until(lambda: bool(sent), "the assignment")
+    nonce, token = sent[0].nonce, sent[0].assignment.dispatch_token
+    response = pb.WorkResponse(
+        dispatch_token=token,
+        head=http_pb2.HttpResponseHead(status_code=200),
+        body_complete=True,
+        completion=pb.WorkCompletion(dispatch_token=token),
+    )
+    answer = pb.ConnectRequest(response_nonce=nonce, response=response)
+    slots = pb.ConnectRequest(response_nonce=nonce, slots=pb.WorkSlots(free=1))
+    await MinerLink._read(
+        _Reads(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots]))), miner
+    )
+    assert told == [0]  # taken until the run ends, which frees it: one slot in all
+    assert (await run).status == 200
+    miner.on_message(slots)
+    assert told == [0, 1]  # the run has ended: nothing counted twice any more
+
+
+class _Reads:
+    """A servicer context whose reads return ``messages``, then EOF."""
+
+    def __init__(self, *messages: Any) -> None:
+        self.messages = list(messages)
+
+    async def read(self) -> Any:
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
