@@ -640,20 +640,15 @@ class MinerLink(pb_grpc.MinerLinkServiceServicer):
     @staticmethod
     async def _read(context: Context, miner: MinerConnection) -> None:
         while (message := await context.read()) is not grpc.aio.EOF:
-            kind = message.WhichOneof("kind")
-            if kind == "batch":
-                for inner in message.batch.messages:
-                    inner_kind = inner.WhichOneof("kind")
-                    if inner_kind in ("batch", "hello"):  # the stream ends, saying why
-                        miner.close(f"protocol violation: a {inner_kind} inside a MinerBatch")
-                        return
-                    if inner_kind == "goodbye":
-                        return
-                    miner.on_message(inner)
-                continue
-            if kind == "goodbye":
-                return
-            miner.on_message(message)
+            batched = message.WhichOneof("kind") == "batch"
+            for one in message.batch.messages if batched else (message,):
+                kind = one.WhichOneof("kind")
+                if batched and kind in ("batch", "hello"):  # the stream ends, saying why
+                    miner.close(f"protocol violation: a {kind} inside a MinerBatch")
+                    return
+                if kind == "goodbye":
+                    return
+                miner.on_message(one)
 
 
 def _node_batch(messages: list[pb.ConnectResponse]) -> pb.ConnectResponse:

@@ -187,10 +187,7 @@ class Broker:
         slot = self._slots.pop(miner, None)
         if slot is None:
             return
-        self._offered.subtract(miner.dservices)
-        for name in miner.dservices:
-            if self._offered[name] <= 0:
-                del self._offered[name]
+        self._offered -= collections.Counter(miner.dservices)  # drops the counts at zero
         for pool in slot.pools:
             self._connected[pool] -= 1
             if not self._connected[pool]:

@@ -5,6 +5,7 @@ checked against the revocations Central announced (:class:`RevocationView`)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -147,11 +148,10 @@ class SessionIssuer:
         revocations: RevocationView | None = None,
     ) -> None:
         self._key = key or secrets.token_bytes(32)
-        #: Tokens whose signature and claims were checked, with their claims (a DApp sends the
-        #: same token with every request: the HMAC and JSON are paid once per token, not per
-        #: request). Expiry and revocation are still checked on every use; bounded, the oldest
-        #: entry going first.
-        self._parsed: dict[str, SessionClaims] = {}
+        #: The claims of a token whose signature was checked (a DApp sends the same token with
+        #: every request: the HMAC and JSON are paid once per token, not per request); expiry
+        #: and revocation are still judged on every use.
+        self._claims_of = functools.lru_cache(maxsize=PARSED_TOKENS_KEPT)(self._checked)
         self.ttl_s = ttl_s
         self._node_id = node_id
         self.revocations = revocations or RevocationView()
@@ -204,14 +204,8 @@ class SessionIssuer:
 
     def parse(self, token: str) -> SessionClaims:
         """The claims of a genuine, unexpired token, revoked or not."""
-        claims = self._parsed.get(token)
-        if claims is None:
-            claims = self._checked(token)
-            if len(self._parsed) >= PARSED_TOKENS_KEPT:
-                del self._parsed[next(iter(self._parsed))]
-            self._parsed[token] = claims
+        claims = self._claims_of(token)
         if claims.expires_at <= time.time():
-            self._parsed.pop(token, None)
             raise SessionInvalidError()
         return claims
 

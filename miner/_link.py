@@ -187,7 +187,6 @@ class LinkSession:
         self._ack_hold_s = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._writer: StreamWriter | None = None
-        self._stub: pb_grpc.MinerLinkServiceStub | None = None
         self._data_stub: pb_grpc.MinerLinkServiceStub | None = None
         self._last_nonce = ""
         self._draining = False
@@ -239,9 +238,8 @@ class LinkSession:
     ) -> None:
         """Says hello and serves node messages until the stream ends or a drain finishes.
         Data planes (``Exchange``) go on ``data_channel`` when given."""
-        self._stub = pb_grpc.MinerLinkServiceStub(channel)
         self._data_stub = pb_grpc.MinerLinkServiceStub(data_channel or channel)
-        call: Any = self._stub.Connect()
+        call: Any = pb_grpc.MinerLinkServiceStub(channel).Connect()
         await call.write(pb.ConnectRequest(hello=self._hello()))
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
@@ -292,21 +290,21 @@ class LinkSession:
                 )
             else:
                 self._ack(nonce, None)
-            self._start_work(call, nonce, message.assignment)
+            self._start_work(nonce, message.assignment)
         elif kind == "cancel":
             token = message.cancel.dispatch_token
             cancelled = self._tasks.get(token)
             spent = self._spent.get(token)
             if cancelled is not None and spent is not None:
                 cancelled.cancel()
-                self._spawn(call, self._report_cancelled(call, nonce, token, cancelled, spent))
+                self._spawn(self._report_cancelled(nonce, token, cancelled, spent))
         elif kind == "ping":
             self._post(pb.ConnectRequest(response_nonce=nonce, pong=pb.Pong()))
         elif kind == "drain":
             self._ack(nonce, None)
             grace_s = message.drain.grace.ToMilliseconds() / 1000
             self._draining = True
-            self._spawn(call, self._drain(call, grace_s))
+            self._spawn(self._drain(call, grace_s))
         elif kind in ("key_revoke",):
             self._ack(nonce, None)
         elif kind in ("key_grant", "dservice_update", "attestation_challenge"):
@@ -362,7 +360,7 @@ class LinkSession:
             return UnavailableError(f"DService {assignment.dservice!r} is restarting")
         return None
 
-    def _spawn(self, call: Any, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -387,7 +385,7 @@ class LinkSession:
         log_event(_log, "miner_drained", stopped=sum(not t.done() for t in running))
 
     async def _report_cancelled(
-        self, call: Any, nonce: str, token: str, task: asyncio.Task[None], spent: Spent
+        self, nonce: str, token: str, task: asyncio.Task[None], spent: Spent
     ) -> None:
         """Once a unit the node cancelled has stopped, answers the WorkCancel with a
         WorkCompletion carrying the usage up to the cancel (abandoned work is billed for it,
@@ -409,23 +407,21 @@ class LinkSession:
             metered=spent.ended,
         )
 
-    def _start_work(self, call: Any, nonce: str, assignment: pb.WorkAssignment) -> None:
+    def _start_work(self, nonce: str, assignment: pb.WorkAssignment) -> None:
         token = assignment.dispatch_token
         spent = self._spent[token] = Spent(bytes_in=assignment.body_size or len(assignment.body))
-        task = asyncio.create_task(self._work(call, nonce, assignment, spent))
+        task = asyncio.create_task(self._work(nonce, assignment, spent))
         self._tasks[token] = task
         task.add_done_callback(lambda _: self._ended(token))
 
-    async def _work(
-        self, call: Any, nonce: str, assignment: pb.WorkAssignment, spent: Spent
-    ) -> None:
+    async def _work(self, nonce: str, assignment: pb.WorkAssignment, spent: Spent) -> None:
         """Runs one unit; every outcome is answered (a cancel from the node, by
         _report_cancelled). A body too large to travel inline comes (streamed into the
         DService as it arrives), and an answer too large goes, on the dispatch's data plane
         (_Exchange), closed whatever happens."""
         exchange: list[_Exchange] = []
         try:
-            await self._run_unit(call, nonce, assignment, spent, exchange)
+            await self._run_unit(nonce, assignment, spent, exchange)
         except grpc.aio.AioRpcError as exc:  # the data plane broke (the node knows why)
             log_event(_log, "data_plane_failed", logging.WARNING, error=exc.details())
         finally:
@@ -434,7 +430,6 @@ class LinkSession:
 
     async def _run_unit(
         self,
-        call: Any,
         nonce: str,
         assignment: pb.WorkAssignment,
         spent: Spent,
@@ -460,7 +455,7 @@ class LinkSession:
                 if not assignment.body_complete:
                     exchange.append(await self._open_exchange(token))
                     body = exchange[0].request_body(assignment.body_size)
-                await self._serve(call, nonce, assignment, body, spent, exchange, until_head)
+                await self._serve(nonce, assignment, body, spent, exchange, until_head)
             return
         except TimeoutError:
             error: CgnError = DeadlineExceededError("DService timed out")
@@ -488,7 +483,6 @@ class LinkSession:
 
     async def _serve(
         self,
-        call: Any,
         nonce: str,
         assignment: pb.WorkAssignment,
         body: RequestBody,

@@ -124,6 +124,7 @@ def test_a_token_checked_before_is_still_refused_once_expired_or_revoked(
     with pytest.raises(SessionInvalidError):
         issuer.verify(again)
     monkeypatch.setattr("cgn_node.sessions.PARSED_TOKENS_KEPT", 3)
+    small = SessionIssuer(b"k" * 32, 60, "node-1")
     for _ in range(5):
-        issuer.verify(issuer.issue("acct_2", [Tier.TIER_1_PRIVATE])[0])
-    assert len(issuer._parsed) <= 3
+        small.verify(small.issue("acct_2", [Tier.TIER_1_PRIVATE])[0])
+    assert small._claims_of.cache_info().currsize <= 3

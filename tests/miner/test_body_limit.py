@@ -81,7 +81,7 @@ async def test_a_unit_over_the_limit_fails_before_its_body_is_fetched(tmp_path: 
     exchange: list[Any] = []
     # Not inline: the body would come on a data plane, which is never opened (the session
     # has no stub; opening one would fail the test).
-    await session._run_unit(call, "n1", _assignment(11, inline=False), Spent(), exchange)
+    await session._run_unit("n1", _assignment(11, inline=False), Spent(), exchange)
     await session._writer.flush()
     assert exchange == []
     (sent,) = call.sent
