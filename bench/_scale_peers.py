@@ -3,8 +3,13 @@
 ``miners``: holds one MinerLinkService.Connect stream per miner account of its accounts file,
 each on its own channel (its own TLS connection, as separate miners would have). It speaks the
 protocol of docs/miner-protocol.md as ``miner/_link.py`` does, without a DService: each
-WorkAssignment is acked as it is read and answered at once with a WorkResponse carrying the
-body inline (``body_complete``, with its WorkCompletion), then WorkSlots. It reads commands
+WorkAssignment is answered at once with a WorkResponse carrying the body inline
+(``body_complete``, with its WorkCompletion), then WorkSlots. With ``--features`` (default
+``batch,answer_acks``, what the real miner lists and uses), the optional features the node
+also lists are used as the real miner uses them: the answer acknowledges its assignment (no
+Ack), and what queued up during a write goes out as one MinerBatch (so a unit's answer and its
+WorkSlots are one message); ``--features ''`` speaks the base protocol (an Ack as each
+assignment is read, then the answer, then WorkSlots, each its own message). It reads commands
 on stdin, one a line: ``connect N`` (have the first N of its miners connected; answers
 ``connected N`` once each was welcomed), ``stats`` (answers a JSON line), ``quit``.
 
@@ -42,6 +47,11 @@ from generated.cgn.work.v1 import work_service_pb2_grpc as work_grpc
 #: arguments unless told to keep a local subchannel pool.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
 CALL_TIMEOUT_S = 30.0
+BATCH, ANSWER_ACKS = "batch", "answer_acks"
+#: What the real miner offers (miner/_link.py) and so these miners by default.
+FEATURES = frozenset((BATCH, ANSWER_ACKS))
+#: The most messages in one MinerBatch, as the real miner's writer.
+MAX_BATCH = 64
 STOP_GRACE_S = 35.0
 
 
@@ -65,10 +75,16 @@ class ScriptedMiner:
     writer task sends queued acks (and pongs) before queued answers, so an ack never waits
     behind the answers to earlier assignments of a burst."""
 
-    def __init__(self, miner_id: str, api_key: str, slots: int) -> None:
+    def __init__(
+        self, miner_id: str, api_key: str, slots: int, features: frozenset[str] = FEATURES
+    ) -> None:
         self.miner_id = miner_id
         self.api_key = api_key
         self.slots = slots
+        #: The features this miner offers; of them, those the node's Welcome lists are used.
+        self.features = features
+        self._batch = False
+        self._answer_acks = False
         self.welcomed = asyncio.Event()
         self.served = 0
         self.ended = ""
@@ -86,6 +102,7 @@ class ScriptedMiner:
                 dservices=[dservice_pb2.DServiceOffer(name="echo")],
                 max_concurrent_work_units=self.slots,
                 software_version="bench-node-scale",
+                features=sorted(self.features & {BATCH}),
             )
             writer = asyncio.create_task(self._write(call))
             try:
@@ -107,11 +124,24 @@ class ScriptedMiner:
             await self._wake.wait()
             self._wake.clear()
             while self._urgent or self._answers:
-                message = self._urgent.popleft() if self._urgent else self._answers.popleft()
-                if message is None:  # drained: half-close
-                    await call.done_writing()
-                    return
-                await call.write(message)
+                taken: list[pb.ConnectRequest] = []
+                while (self._urgent or self._answers) and len(taken) < MAX_BATCH:
+                    message = self._urgent.popleft() if self._urgent else self._answers.popleft()
+                    if message is None:  # drained: write what was taken, then half-close
+                        await self._send(call, taken)
+                        await call.done_writing()
+                        return
+                    taken.append(message)
+                    if not self._batch:
+                        break
+                await self._send(call, taken)
+
+    @staticmethod
+    async def _send(call: Any, messages: list[pb.ConnectRequest]) -> None:
+        if len(messages) > 1:
+            await call.write(pb.ConnectRequest(batch=pb.MinerBatch(messages=messages)))
+        elif messages:
+            await call.write(messages[0])
 
     def _urgent_reply(self, message: pb.ConnectRequest | None) -> None:
         self._urgent.append(message)
@@ -120,11 +150,17 @@ class ScriptedMiner:
     def _on_message(self, message: pb.ConnectResponse) -> bool:
         kind = message.WhichOneof("kind")
         nonce = message.nonce
+        if kind == "batch":
+            return all(self._on_message(m) for m in message.batch.messages)
         if kind == "welcome":
+            offered = self.features & set(message.welcome.features)
+            self._batch = BATCH in offered
+            self._answer_acks = ANSWER_ACKS in offered
             self.welcomed.set()
         elif kind == "assignment":
             work = message.assignment
-            self._urgent_reply(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
+            if not self._answer_acks:  # else the answer, sent at once, acknowledges it
+                self._urgent_reply(pb.ConnectRequest(response_nonce=nonce, ack=pb.Ack()))
             response = pb.WorkResponse(
                 dispatch_token=work.dispatch_token,
                 head=http_pb2.HttpResponseHead(status_code=200, content_length=len(work.body)),
@@ -135,6 +171,7 @@ class ScriptedMiner:
             self._answers.append(pb.ConnectRequest(response_nonce=nonce, response=response))
             free = pb.WorkSlots(free=self.slots)  # every unit is answered at once
             self._answers.append(pb.ConnectRequest(response_nonce=nonce, slots=free))
+            self._wake.set()
             self.served += 1
         elif kind == "cancel":
             # Answered at once: nothing runs here, so nothing was spent.
@@ -154,7 +191,8 @@ class ScriptedMiner:
 async def _serve_miners(args: argparse.Namespace) -> None:
     accounts: list[list[str]] = _read_json(args.accounts)
     credentials = _credentials(args.ca_file)
-    miners = [ScriptedMiner(miner_id, key, args.slots) for miner_id, key in accounts]
+    features = frozenset(f for f in args.features.split(",") if f)
+    miners = [ScriptedMiner(miner_id, key, args.slots, features) for miner_id, key in accounts]
     tasks: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
     try:
@@ -257,6 +295,11 @@ def main() -> None:
     parser.add_argument("--ca-file", required=True)
     parser.add_argument("--accounts", help="miners: JSON list of [miner_id, api_key]")
     parser.add_argument("--slots", type=int, default=256)
+    parser.add_argument(
+        "--features",
+        default=",".join(sorted(FEATURES)),
+        help="miners: the optional protocol features to offer and use ('' for none)",
+    )
     parser.add_argument("--connect-timeout", type=float, default=120.0)
     parser.add_argument("--tokens", help="load: JSON list of session tokens")
     parser.add_argument("--concurrency", type=int, default=500)

@@ -14,8 +14,12 @@ TLS between Central and the node, server-authenticated TLS for miners and client
 * ``--miner-procs`` (default 2) processes of scripted miners (``bench/_scale_peers.py
   miners``): one Connect stream and one TLS connection per miner account, each miner offering
   ``echo`` with ``--slots`` work units (default 256, the node's cap), answering every
-  assignment at once (Ack, WorkResponse with the body inline, WorkSlots), so the node's
-  dispatch is what is measured, not a DService;
+  assignment at once (WorkResponse with the body inline, then WorkSlots), so the node's
+  dispatch is what is measured, not a DService. They use the optional protocol features the
+  real miner uses (``--miner-features``, default ``batch,answer_acks``: the answer
+  acknowledges its assignment, and an answer and its WorkSlots travel as one MinerBatch);
+  ``--miner-features ''`` has them speak the base protocol (Ack, answer, WorkSlots: three
+  messages per unit);
 * ``--load-procs`` (default 2) load processes (``bench/_scale_peers.py load``) keeping
   ``--in-flight`` (default 1,000) WorkService.Call requests in flight on the node's work port
   in total, 64-byte bodies, with the session tokens of ``--enterprises`` (default 4)
@@ -363,6 +367,8 @@ class MinerProcs:
                         str(accounts),
                         "--slots",
                         str(args.slots),
+                        "--features",
+                        args.miner_features,
                     ],
                     {},
                     pipes=True,
@@ -557,8 +563,8 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"node_scale: steps {args.steps} miners, {args.in_flight} requests in flight "
         f"({args.load_procs} load processes, {args.enterprises} enterprise accounts), "
-        f"{args.miner_procs} miner processes, {args.slots} slots per miner, warm-up "
-        f"{args.warmup} s + {args.duration} s per step",
+        f"{args.miner_procs} miner processes, {args.slots} slots per miner, miner features "
+        f"[{args.miner_features}], warm-up {args.warmup} s + {args.duration} s per step",
         flush=True,
     )
     print(
@@ -639,6 +645,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--slots", type=int, default=256)
+    parser.add_argument(
+        "--miner-features",
+        default="answer_acks,batch",
+        help="the optional protocol features the scripted miners use ('' for none)",
+    )
     parser.add_argument("--enterprises", type=int, default=4)
     parser.add_argument("--miner-procs", type=int, default=2)
     parser.add_argument("--load-procs", type=int, default=2)
