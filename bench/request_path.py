@@ -6,7 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/request_path.py
     .venv/bin/python bench/request_path.py --duration 3 --connections 1,64 --keep-state
 
-One run starts its own children, all on 127.0.0.1, and measures three targets:
+One run starts its own children, all on 127.0.0.1, and measures four targets:
 
 * ``direct``: the echo DService (``python -m dservices.echo``) on a free port;
 * ``one hop``: the baseline built here (bench/_hop.py): an aiohttp front that makes one
@@ -16,6 +16,14 @@ One run starts its own children, all on 127.0.0.1, and measures three targets:
   channel options);
   both on the event loop the CGN's processes run on in the same run (``--loop``: uvloop, as
   the services run by default, or asyncio's own loop), so the comparison is like for like;
+* ``2-hop floor``: the CGN's process layout and transports with none of its work (also
+  bench/_hop.py): the same front, a ``relay`` in the node's place (WorkService.Call on mutual
+  TLS, and the real MinerLinkService.Connect stream on server-authenticated TLS) and a
+  ``responder`` in the miner's place that answers each WorkAssignment at once with a
+  WorkResponse, both writing with the CGN's StreamWriter and batching as the node and miner
+  do. No call authentication, broker, billing, metering or DService call: what the path's
+  three processes and two hops cost by themselves, the floor under the CGN's figures on this
+  machine and transport;
 * ``through CGN``: a complete sandbox (``python -m cgn_cli sandbox --state-dir <tempdir>``):
   Central, a node with its SQLite ledger (billing on: every request is billed), 2 miners each
   running echo as a child process, and the REST gateway; mutual TLS between all of them. A
@@ -32,16 +40,18 @@ answers), errors (non-2xx answers plus connect/read/write/timeout errors from wr
 CPU per request of each server process (utime+stime from /proc/<pid>/stat around the measured
 run, divided by the requests wrk completed) and wrk's own CPU (if it nears 100% of a core, the
 client limited the run). The CPU sum counts the processes a request costs: echo (direct); front
-and gRPC server (one hop); gateway, node (its ledger writer included) and miners (CGN). The
-CGN's echo children and Central are shown but not summed. One aiohttp request per target
-before measuring checks that the body round-trips (and echo's X-Echo-* headers).
+and gRPC server (one hop); front, relay and responder (floor); gateway, node (its ledger writer
+included) and miners (CGN). The CGN's echo children and Central are shown but not summed. One
+aiohttp request per target before measuring checks that the body round-trips (and echo's
+X-Echo-* headers).
 
-The output is one table (metric rows; direct | one hop | through CGN | CGN/hop columns) and one
-JSON line with every figure. Every child is ended by PID when the run finishes, even on error or
-SIGTERM (SIGTERM, then SIGKILL after a timeout); afterwards every process listed in
-sandbox.json, and every other descendant of the sandbox seen just before the stop, is checked
-to be gone, and the sandbox's logs are scanned for warnings and errors. ``--keep-state`` keeps
-the temporary directory (logs, sandbox.json, the hop's certificates).
+The output is one table (metric rows; direct | one hop | 2-hop floor | through CGN | CGN/hop |
+floor/hop columns) and one JSON line with every figure. Every child is ended by PID when the
+run finishes, even on error or SIGTERM (SIGTERM, then SIGKILL after a timeout); afterwards
+every process listed in sandbox.json, and every other descendant of the sandbox seen just
+before the stop, is checked to be gone, and the sandbox's logs are scanned for warnings and
+errors. ``--keep-state`` keeps the temporary directory (logs, sandbox.json, the hop's and the
+floor's certificates).
 
 Numbers move by 10-20% between runs on a shared 2-core machine; compare runs, not digits.
 """
@@ -94,8 +104,8 @@ from cgn_common.loop import LOOP_ENV
 BENCH_DIR = Path(__file__).resolve().parent
 ECHO_PATH = "/bench/echo"
 QUERY = "run=bench&n=1"
-DIRECT, HOP, CGN = "direct", "one hop", "through CGN"
-TARGETS = (DIRECT, HOP, CGN)
+DIRECT, HOP, FLOOR, CGN = "direct", "one hop", "2-hop floor", "through CGN"
+TARGETS = (DIRECT, HOP, FLOOR, CGN)
 SANDBOX_START_TIMEOUT_S = 120.0
 CHILD_STOP_TIMEOUT_S = 5.0
 SANDBOX_STOP_TIMEOUT_S = 40.0  # the sandbox itself waits up to 10 s per child
@@ -103,7 +113,12 @@ WARMUP_S = 1
 FRONT, RPC_SERVER = "HTTP front", "gRPC server"
 #: The processes whose CPU a request costs, per target; a name also covers "<name>-<n>"
 #: ("miner" covers miner-1 and miner-2).
-SUMMED = {DIRECT: ("echo",), HOP: ("front", "grpc"), CGN: ("gateway", "node", "miner")}
+SUMMED = {
+    DIRECT: ("echo",),
+    HOP: ("front", "grpc"),
+    FLOOR: ("front", "relay", "responder"),
+    CGN: ("gateway", "node", "miner"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +170,42 @@ async def start_hop(workdir: Path, event_loop: str) -> tuple[Child, Child, int, 
         workdir / "hop-front.log",
     )
     return grpc_server, front, grpc_port, front_port
+
+
+async def start_floor(workdir: Path, event_loop: str) -> tuple[Child, Child, Child, int, int]:
+    """The floor's relay, responder and front, all on ``event_loop``; returns them, the relay's
+    work port and the front's port."""
+    on_loop = ["--uvloop"] if event_loop == "uvloop" else []
+    relay_tls, front_tls = await asyncio.to_thread(hop_certificates, workdir / "floor-certs")
+    ca = relay_tls[relay_tls.index("--ca") + 1]
+    script = str(BENCH_DIR / "_hop.py")
+    work_port, stream_port, front_port = free_port(), free_port(), free_port()
+    relay = await spawn(
+        "floor relay",
+        [
+            *(script, "relay", "--listen", f"{HOST}:{work_port}"),
+            *("--stream-listen", f"{HOST}:{stream_port}", *relay_tls, *on_loop),
+        ],
+        {},
+        workdir / "floor-relay.log",
+    )
+    await wait_listening(relay, stream_port)
+    responder = await spawn(
+        "floor responder",
+        [script, "responder", "--upstream", f"{HOST}:{stream_port}", "--ca", ca, *on_loop],
+        {},
+        workdir / "floor-responder.log",
+    )
+    front = await spawn(
+        "floor front",
+        [
+            *(script, "front", "--listen", f"{HOST}:{front_port}"),
+            *("--upstream", f"{HOST}:{work_port}", *front_tls, *on_loop),
+        ],
+        {},
+        workdir / "floor-front.log",
+    )
+    return relay, responder, front, work_port, front_port
 
 
 async def wait_sandbox_json(child: Child, path: Path) -> dict[str, Any]:
@@ -269,7 +320,7 @@ class Cell:
 
 def role(target: str, name: str) -> str:
     """A process name reduced to what the CPU rows compare ("hop front" -> "front")."""
-    return name.removeprefix("hop ") if target == HOP else name
+    return name.removeprefix("hop ").removeprefix("floor ") if target in (HOP, FLOOR) else name
 
 
 async def measure_cell(
@@ -333,10 +384,10 @@ def fmt(value: float, spec: str) -> str:
     return "-" if value != value else spec.format(value)
 
 
-def cgn_over_hop(hop: float, cgn: float) -> str:
-    if not hop or hop != hop or cgn != cgn:
+def over_hop(hop: float, other: float) -> str:
+    if not hop or hop != hop or other != other:
         return "-"
-    return f"{cgn / hop:.2f}"
+    return f"{other / hop:.2f}"
 
 
 def cpu_rows(cells: dict[str, Cell]) -> list[tuple[str, dict[str, float], bool]]:
@@ -351,15 +402,16 @@ def cpu_rows(cells: dict[str, Cell]) -> list[tuple[str, dict[str, float], bool]]
 
     rows: list[tuple[str, dict[str, float], bool]] = [
         (
-            f"CPU us/req {FRONT} (hop front | gateway)",
-            {HOP: per(HOP, ["front"]), CGN: per(CGN, ["gateway"])},
+            f"CPU us/req {FRONT} (front | front | gateway)",
+            {HOP: per(HOP, ["front"]), FLOOR: per(FLOOR, ["front"]), CGN: per(CGN, ["gateway"])},
             True,
         ),
         (
-            f"CPU us/req {RPC_SERVER} (hop grpc | node)",
-            {HOP: per(HOP, ["grpc"]), CGN: per(CGN, ["node"])},
+            f"CPU us/req {RPC_SERVER} (grpc | relay | node)",
+            {HOP: per(HOP, ["grpc"]), FLOOR: per(FLOOR, ["relay"]), CGN: per(CGN, ["node"])},
             True,
         ),
+        ("CPU us/req floor responder", {FLOOR: per(FLOOR, ["responder"])}, False),
     ]
     for miner in miners:
         rows.append((f"CPU us/req {miner}", {CGN: per(CGN, [miner])}, False))
@@ -387,10 +439,11 @@ def cpu_rows(cells: dict[str, Cell]) -> list[tuple[str, dict[str, float], bool]]
 
 
 def metric_rows(report: Report, connections: int) -> list[list[str]]:
-    """Rows for one connection count: metric, direct, one hop, through CGN, CGN/hop."""
+    """Rows for one connection count: metric, direct, one hop, floor, through CGN, CGN/hop,
+    floor/hop."""
     cells = {t: c for t in TARGETS if (c := report.results.get((t, connections))) is not None}
     if not cells:
-        return [[f"c={connections}: not measured", "-", "-", "-", "-"]]
+        return [[f"c={connections}: not measured", *("-" for _ in HEADER[1:])]]
     nan = math.nan
 
     def each(get: Callable[[Cell], float]) -> dict[str, float]:
@@ -415,14 +468,17 @@ def metric_rows(report: Report, connections: int) -> list[list[str]]:
     ]
     table = []
     for label, values, with_ratio, spec in rows:
-        got = [values.get(t, nan) for t in TARGETS]
-        ratio = cgn_over_hop(got[1], got[2]) if with_ratio else "-"
-        table.append([f"c={connections}: {label}", *(fmt(v, spec) for v in got), ratio])
+        got = {t: values.get(t, nan) for t in TARGETS}
+        ratios = [over_hop(got[HOP], got[t]) if with_ratio else "-" for t in (CGN, FLOOR)]
+        table.append([f"c={connections}: {label}", *(fmt(got[t], spec) for t in TARGETS), *ratios])
     return table
 
 
+HEADER = ["metric", *TARGETS, "CGN/hop", "floor/hop"]
+
+
 def render_table(report: Report) -> str:
-    header = ["metric", DIRECT, HOP, CGN, "CGN/hop"]
+    header = HEADER
     body = [row for c in report.args.connections for row in metric_rows(report, c)]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
@@ -486,8 +542,9 @@ def print_report(report: Report, wrk_version: str) -> None:
         f"-t{a.wrk_threads} -c<n>"
     )
     print(
-        f"event loop of the hop and of every CGN process: {a.loop}; one hop: aiohttp front "
-        "-> grpc.aio WorkService.Call, mutual TLS; CGN gateway: "
+        f"event loop of the hop, the floor and every CGN process: {a.loop}; one hop: aiohttp "
+        "front -> grpc.aio WorkService.Call, mutual TLS; 2-hop floor: the same front -> relay "
+        "-> MinerLinkService.Connect stream -> responder, no work; CGN gateway: "
         f"{report.gateway_url}, billing on (SQLite ledger)"
     )
     print(
@@ -498,8 +555,10 @@ def print_report(report: Report, wrk_version: str) -> None:
     print(render_table(report))
     print(
         "CGN/hop: through CGN divided by one hop (req/s below 1, latency and CPU above 1 mean the "
-        "CGN path is slower or costs more). Latencies: wrk's, all answers.\n"
-        "SUM: echo (direct); front + gRPC server (one hop); gateway + node + miners (CGN). CPU "
+        "CGN path is slower or costs more); floor/hop: the 2-hop floor (the CGN's three "
+        "processes and two hops, no work) divided by one hop. Latencies: wrk's, all answers.\n"
+        "SUM: echo (direct); front + gRPC server (one hop); front + relay + responder (floor); "
+        "gateway + node + miners (CGN). CPU "
         "per request = CPU seconds in the measured run / requests wrk completed. switches/req: "
         "voluntary + involuntary context switches of every thread (/proc/<pid>/task/*/status) "
         "in the measured run / requests completed."
@@ -525,17 +584,29 @@ class Children:
     echo: Child | None = None
     hop_grpc: Child | None = None
     hop_front: Child | None = None
+    floor_relay: Child | None = None
+    floor_responder: Child | None = None
+    floor_front: Child | None = None
     sandbox: Child | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def _started(child: Child | None) -> Child:
+    if child is None:
+        raise RuntimeError("a child is missing")
+    return child
 
 
 async def build_targets(
     kids: Children, ports: dict[str, int], workdir: Path, body: bytes
 ) -> list[Target]:
-    """The three targets (opens a session at the gateway)."""
-    echo, grpc_server, front, sandbox = kids.echo, kids.hop_grpc, kids.hop_front, kids.sandbox
-    if echo is None or grpc_server is None or front is None or sandbox is None:
-        raise RuntimeError("a child is missing")
+    """The four targets (opens a session at the gateway)."""
+    echo, grpc_server, front, sandbox = map(
+        _started, (kids.echo, kids.hop_grpc, kids.hop_front, kids.sandbox)
+    )
+    relay, responder, floor_front = map(
+        _started, (kids.floor_relay, kids.floor_responder, kids.floor_front)
+    )
     info = kids.info
     gateway = urlsplit(info["gateway_url"])
     if gateway.hostname != HOST or gateway.port is None:
@@ -551,6 +622,13 @@ async def build_targets(
             f"http://{HOST}:{ports['front']}{path}",
             plain,
             lambda: {front.pid: front.name, grpc_server.pid: grpc_server.name},
+            False,
+        ),
+        (
+            FLOOR,
+            f"http://{HOST}:{ports['floor']}{path}",
+            plain,
+            lambda: {p.pid: p.name for p in (floor_front, relay, responder)},
             False,
         ),
         (
@@ -596,7 +674,14 @@ async def measure(wrk: str, targets: Sequence[Target], report: Report, body: byt
 
 async def shutdown(kids: Children, report: Report) -> None:
     """Stop every child by PID and check that nothing of the sandbox is left running."""
-    for child in (kids.hop_front, kids.hop_grpc, kids.echo):
+    for child in (
+        kids.floor_front,
+        kids.floor_responder,
+        kids.floor_relay,
+        kids.hop_front,
+        kids.hop_grpc,
+        kids.echo,
+    ):
         if child is not None:
             outcome = await stop_child(child, CHILD_STOP_TIMEOUT_S)
             report.notes.append(f"{child.name} (pid {child.pid}): {outcome}")
@@ -631,6 +716,8 @@ async def run(args: argparse.Namespace) -> int:
         wrk = await asyncio.to_thread(ensure_wrk)
         kids.echo, echo_port = await start_echo(workdir)
         kids.hop_grpc, kids.hop_front, grpc_port, front_port = await start_hop(workdir, args.loop)
+        floor = await start_floor(workdir, args.loop)
+        kids.floor_relay, kids.floor_responder, kids.floor_front, relay_port, floor_port = floor
         kids.sandbox = await spawn(
             "sandbox",
             ["-m", "cgn_cli", "sandbox", "--state-dir", str(state_dir)],
@@ -641,10 +728,12 @@ async def run(args: argparse.Namespace) -> int:
         await wait_listening(kids.echo, echo_port)
         await wait_listening(kids.hop_grpc, grpc_port)
         await wait_listening(kids.hop_front, front_port)
+        await wait_listening(kids.floor_relay, relay_port)
+        await wait_listening(kids.floor_front, floor_port)
         kids.info = await wait_sandbox_json(kids.sandbox, state_dir / "sandbox.json")
         report.gateway_url = kids.info["gateway_url"]
         body = make_body(args.body_bytes)
-        ports = {"echo": echo_port, "front": front_port}
+        ports = {"echo": echo_port, "front": front_port, "floor": floor_port}
         targets = await build_targets(kids, ports, workdir, body)
         await measure(wrk, targets, report, body)
     except (RuntimeError, OSError, aiohttp.ClientError, subprocess.CalledProcessError) as exc:
@@ -655,7 +744,14 @@ async def run(args: argparse.Namespace) -> int:
         found = scan_logs(sorted((state_dir / "logs").glob("*.log")), workdir / "sandbox.log")
         report.notes.append(f"sandbox logs: {len(found) - 1} distinct warning/error/odd line(s)")
         report.notes.extend(found)
-        for name in ("hop-grpc.log", "hop-front.log", "echo.log"):
+        for name in (
+            "hop-grpc.log",
+            "hop-front.log",
+            "floor-relay.log",
+            "floor-responder.log",
+            "floor-front.log",
+            "echo.log",
+        ):
             text = (workdir / name).read_text(errors="replace") if (workdir / name).exists() else ""
             if text.strip():
                 report.notes.append(f"{name}: {text.strip().splitlines()[-1][:160]}")

@@ -233,13 +233,14 @@ class MinerConnection:
         message = assignment(
             unit, timeout_s=remaining, lease_s=self._lease_s, dispatch_token=pending.token
         )
-        seq = self._seq(pending.nonce)
+        # Counted as sent from now on: a WorkSlots read while the write is in progress (with
+        # batching, while a whole batch is written) was sent before the miner saw it.
+        if (seq := self._seq(pending.nonce)) is not None:
+            self._assigned.append(seq)
         try:
             await self.send(pb.ConnectResponse(nonce=pending.nonce, assignment=message))
         except Exception as exc:  # any failure to write (e.g. grpc's ExecuteBatchError)
             raise MinerFailedError(f"cannot send to miner: {exc!r}") from exc
-        if seq is not None:
-            self._assigned.append(seq)
         await self._acked(unit, pending)
         pending.heard = time.monotonic()  # the lease runs from the ack
         while True:

@@ -622,6 +622,43 @@ async def test_slots_that_come_with_an_answer_never_count_its_slot_twice() -> No
     assert told == [0, 1]  # the run has ended: nothing counted twice any more
 
 
+async def test_slots_read_while_an_assignment_is_written_count_it_taken() -> None:
+    """A one-slot miner's WorkSlots (free=1, sent before it saw any assignment) is read while
+    the node is still writing an assignment to it: that unit's slot is taken. The node once
+    counted an assignment as sent only once its write had ended, so a WorkSlots read during
+    the write (with batching, while a whole batch is written) gave the miner one slot more
+    than it had, and the next assignment was NACKed "no free slot" (15 such NACKs in one
+    bench/request_path.py run)."""
+    writing, written = asyncio.Event(), asyncio.Event()
+    sent: list[pb.ConnectResponse] = []
+
+    async def write(message: Any) -> None:
+        writing.set()
+        await written.wait()
+        sent.append(message)
+
+    miner = _connection_writing_to(write)
+    told: list[int] = []
+    miner._on_slots = told.append
+    run = asyncio.create_task(miner.run(_unit("w-writing")))
+    await asyncio.wait_for(writing.wait(), 5)
+    miner.on_message(pb.ConnectRequest(slots=pb.WorkSlots(free=1)))
+    assert told == [0]  # the assignment being written holds the only slot
+    written.set()
+    await until(lambda: bool(sent), "the assignment")
+    nonce, token = sent[0].nonce, sent[0].assignment.dispatch_token
+    response = pb.WorkResponse(
+        dispatch_token=token,
+        head=http_pb2.HttpResponseHead(status_code=200),
+        body_complete=True,
+        completion=pb.WorkCompletion(dispatch_token=token),
+    )
+    miner.on_message(pb.ConnectRequest(response_nonce=nonce, response=response))
+    assert (await run).status == 200
+    miner.on_message(pb.ConnectRequest(response_nonce=nonce, slots=pb.WorkSlots(free=1)))
+    assert told == [0, 1]  # seen and answered: free again
+
+
 class _Reads:
     """A servicer context whose reads return ``messages``, then EOF."""
 
