@@ -331,7 +331,9 @@ class MinerConnection:
             acked = self._acks.get(nonce)
             if acked is not None and not acked.done():
                 if message.HasField("error_detail"):
-                    _settle(acked, MinerRefusedError(f"NACK: {message.error_detail.message}"))
+                    detail = message.error_detail
+                    busy = detail.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                    _settle(acked, MinerRefusedError(f"NACK: {detail.message}", busy=busy))
                 else:
                     acked.set_result(None)
         elif kind == "slots":

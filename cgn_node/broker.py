@@ -16,8 +16,9 @@ waits until its deadline (504). Past a DService's danger threshold new work is r
 (503); one account may have at most ``account_limit`` units waiting or running (429).
 
 Blame: a miner that fails (dead, silent, unreachable) is dropped and the work goes back to the
-*head* of its queues; a miner that refuses a unit keeps its place and the unit goes elsewhere;
-a DService's failure is the DApp's answer (502) and nothing is replayed.
+*head* of its queues; a miner that refuses a unit keeps its place and the unit goes elsewhere
+(a miner that refused only for want of a free slot may take it later, once its WorkSlots say
+it has one); a DService's failure is the DApp's answer (502) and nothing is replayed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ class MinerFailedError(Exception):
 
 
 class MinerRefusedError(Exception):
-    """The miner declined the unit in its ack: the unit goes elsewhere, the miner stays."""
+    """The miner declined the unit in its ack: the unit goes elsewhere, the miner stays.
+
+    ``busy``: it declined because it has no free slot now (a RESOURCE_EXHAUSTED NACK; its
+    count and the node's crossed). That passes: the miner may still run the unit later, but
+    gets no work until its next WorkSlots."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 class MinerHandle(Protocol):
@@ -259,6 +268,7 @@ class Broker:
             miner = slot.miner
             unit.attempts += 1
             self._in_flight[unit.dservice] += 1
+            busy = False
             try:
                 result = await miner.run(unit)
             except (MinerFailedError, MinerRefusedError) as exc:
@@ -276,6 +286,8 @@ class Broker:
                 if failed:
                     self.remove_miner(miner)
                     miner.close(str(exc))
+                elif isinstance(exc, MinerRefusedError) and exc.busy:
+                    busy = True  # not barred: the unit may run there once it has a slot
                 else:
                     unit.refused_by.add(miner.miner_id)
                 if unit.attempts >= self._attempts:
@@ -290,6 +302,8 @@ class Broker:
                 continue
             finally:
                 self._in_flight[unit.dservice] -= 1
+                if busy:
+                    self._full_until_told(slot)
                 self._release(slot)
             if unit.affinity_key:
                 self._remember_affinity(unit.affinity_key, miner)
@@ -397,6 +411,14 @@ class Broker:
             queue = self._queues[pool]
             (queue.appendleft if front else queue.append)(waiter)
             waiter.queues.append(queue)
+
+    def _full_until_told(self, slot: _Slot) -> None:
+        """The miner said it has no free slot: none, the one about to be released included,
+        until its next WorkSlots (``set_free``) says otherwise."""
+        slot.capacity = slot.busy - 1
+        if self._slots.get(slot.miner) is slot:
+            for pool in slot.pools:
+                self._free[pool].pop(slot, None)
 
     def _release(self, slot: _Slot) -> None:
         slot.busy -= 1

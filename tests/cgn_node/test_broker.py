@@ -9,6 +9,8 @@ import math
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -39,7 +41,7 @@ class ScriptedMiner:
         *,
         owner: str = "",
         capacity: int = 1,
-        fail: type[Exception] | None = None,
+        fail: Callable[[str], Exception] | None = None,
     ) -> None:
         self.miner_id = miner_id
         self.tier = tier
@@ -220,6 +222,24 @@ async def test_a_refusing_miner_stays_and_the_unit_goes_elsewhere() -> None:
     assert outcome.miner_id == "willing"
     assert picky in broker.miners()
     assert not picky.closed
+
+
+async def test_a_miner_without_a_free_slot_gets_the_unit_once_it_says_it_has_one() -> None:
+    """A NACK for want of a free slot (RESOURCE_EXHAUSTED: the miner's count and the node's
+    crossed) passes: the miner gets no work until its next WorkSlots, then the unit runs there.
+    Such a NACK once barred the miner from the unit for good, and a unit so refused by every
+    miner waited for its deadline (a 504)."""
+    broker = Broker()
+    full = ScriptedMiner("full", capacity=2, fail=partial(MinerRefusedError, busy=True))
+    broker.add_miner(full)
+    unit = asyncio.create_task(broker.submit(_unit("w")))
+    await until(lambda: _waiting(broker) == 1, "the refused unit to wait")
+    assert full.ran == ["w"]  # not offered again at once: the miner said it is full
+    full.fail = None
+    broker.set_free(full, 1)  # its next WorkSlots
+    outcome = await asyncio.wait_for(unit, 5)
+    assert (outcome.miner_id, outcome.attempts) == ("full", 2)
+    assert full.ran == ["w", "w"]
 
 
 async def test_a_dservice_failure_is_the_answer_and_the_miner_stays() -> None:

@@ -20,7 +20,7 @@ from cgn_common.rpc import open_channel
 from cgn_common.streams import BODY_CHUNK_BYTES, StreamWriter
 from cgn_common.types import AccountKind, Tier
 from cgn_node._miner_link import MinerConnection, MinerLink
-from cgn_node.broker import MinerFailedError
+from cgn_node.broker import MinerFailedError, MinerRefusedError
 from cgn_node.work import HttpRequest, ResponseBody, WorkUnit
 from generated.cgn.admin.v1 import account_admin_service_pb2 as acct_pb
 from generated.cgn.admin.v1 import account_admin_service_pb2_grpc as acct_grpc
@@ -657,6 +657,30 @@ async def test_slots_read_while_an_assignment_is_written_count_it_taken() -> Non
     assert (await run).status == 200
     miner.on_message(pb.ConnectRequest(response_nonce=nonce, slots=pb.WorkSlots(free=1)))
     assert told == [0, 1]  # seen and answered: free again
+
+
+@pytest.mark.parametrize(
+    ("code", "busy"),
+    [(grpc.StatusCode.RESOURCE_EXHAUSTED, True), (grpc.StatusCode.UNAVAILABLE, False)],
+)
+async def test_a_nack_for_want_of_a_slot_is_told_apart(code: grpc.StatusCode, busy: bool) -> None:
+    """The broker bars a refusing miner from the unit, unless it refused for want of a free
+    slot (RESOURCE_EXHAUSTED), which passes: the link tells the two apart by the NACK's code."""
+    sent: list[pb.ConnectResponse] = []
+
+    async def write(message: Any) -> None:
+        sent.append(message)
+
+    miner = _connection_writing_to(write)
+    run = asyncio.create_task(miner.run(_unit("w-nack")))
+    await until(lambda: bool(sent), "the assignment")
+    nack = pb.ConnectRequest(response_nonce=sent[0].nonce, ack=pb.Ack())
+    nack.error_detail.code = code.value[0]
+    nack.error_detail.message = "no free slot" if busy else "draining"
+    miner.on_message(nack)
+    with pytest.raises(MinerRefusedError) as refused:
+        await run
+    assert refused.value.busy is busy
 
 
 class _Reads:
