@@ -110,19 +110,28 @@ def _miner_batch(messages: list[link_pb.ConnectRequest]) -> link_pb.ConnectReque
 
 
 class _Relay:
-    """The floor's middle process: each Call from the front goes to the responder connected
-    last as one WorkAssignment, and its WorkResponse is the call's answer."""
+    """The floor's middle process: each Call from the front goes, round robin as the node's
+    broker deals work over free miners, to one of the connected responders' streams as one
+    WorkAssignment, and its WorkResponse is the call's answer."""
 
     def __init__(self) -> None:
-        self._writer: StreamWriter | None = None
+        #: The connected streams' writers, in the order they connected.
+        self._streams: list[StreamWriter] = []
+        #: Each stream's calls not answered yet (they fail when it ends).
+        self._unanswered: dict[StreamWriter, set[str]] = {}
+        self._turn = 0
         self._connected = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[link_pb.WorkResponse]] = {}
         self._tokens = itertools.count()
 
+    def _next_stream(self) -> StreamWriter:
+        self._turn = (self._turn + 1) % len(self._streams)
+        return self._streams[self._turn]
+
     async def call(self, request: work_pb.CallRequest, context: Any) -> work_pb.CallResponse:
         async with asyncio.timeout(CALL_TIMEOUT_S):
-            await self._connected.wait()
-            assert self._writer is not None
+            while not self._streams:
+                await self._connected.wait()
             token = str(next(self._tokens))
             answer = asyncio.get_running_loop().create_future()
             self._waiting[token] = answer
@@ -135,27 +144,44 @@ class _Relay:
                     body_size=len(request.body),
                     dispatch_token=token,
                 )
-                gone = self._writer.post(link_pb.ConnectResponse(nonce=token, assignment=work))
-                if gone is not None:
+                message = link_pb.ConnectResponse(nonce=token, assignment=work)
+                stream = self._next_stream()
+                if (gone := stream.post(message)) is not None:
                     raise gone
-                response = await answer
+                self._unanswered[stream].add(token)
+                try:
+                    response = await answer
+                finally:
+                    self._unanswered.get(stream, set()).discard(token)
             finally:
                 self._waiting.pop(token, None)
         return work_pb.CallResponse(head=response.head, body=response.body)
 
     async def connect(self, requests: Any, context: Any) -> None:
-        """The responder's stream: its hello, then its answers until it leaves."""
+        """A responder's stream: its hello (answered with a Welcome), then its answers until
+        it leaves."""
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("kind") != "hello":
             return
-        self._writer = StreamWriter(context.write, batch=_node_batch)
+        writer = StreamWriter(context.write, batch=_node_batch)
+        await writer.send(link_pb.ConnectResponse(welcome=link_pb.Welcome(features=["batch"])))
+        self._streams.append(writer)
+        self._unanswered[writer] = set()
         self._connected.set()
-        while (message := await context.read()) is not grpc.aio.EOF:
-            for one in message.batch.messages if message.HasField("batch") else (message,):
-                if one.HasField("response"):
-                    waiting = self._waiting.get(one.response.dispatch_token)
-                    if waiting is not None and not waiting.done():
-                        waiting.set_result(one.response)
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                for one in message.batch.messages if message.HasField("batch") else (message,):
+                    if one.HasField("response"):
+                        waiting = self._waiting.get(one.response.dispatch_token)
+                        if waiting is not None and not waiting.done():
+                            waiting.set_result(one.response)
+        finally:
+            self._streams.remove(writer)
+            if not self._streams:
+                self._connected.clear()
+            for token in self._unanswered.pop(writer):  # never answered now: say so
+                if (waiting := self._waiting.get(token)) is not None and not waiting.done():
+                    waiting.set_exception(ConnectionError("the responder's stream ended"))
 
 
 async def serve_relay(listen: str, stream_listen: str, tls: TlsConfig) -> None:
@@ -194,36 +220,43 @@ async def serve_relay(listen: str, stream_listen: str, tls: TlsConfig) -> None:
         await server.stop(1.0)
 
 
-async def serve_responder(upstream: str, ca_file: str) -> None:
-    """Dials the relay's stream and answers every assignment at once with its body, until
-    SIGTERM."""
+async def _respond(upstream: str, ca_file: str, welcomed: asyncio.Event) -> None:
+    """One responder stream: dials the relay (a connection of its own, as each miner has),
+    then answers every assignment at once with its body until the stream ends."""
     # Server-authenticated TLS with the CGN's channel options, as a miner dials its node.
-    async with open_channel(upstream, TlsConfig("", "", ca_file)) as channel:
+    async with open_channel(upstream, TlsConfig("", "", ca_file), own_connection=True) as channel:
         call: Any = link_grpc.MinerLinkServiceStub(channel).Connect()
         writer = StreamWriter(call.write, batch=_miner_batch)
         await writer.send(link_pb.ConnectRequest(hello=link_pb.MinerHello(features=["batch"])))
+        while (message := await call.read()) is not grpc.aio.EOF:
+            for one in message.batch.messages if message.HasField("batch") else (message,):
+                if one.HasField("welcome"):
+                    welcomed.set()
+                    continue
+                work = one.assignment
+                response = link_pb.WorkResponse(
+                    dispatch_token=work.dispatch_token,
+                    head=http_pb2.HttpResponseHead(status_code=200, content_length=len(work.body)),
+                    body=work.body,
+                    body_complete=True,
+                )
+                writer.post(link_pb.ConnectRequest(response_nonce=one.nonce, response=response))
 
-        async def answer() -> None:
-            while (message := await call.read()) is not grpc.aio.EOF:
-                for one in message.batch.messages if message.HasField("batch") else (message,):
-                    work = one.assignment
-                    response = link_pb.WorkResponse(
-                        dispatch_token=work.dispatch_token,
-                        head=http_pb2.HttpResponseHead(
-                            status_code=200, content_length=len(work.body)
-                        ),
-                        body=work.body,
-                        body_complete=True,
-                    )
-                    writer.post(link_pb.ConnectRequest(response_nonce=one.nonce, response=response))
 
-        answering = asyncio.create_task(answer())
-        stop = asyncio.create_task(_wait_for_stop())
-        done, _ = await asyncio.wait({answering, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (answering, stop):
-            task.cancel()
-        if answering in done:
-            answering.result()  # the stream ended: say why
+async def serve_responder(upstream: str, ca_file: str, streams: int) -> None:
+    """Holds ``streams`` streams to the relay, each answering at once; prints ``connected N``
+    once the relay has welcomed all of them; runs until SIGTERM."""
+    welcomed = [asyncio.Event() for _ in range(streams)]
+    tasks = [asyncio.create_task(_respond(upstream, ca_file, w)) for w in welcomed]
+    stop = asyncio.create_task(_wait_for_stop())
+    all_welcomed = asyncio.gather(*(w.wait() for w in welcomed))
+    all_welcomed.add_done_callback(lambda _: print(f"connected {streams}", flush=True))
+    done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+    all_welcomed.cancel()
+    for task in (*tasks, stop):
+        task.cancel()
+    for task in done - {stop}:
+        task.result()  # a stream ended before SIGTERM: say why
 
 
 async def serve_front(listen: str, upstream: str, tls: TlsConfig) -> None:
@@ -268,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="front: the gRPC server's (or relay's) host:port; responder: the relay's stream",
     )
     parser.add_argument("--stream-listen", default="", help="relay: host:port of its stream")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="responder: how many streams (connections) to hold"
+    )
     parser.add_argument("--cert", default="", help="this process's certificate (PEM)")
     parser.add_argument("--key", default="", help="its private key (PEM)")
     parser.add_argument("--ca", required=True, help="the CA bundle (PEM)")
@@ -278,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "grpc": lambda: serve_grpc(args.listen, tls),
         "front": lambda: serve_front(args.listen, args.upstream, tls),
         "relay": lambda: serve_relay(args.listen, args.stream_listen, tls),
-        "responder": lambda: serve_responder(args.upstream, args.ca),
+        "responder": lambda: serve_responder(args.upstream, args.ca, args.streams),
     }[args.role]()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop if args.uvloop else None) as runner:
         runner.run(coro)
