@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from _common import cpu_seconds
 
 from cgn_common.process import dies_with_this_process
@@ -43,7 +44,8 @@ def proc_cpu_seconds(pid: int) -> float:
 def proc_context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of every thread of ``pid`` so far (0 once it is
     gone): each is a thread put to sleep or preempted and another run, which the CPU figures
-    pay for in the kernel (docs/performance.md)."""
+    pay for in the kernel (docs/performance.md). Read per thread: /proc/<pid>/status, which
+    psutil's ``num_ctx_switches`` reads, counts the main thread's only."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -79,20 +81,17 @@ def proc_cmdline(pid: int) -> str:
 
 
 def descendants(root: int) -> list[int]:
-    """Every live descendant of `root` (children, grandchildren, ...), from a /proc scan."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = proc_stat_fields(int(entry.name))
-            if fields is not None and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
+    """Every live descendant of `root` (children, grandchildren, ...); zombies left out."""
+    try:
+        found = psutil.Process(root).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    alive = []
+    for process in found:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process.pid)
+    return alive
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ _log = logging.getLogger(__name__)
 
 _RELOAD_CHECK_S = 1.0
 _OLD_CHANNEL_GRACE_S = 60.0
-#: Distinct client certificates whose serial a RevocationList remembers.
+#: Distinct client certificates whose serial is remembered (``_serial``).
 _SERIAL_CACHE_SIZE = 1024
 #: The auth-context key under which gRPC core gives the peer's verified leaf certificate.
 _PEER_CERT_KEY = "x509_pem_cert"
@@ -250,6 +250,13 @@ def _signer(crl: x509.CertificateRevocationList) -> bytes:
     return aki.key_identifier or crl.issuer.public_bytes()
 
 
+@functools.lru_cache(maxsize=_SERIAL_CACHE_SIZE)
+def _serial(cert_pem: bytes) -> int:
+    """The serial number of a PEM certificate (each distinct one parsed once)."""
+    serial: int = x509.load_pem_x509_certificate(cert_pem).serial_number
+    return serial
+
+
 class RevocationList:
     """The client certificates the operator revoked (``tls.crl_file``), following the file.
 
@@ -280,7 +287,6 @@ class RevocationList:
         self._revoked = revoked_serials(crl)
         self._signer, self._number = _signer(crl), crl_number(crl)
         self._checked = clock()
-        self._serials: dict[bytes, int] = {}
 
     @property
     def revoked(self) -> frozenset[int]:
@@ -295,12 +301,7 @@ class RevocationList:
             self._follow()
         if not self._revoked:
             return None
-        serial = self._serials.get(cert_pem)
-        if serial is None:
-            serial = x509.load_pem_x509_certificate(cert_pem).serial_number
-            if len(self._serials) >= _SERIAL_CACHE_SIZE:
-                del self._serials[next(iter(self._serials))]
-            self._serials[cert_pem] = serial
+        serial = _serial(cert_pem)
         return serial if serial in self._revoked else None
 
     def _follow(self) -> None:
