@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -11,12 +12,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import uvloop
 from _common import cpu_seconds
 
 from cgn_common.process import dies_with_this_process
@@ -225,3 +227,23 @@ async def leftovers(processes: Sequence[ProcIdentity]) -> list[ProcIdentity]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
     return alive
+
+
+def run_bench(
+    run: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> None:
+    """Runs ``run(args)`` on uvloop and exits with its status. SIGTERM cancels it as Ctrl-C
+    does, so its ``finally`` blocks stop the children by PID."""
+
+    async def cancellable() -> int:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        return await run(args)
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            sys.exit(runner.run(cancellable()))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted; children stopped", file=sys.stderr)
+        sys.exit(130)

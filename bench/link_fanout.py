@@ -35,18 +35,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvloop
 from _procs import (
     HOST,
     Child,
     free_port,
     proc_cpu_seconds,
+    run_bench,
     spawn,
     stop_child,
     wait_listening,
@@ -250,14 +249,6 @@ async def run(args: argparse.Namespace) -> int:
     return status
 
 
-async def bench_main(args: argparse.Namespace) -> int:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    # SIGTERM cancels like Ctrl-C does, so the `finally` stops the children by PID.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    return await run(args)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -269,12 +260,7 @@ def main() -> None:
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--keep-state", action="store_true", help="keep the logs")
     args = parser.parse_args()
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            sys.exit(runner.run(bench_main(args)))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("interrupted; children stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(run, args)
 
 
 if __name__ == "__main__":

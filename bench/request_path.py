@@ -64,7 +64,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import uvloop
 from _logscan import scan_logs
 from _procs import (
     HOST,
@@ -92,6 +90,7 @@ from _procs import (
     proc_context_switches,
     proc_cpu_seconds,
     read_json,
+    run_bench,
     spawn,
     stop_child,
     wait_listening,
@@ -763,14 +762,6 @@ async def run(args: argparse.Namespace) -> int:
     return status
 
 
-async def bench_main(args: argparse.Namespace) -> int:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    # SIGTERM cancels like Ctrl-C does, so the `finally` blocks stop the children by PID.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    return await run(args)
-
-
 def parse_connections(text: str) -> list[int]:
     values = [int(x) for x in text.split(",") if x.strip()]
     if not values or min(values) < 1:
@@ -811,12 +802,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            sys.exit(runner.run(bench_main(args)))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("interrupted; children stopped", file=sys.stderr)
-        sys.exit(130)
+    run_bench(run, args)
 
 
 if __name__ == "__main__":

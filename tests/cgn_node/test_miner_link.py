@@ -589,6 +589,19 @@ async def test_a_batch_inside_a_miners_batch_drops_the_miner_saying_why() -> Non
     assert slots == [1]
 
 
+def _whole_answer_to(assignment: pb.ConnectResponse) -> pb.ConnectRequest:
+    """A miner's whole 200 answer (completion included) to ``assignment``, echoing its
+    nonce."""
+    token = assignment.assignment.dispatch_token
+    response = pb.WorkResponse(
+        dispatch_token=token,
+        head=http_pb2.HttpResponseHead(status_code=200),
+        body_complete=True,
+        completion=pb.WorkCompletion(dispatch_token=token),
+    )
+    return pb.ConnectRequest(response_nonce=assignment.nonce, response=response)
+
+
 async def test_slots_that_come_with_an_answer_never_count_its_slot_twice() -> None:
     """A miner of one slot answers and says it has one free slot, both in the same read (a
     MinerBatch): the node's broker still counts the answered unit until its run ends, and that
@@ -604,15 +617,8 @@ async def test_slots_that_come_with_an_answer_never_count_its_slot_twice() -> No
     miner._on_slots = told.append
     run = asyncio.create_task(miner.run(_unit("w-slots")))
     await until(lambda: bool(sent), "the assignment")
-    nonce, token = sent[0].nonce, sent[0].assignment.dispatch_token
-    response = pb.WorkResponse(
-        dispatch_token=token,
-        head=http_pb2.HttpResponseHead(status_code=200),
-        body_complete=True,
-        completion=pb.WorkCompletion(dispatch_token=token),
-    )
-    answer = pb.ConnectRequest(response_nonce=nonce, response=response)
-    slots = pb.ConnectRequest(response_nonce=nonce, slots=pb.WorkSlots(free=1))
+    answer = _whole_answer_to(sent[0])
+    slots = pb.ConnectRequest(response_nonce=sent[0].nonce, slots=pb.WorkSlots(free=1))
     await MinerLink._read(
         _Reads(pb.ConnectRequest(batch=pb.MinerBatch(messages=[answer, slots]))), miner
     )
@@ -646,16 +652,9 @@ async def test_slots_read_while_an_assignment_is_written_count_it_taken() -> Non
     assert told == [0]  # the assignment being written holds the only slot
     written.set()
     await until(lambda: bool(sent), "the assignment")
-    nonce, token = sent[0].nonce, sent[0].assignment.dispatch_token
-    response = pb.WorkResponse(
-        dispatch_token=token,
-        head=http_pb2.HttpResponseHead(status_code=200),
-        body_complete=True,
-        completion=pb.WorkCompletion(dispatch_token=token),
-    )
-    miner.on_message(pb.ConnectRequest(response_nonce=nonce, response=response))
+    miner.on_message(_whole_answer_to(sent[0]))
     assert (await run).status == 200
-    miner.on_message(pb.ConnectRequest(response_nonce=nonce, slots=pb.WorkSlots(free=1)))
+    miner.on_message(pb.ConnectRequest(response_nonce=sent[0].nonce, slots=pb.WorkSlots(free=1)))
     assert told == [0, 1]  # seen and answered: free again
 
 
