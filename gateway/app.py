@@ -33,7 +33,7 @@ from cgn_common.errors import CgnError
 from cgn_common.http import check_request, end_to_end
 from cgn_common.ids import REQUEST_ID, new_id
 from cgn_common.logs import log_event
-from cgn_common.status import rpc_details
+from cgn_common.status import rpc_details, write_hid_the_status
 from cgn_common.streams import BODY_CHUNK_BYTES, INLINE_BODY_BYTES
 from gateway import cors, openapi
 from gateway._rpc import NodeClient, work_options
@@ -211,6 +211,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:
         log_event(_log, "gateway_internal_error", logging.ERROR, exc=exc, path=request.path)
         return error_response(grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def _accepted(call: Any, start: work_pb.CallStart) -> work_pb.CallStreamResponse:
+    """Writes a CallStream's start and reads the node's acceptance (its refusal raises: the
+    body is never read)."""
+    await call.write(work_pb.CallStreamRequest(start=start))
+    accepted: work_pb.CallStreamResponse = await call.read()
+    return accepted
 
 
 def _rpc_error(request: web.Request, exc: grpc.aio.AioRpcError) -> web.Response:
@@ -605,16 +613,25 @@ class _Call:
         refused = self._checked(self.head.content_length)
         if refused is not None:
             return refused
+        start = work_pb.CallStart(
+            dservice=self.dservice,
+            head=self.head,
+            options=work_options(self.request_id, self.timeout_s),
+            await_accept=True,
+        )
         call = self.node.call_stream(self.token)
         try:
-            start = work_pb.CallStart(
-                dservice=self.dservice,
-                head=self.head,
-                options=work_options(self.request_id, self.timeout_s),
-                await_accept=True,
-            )
-            await call.write(work_pb.CallStreamRequest(start=start))
-            accepted = await call.read()  # a refusal raises: the body is never read
+            try:
+                accepted = await _accepted(call, start)
+            except grpc.aio.AioRpcError as exc:
+                if not write_hid_the_status(exc):
+                    raise
+                # The node ended the call (e.g. refused its session) as the start was being
+                # written, and grpc.aio hid its answer: no body byte has been read yet, so the
+                # start goes again on a call of its own, once, for the node's own answer.
+                call.cancel()
+                call = self.node.call_stream(self.token)
+                accepted = await _accepted(call, start)
             limit = min(self.config.max_work_body_bytes, accepted.accepted.max_body_bytes)
             if request.get(_EXPECTING):
                 await _continue(request)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cgn_common.errors import BodyTooLargeError, InvalidArgumentError, UnavailableError
 from cgn_common.streams import INLINE_BODY_BYTES
+from gateway._rpc import NodeClient
 from generated.cgn.common.v1 import http_pb2
 from generated.cgn.work.v1 import work_pb2
 from generated.cgn.work.v1 import work_service_pb2 as work_pb
@@ -175,6 +177,54 @@ async def test_a_large_upload_streams_to_the_node_whole(gateway: Gateway) -> Non
     ).replace(b"GET", b"POST", 1)
     status, headers, answer = _split(await _raw(gateway, head, body))
     assert (status, headers["content-length"], answer) == ("HTTP/1.1 200 OK", "2", b"ok")
+    assert gateway.node.received == [body]
+
+
+class _CallEndedAsWritten:
+    """A CallStream the node ended as its start was written, as grpc.aio's client reports it:
+    INTERNAL "Internal error from Core" in place of the node's status (grpc/grpc#36066)."""
+
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="Internal error from Core",
+        debug_error_string='Failed "execute_batch": (SendMessageOperation,)',
+    )
+
+    async def write(self, message: Any) -> None:
+        raise self.error
+
+    async def read(self) -> Any:
+        raise self.error
+
+    def cancel(self) -> bool:
+        return False
+
+
+async def test_a_start_whose_call_ended_as_it_was_written_goes_again_on_a_new_call(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the start's write races the node ending the call (e.g. refusing its session at
+    the call's start, about once in 400 calls on a busy machine), grpc.aio hides the node's
+    answer behind an INTERNAL (the DApp once got a 500). No body byte has been read then: the
+    gateway sends the start again on a call of its own, once, and the upload goes through."""
+    real = NodeClient.call_stream
+    made: list[str] = []
+
+    def call_stream(self: NodeClient, token: str) -> Any:
+        made.append(token)
+        return _CallEndedAsWritten() if len(made) == 1 else real(self, token)
+
+    monkeypatch.setattr(NodeClient, "call_stream", call_stream)
+    body = bytes(range(256)) * (INLINE_BODY_BYTES // 256 * 2 + 1)
+    head = _request(
+        "/v1/dservices/svc/up", f"Content-Length: {len(body)}", "Connection: close"
+    ).replace(b"GET", b"POST", 1)
+    status, _, answer = _split(await _raw(gateway, head, body))
+    assert (status, answer) == ("HTTP/1.1 200 OK", b"ok")
+    assert len(made) == 2
+    assert len(gateway.node.starts) == 1  # the first start never reached the node
     assert gateway.node.received == [body]
 
 
