@@ -81,6 +81,15 @@ async def _wait_for_stop() -> None:
     await stop.wait()
 
 
+async def _serve_until_stopped(server: grpc.aio.Server) -> None:
+    """Starts ``server`` and serves until SIGTERM."""
+    await server.start()
+    try:
+        await _wait_for_stop()
+    finally:
+        await server.stop(1.0)
+
+
 async def serve_grpc(listen: str, tls: TlsConfig) -> None:
     """Serves WorkService.Call on ``listen`` (mutual TLS) until SIGTERM."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -94,11 +103,7 @@ async def serve_grpc(listen: str, tls: TlsConfig) -> None:
     )
     if not server.add_secure_port(listen, server_credentials(tls, ClientAuth.REQUIRED, "hop")):
         raise OSError(f"cannot bind {listen}")
-    await server.start()
-    try:
-        await _wait_for_stop()
-    finally:
-        await server.stop(1.0)
+    await _serve_until_stopped(server)
 
 
 def _node_batch(messages: list[link_pb.ConnectResponse]) -> link_pb.ConnectResponse:
@@ -213,11 +218,7 @@ async def serve_relay(listen: str, stream_listen: str, tls: TlsConfig) -> None:
     )
     if not bound:
         raise OSError(f"cannot bind {listen} and {stream_listen}")
-    await server.start()
-    try:
-        await _wait_for_stop()
-    finally:
-        await server.stop(1.0)
+    await _serve_until_stopped(server)
 
 
 async def _respond(upstream: str, ca_file: str, welcomed: asyncio.Event) -> None:
