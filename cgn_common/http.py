@@ -54,8 +54,12 @@ def end_to_end(
 ) -> list[tuple[str, bytes]]:
     """``headers`` without hop-by-hop ones, those ``Connection`` names, and ``drop`` (lower
     case); order and duplicates kept."""
-    gone = HOP_BY_HOP | connection_named(headers) | drop
-    return [(n, v) for n, v in headers if n.lower() not in gone]
+    names = [n.lower() for n, _ in headers]
+    gone = HOP_BY_HOP | drop
+    if gone.isdisjoint(names):  # the usual case: nothing to drop, no Connection to name more
+        return list(headers)
+    gone |= connection_named(headers)
+    return [header for header, name in zip(headers, names, strict=True) if name not in gone]
 
 
 def check_request(

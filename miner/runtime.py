@@ -38,7 +38,7 @@ from cgn_common.errors import (
     InvalidArgumentError,
     UnavailableError,
 )
-from cgn_common.http import HOP_BY_HOP, end_to_end
+from cgn_common.http import end_to_end
 from cgn_common.logs import log_event
 from cgn_common.process import dies_with_this_process
 from cgn_common.tasks import Supervisor
@@ -76,8 +76,6 @@ MAX_RESPONSE_BYTES = 2 * 1024 * 1024 * 1024
 #: Request headers the miner writes itself (``Host``: the listener's address) or that carry
 #: the CGN's own credentials; a copy arriving with the work is dropped.
 _MINER_SETS = frozenset({"host", "x-cgn-session"})
-#: What a request's headers lose; ``Connection`` among them (a header it names goes too).
-_REQUEST_DROPS = HOP_BY_HOP | _MINER_SETS
 
 #: Longest DService output line logged whole; longer lines are cut (and say so).
 _MAX_LOG_LINE = 4096
@@ -280,15 +278,10 @@ def request_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The headers the DService receives: ``Host`` (the listener's address) first, then the
     end-to-end headers as given, and ``Content-Length`` only when a body came without one."""
-    names = [n.lower() for n, _ in headers]
-    if _REQUEST_DROPS.isdisjoint(names):  # the usual case: nothing to drop, nothing named
-        kept: Sequence[tuple[str, bytes]] = headers
-    else:
-        kept = end_to_end(headers, _MINER_SETS)
-        names = [n.lower() for n, _ in kept]
+    kept = end_to_end(headers, _MINER_SETS)
     out = [(b"Host", authority.encode("ascii"))]
     out += [(n.encode("latin-1"), v) for n, v in kept]
-    if body_length and "content-length" not in names:
+    if body_length and not any(n.lower() == "content-length" for n, _ in kept):
         out.append((b"Content-Length", str(body_length).encode()))
     return out
 
@@ -296,10 +289,7 @@ def request_headers(
 def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, bytes]]:
     """The DService's answer headers as sent, minus hop-by-hop ones and those its
     ``Connection`` names (``Content-Length`` stays: it is the DService's framing)."""
-    named = [(n.decode("latin-1"), v) for n, v in raw]
-    if HOP_BY_HOP.isdisjoint([n.lower() for n, _ in named]):  # no Connection: none named
-        return named
-    return end_to_end(named)
+    return end_to_end([(n.decode("latin-1"), v) for n, v in raw])
 
 
 class _OutputLog:

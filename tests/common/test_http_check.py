@@ -70,3 +70,7 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped_in_order() -> None:
     ]
     assert end_to_end(headers) == [("A", b"1"), ("B", b"2"), ("a", b"3")]
     assert end_to_end(headers, frozenset({"b"})) == [("A", b"1"), ("a", b"3")]
+    # Nothing hop-by-hop: the same headers back, in order, duplicates kept.
+    clean = [("A", b"1"), ("B", b"2"), ("a", b"3")]
+    assert end_to_end(clean) == clean
+    assert end_to_end(clean, frozenset({"a"})) == [("B", b"2")]
