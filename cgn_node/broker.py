@@ -212,10 +212,14 @@ class Broker:
     def set_free(self, miner: MinerHandle, free: int) -> None:
         """The miner says ``free`` more units fit now (WorkSlots; 0 while it drains)."""
         slot = self._slots.get(miner)
-        if slot is None:
-            return
+        if slot is not None:
+            self._set_capacity(slot, slot.busy + max(0, free))
+
+    def _set_capacity(self, slot: _Slot, capacity: int) -> None:
+        """``slot`` may hold ``capacity`` units from now on: the index of free miners follows,
+        and a miner that became free takes waiting work."""
         was_free = slot.free
-        slot.capacity = slot.busy + max(0, free)
+        slot.capacity = capacity
         if slot.free and not was_free:
             for pool in slot.pools:
                 self._free[pool][slot] = None
@@ -303,7 +307,9 @@ class Broker:
             finally:
                 self._in_flight[unit.dservice] -= 1
                 if busy:
-                    self._full_until_told(slot)
+                    # No free slot on that miner, the one released below included, until its
+                    # next WorkSlots (set_free) says otherwise.
+                    self._set_capacity(slot, slot.busy - 1)
                 self._release(slot)
             if unit.affinity_key:
                 self._remember_affinity(unit.affinity_key, miner)
@@ -411,14 +417,6 @@ class Broker:
             queue = self._queues[pool]
             (queue.appendleft if front else queue.append)(waiter)
             waiter.queues.append(queue)
-
-    def _full_until_told(self, slot: _Slot) -> None:
-        """The miner said it has no free slot: none, the one about to be released included,
-        until its next WorkSlots (``set_free``) says otherwise."""
-        slot.capacity = slot.busy - 1
-        if self._slots.get(slot.miner) is slot:
-            for pool in slot.pools:
-                self._free[pool].pop(slot, None)
 
     def _release(self, slot: _Slot) -> None:
         slot.busy -= 1
